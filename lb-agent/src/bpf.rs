@@ -1,0 +1,381 @@
+//! The real datapath: loads the embedded kernel programs, pins their maps under `--bpffs`,
+//! attaches programs to devices, and implements [`MapOps`] on the BPF maps.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, MapError as AyaMapError, PerCpuArray},
+    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+};
+use lb_ebpf::{
+    Backend4, Backend6, SCOPE_CLUSTER, Service4Key, Service6Key, ServiceKey, ServiceValue,
+    map_names, port_to_map, program_names,
+};
+use thiserror::Error;
+
+use crate::{
+    datapath::{BackendId, BackendKey, MapError, MapOps},
+    ebpf_object::EBPF_OBJECT,
+    model::{Frontend, IpFamily, Protocol},
+};
+
+/// Magic number of the BPF filesystem (`statfs(2)`).
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+#[derive(Debug, Error)]
+pub enum BpfError {
+    #[error("{path} is not on a BPF filesystem (mount one with `mount -t bpf bpf {path}`)")]
+    NotBpfFs { path: String },
+    #[error("creating pin directory {path}: {source}")]
+    PinDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {0} missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: AyaMapError,
+    },
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+/// Map sizes and where to pin.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub pin_dir: PathBuf,
+    pub max_services: u32,
+    pub max_backends: u32,
+    pub max_flows: u32,
+}
+
+/// The loaded programs and the devices they are attached to.
+pub struct Datapath {
+    ebpf: Ebpf,
+    /// Device name -> (ifindex, ingress link, egress link).
+    pod_devices: StdHashMap<String, (u32, SchedClassifierLinkId, SchedClassifierLinkId)>,
+}
+
+fn check_bpffs(dir: &Path) -> Result<(), BpfError> {
+    let probe = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| Path::new("/"));
+    let c_path = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes()).map_err(|_| {
+        BpfError::NotBpfFs {
+            path: dir.display().to_string(),
+        }
+    })?;
+    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+    if rc != 0 || st.f_type as i64 != BPF_FS_MAGIC {
+        return Err(BpfError::NotBpfFs {
+            path: dir.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
+impl Datapath {
+    /// Loads the programs. Maps already pinned under `pin_dir` (by an earlier run of the agent
+    /// with the same directory) are reused, so established flows survive a restart.
+    pub fn load(opts: &LoadOptions) -> Result<(Self, BpfMaps), BpfError> {
+        check_bpffs(&opts.pin_dir)?;
+        std::fs::create_dir_all(&opts.pin_dir).map_err(|source| BpfError::PinDir {
+            path: opts.pin_dir.display().to_string(),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&opts.pin_dir)
+            .map_max_entries(map_names::SERVICES_V4, opts.max_services)
+            .map_max_entries(map_names::SERVICES_V6, opts.max_services)
+            .map_max_entries(map_names::BACKENDS_V4, opts.max_backends)
+            .map_max_entries(map_names::BACKENDS_V6, opts.max_backends)
+            .map_max_entries(map_names::FLOWS_V4, opts.max_flows)
+            .map_max_entries(map_names::FLOWS_V6, opts.max_flows)
+            .load(EBPF_OBJECT)?;
+        for name in [program_names::TC_POD_INGRESS, program_names::TC_POD_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(BpfError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| BpfError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| BpfError::Program { name, source })?;
+        }
+        let maps = BpfMaps::take(&mut ebpf)?;
+        Ok((
+            Self {
+                ebpf,
+                pod_devices: StdHashMap::new(),
+            },
+            maps,
+        ))
+    }
+
+    /// The loaded object, for attaching the kernel logger.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Names of the pod devices programs are attached to.
+    pub fn pod_devices(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.pod_devices
+            .iter()
+            .map(|(n, (i, _, _))| (n.as_str(), *i))
+    }
+
+    fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, BpfError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(BpfError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| BpfError::Program { name, source })
+    }
+
+    /// Attaches the pod programs (ingress: DNAT, egress: reverse NAT) to a device.
+    pub fn attach_pod_device(&mut self, device: &str, ifindex: u32) -> Result<(), BpfError> {
+        // TCX (kernel 6.6+) needs no qdisc; on older kernels aya falls back to netlink, which
+        // needs clsact. Adding it where it exists already is harmless.
+        let _ = aya::programs::tc::qdisc_add_clsact(device);
+        let name = program_names::TC_POD_INGRESS;
+        let ingress = self
+            .classifier(name)?
+            .attach(device, TcAttachType::Ingress)
+            .map_err(|source| BpfError::Program { name, source })?;
+        let name = program_names::TC_POD_EGRESS;
+        let egress = match self.classifier(name)?.attach(device, TcAttachType::Egress) {
+            Ok(link) => link,
+            Err(source) => {
+                let _ = self
+                    .classifier(program_names::TC_POD_INGRESS)?
+                    .detach(ingress);
+                return Err(BpfError::Program { name, source });
+            }
+        };
+        self.pod_devices
+            .insert(device.to_owned(), (ifindex, ingress, egress));
+        Ok(())
+    }
+
+    /// Forgets a device that went away (its links went with it) or detaches from one that
+    /// no longer matches.
+    pub fn detach_pod_device(&mut self, device: &str) {
+        if let Some((_, ingress, egress)) = self.pod_devices.remove(device) {
+            if let Ok(p) = self.classifier(program_names::TC_POD_INGRESS) {
+                let _ = p.detach(ingress);
+            }
+            if let Ok(p) = self.classifier(program_names::TC_POD_EGRESS) {
+                let _ = p.detach(egress);
+            }
+        }
+    }
+}
+
+/// The agent's handles on the pinned maps.
+pub struct BpfMaps {
+    services_v4: HashMap<MapData, Service4Key, ServiceValue>,
+    services_v6: HashMap<MapData, Service6Key, ServiceValue>,
+    backends_v4: HashMap<MapData, u32, Backend4>,
+    backends_v6: HashMap<MapData, u32, Backend6>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, BpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = AyaMapError>,
+{
+    let map = ebpf.take_map(name).ok_or(BpfError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| BpfError::Map { name, source })
+}
+
+impl BpfMaps {
+    fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+        Ok(Self {
+            services_v4: take_map(ebpf, map_names::SERVICES_V4)?,
+            services_v6: take_map(ebpf, map_names::SERVICES_V6)?,
+            backends_v4: take_map(ebpf, map_names::BACKENDS_V4)?,
+            backends_v6: take_map(ebpf, map_names::BACKENDS_V6)?,
+            stats: take_map(ebpf, map_names::STATS)?,
+        })
+    }
+
+    /// A counter of `lb_ebpf::stats`, summed over CPUs.
+    pub fn stat(&self, index: u32) -> u64 {
+        self.stats
+            .get(&index, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+fn io_err(op: &'static str, map: &'static str, e: AyaMapError) -> MapError {
+    let source = match e {
+        AyaMapError::SyscallError(s) => s.io_error,
+        other => std::io::Error::other(other.to_string()),
+    };
+    MapError::Io { op, map, source }
+}
+
+/// Deleting an absent key is success: deletes are idempotent.
+fn ignore_missing(r: Result<(), AyaMapError>) -> Result<(), AyaMapError> {
+    match r {
+        Err(AyaMapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn service_key<A>(addr: A, frontend: &Frontend, slot: u16) -> ServiceKey<A> {
+    ServiceKey {
+        addr,
+        port: port_to_map(frontend.addr.port()),
+        slot,
+        proto: frontend.protocol.number(),
+        scope: SCOPE_CLUSTER,
+        _pad: [0; 2],
+    }
+}
+
+impl MapOps for BpfMaps {
+    fn put_backend(&mut self, id: BackendId, backend: &BackendKey) -> Result<(), MapError> {
+        let (port, proto) = (port_to_map(backend.addr.port()), backend.protocol.number());
+        match backend.addr.ip() {
+            IpAddr::V4(ip) => self
+                .backends_v4
+                .insert(
+                    id,
+                    Backend4 {
+                        addr: ip.octets(),
+                        port,
+                        proto,
+                        flags: 0,
+                    },
+                    0,
+                )
+                .map_err(|e| io_err("insert", map_names::BACKENDS_V4, e)),
+            IpAddr::V6(ip) => self
+                .backends_v6
+                .insert(
+                    id,
+                    Backend6 {
+                        addr: ip.octets(),
+                        port,
+                        proto,
+                        flags: 0,
+                    },
+                    0,
+                )
+                .map_err(|e| io_err("insert", map_names::BACKENDS_V6, e)),
+        }
+    }
+
+    fn delete_backend(&mut self, id: BackendId, family: IpFamily) -> Result<(), MapError> {
+        match family {
+            IpFamily::V4 => ignore_missing(self.backends_v4.remove(&id))
+                .map_err(|e| io_err("delete", map_names::BACKENDS_V4, e)),
+            IpFamily::V6 => ignore_missing(self.backends_v6.remove(&id))
+                .map_err(|e| io_err("delete", map_names::BACKENDS_V6, e)),
+        }
+    }
+
+    fn put_slot(
+        &mut self,
+        frontend: &Frontend,
+        slot: u16,
+        value: &ServiceValue,
+    ) -> Result<(), MapError> {
+        match frontend.addr.ip() {
+            IpAddr::V4(ip) => self
+                .services_v4
+                .insert(service_key(ip.octets(), frontend, slot), value, 0)
+                .map_err(|e| io_err("insert", map_names::SERVICES_V4, e)),
+            IpAddr::V6(ip) => self
+                .services_v6
+                .insert(service_key(ip.octets(), frontend, slot), value, 0)
+                .map_err(|e| io_err("insert", map_names::SERVICES_V6, e)),
+        }
+    }
+
+    fn delete_slot(&mut self, frontend: &Frontend, slot: u16) -> Result<(), MapError> {
+        match frontend.addr.ip() {
+            IpAddr::V4(ip) => ignore_missing(self.services_v4.remove(&service_key(
+                ip.octets(),
+                frontend,
+                slot,
+            )))
+            .map_err(|e| io_err("delete", map_names::SERVICES_V4, e)),
+            IpAddr::V6(ip) => ignore_missing(self.services_v6.remove(&service_key(
+                ip.octets(),
+                frontend,
+                slot,
+            )))
+            .map_err(|e| io_err("delete", map_names::SERVICES_V6, e)),
+        }
+    }
+
+    fn list_slots(&self) -> Result<Vec<(Frontend, u16)>, MapError> {
+        let mut out = Vec::new();
+        for key in self.services_v4.keys() {
+            let key = key.map_err(|e| io_err("iterate", map_names::SERVICES_V4, e))?;
+            if let Some(f) = frontend_of(IpAddr::from(key.addr), &key) {
+                out.push((f, key.slot));
+            }
+        }
+        for key in self.services_v6.keys() {
+            let key = key.map_err(|e| io_err("iterate", map_names::SERVICES_V6, e))?;
+            if let Some(f) = frontend_of(IpAddr::from(key.addr), &key) {
+                out.push((f, key.slot));
+            }
+        }
+        Ok(out)
+    }
+
+    fn list_backends(&self) -> Result<Vec<(BackendId, IpFamily)>, MapError> {
+        let mut out = Vec::new();
+        for id in self.backends_v4.keys() {
+            out.push((
+                id.map_err(|e| io_err("iterate", map_names::BACKENDS_V4, e))?,
+                IpFamily::V4,
+            ));
+        }
+        for id in self.backends_v6.keys() {
+            out.push((
+                id.map_err(|e| io_err("iterate", map_names::BACKENDS_V6, e))?,
+                IpFamily::V6,
+            ));
+        }
+        Ok(out)
+    }
+}
+
+fn frontend_of<A>(addr: IpAddr, key: &ServiceKey<A>) -> Option<Frontend> {
+    let protocol = match key.proto {
+        lb_ebpf::PROTO_TCP => Protocol::Tcp,
+        lb_ebpf::PROTO_UDP => Protocol::Udp,
+        _ => return None,
+    };
+    Some(Frontend {
+        addr: std::net::SocketAddr::new(addr, lb_ebpf::port_from_map(key.port)),
+        protocol,
+    })
+}

@@ -1,0 +1,326 @@
+//! Kubernetes API objects (k8s-openapi types) to the model. Shared by both sources; every error
+//! is a reason a person can act on, and the caller adds which object it was.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::{
+    core::v1::Service as K8sService, discovery::v1::EndpointSlice as K8sEndpointSlice,
+};
+
+use crate::model::{
+    Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, Service, ServiceName, ServicePort,
+    ServiceType, TrafficPolicy,
+};
+
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// A conversion result with the warnings met on the way.
+#[derive(Debug)]
+pub struct Converted<T> {
+    pub value: T,
+    pub warnings: Vec<String>,
+}
+
+fn object_name(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<ServiceName, String> {
+    let name = meta
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or("metadata.name is missing")?;
+    Ok(ServiceName {
+        namespace: meta
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned()),
+        name,
+    })
+}
+
+fn parse_ip(field: &str, s: &str) -> Result<IpAddr, String> {
+    s.parse()
+        .map_err(|_| format!("{field} {s:?} is not an IP address"))
+}
+
+fn parse_port(field: &str, port: i32) -> Result<u16, String> {
+    u16::try_from(port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{field} {port} is not a port number (1-65535)"))
+}
+
+fn parse_policy(field: &str, s: Option<&str>) -> Result<TrafficPolicy, String> {
+    match s {
+        None | Some("Cluster") => Ok(TrafficPolicy::Cluster),
+        Some("Local") => Ok(TrafficPolicy::Local),
+        Some(other) => Err(format!("{field} {other:?} is neither Cluster nor Local")),
+    }
+}
+
+fn parse_family(s: &str) -> Result<IpFamily, String> {
+    match s {
+        "IPv4" => Ok(IpFamily::V4),
+        "IPv6" => Ok(IpFamily::V6),
+        other => Err(format!("IP family {other:?} is neither IPv4 nor IPv6")),
+    }
+}
+
+/// Converts a Service.
+///
+/// `raw` is the object as it was read, used only to spot fields the typed API no longer has
+/// (the pre-1.20 alpha `spec.ipFamily`). `require_cluster_ip` is set by the manifest source,
+/// where no API server allocates addresses.
+pub fn service(
+    svc: &K8sService,
+    raw: Option<&serde_json::Value>,
+    require_cluster_ip: bool,
+) -> Result<Converted<Service>, String> {
+    let name = object_name(&svc.metadata)?;
+    let mut warnings = Vec::new();
+    if let Some(old) = raw.and_then(|r| r.pointer("/spec/ipFamily")) {
+        warnings.push(format!(
+            "spec.ipFamily ({old}) is the pre-1.20 alpha field and is ignored; use spec.ipFamilies \
+             (with spec.ipFamilyPolicy) instead"
+        ));
+    }
+    let spec = svc.spec.as_ref().ok_or("spec is missing")?;
+    let service_type = match spec.type_.as_deref() {
+        None | Some("ClusterIP") => ServiceType::ClusterIp,
+        Some("NodePort") => ServiceType::NodePort,
+        Some("LoadBalancer") => ServiceType::LoadBalancer,
+        Some("ExternalName") => ServiceType::ExternalName,
+        Some(other) => return Err(format!("spec.type {other:?} is not a Service type")),
+    };
+
+    // clusterIPs is authoritative when set; clusterIP must then equal its first entry.
+    let mut ip_strings: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
+        (Some(ips), _) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        (_, Some(ip)) if !ip.is_empty() => vec![ip.as_str()],
+        _ => Vec::new(),
+    };
+    if let (Some(ip), Some(first)) = (&spec.cluster_ip, ip_strings.first())
+        && !ip.is_empty()
+        && ip != first
+    {
+        return Err(format!(
+            "spec.clusterIP {ip:?} differs from spec.clusterIPs[0] {first:?}"
+        ));
+    }
+    let headless = ip_strings.first().is_some_and(|ip| *ip == "None");
+    if headless {
+        ip_strings.clear();
+    }
+    let mut cluster_ips = Vec::new();
+    for s in ip_strings {
+        let ip = parse_ip("spec.clusterIPs entry", s)?;
+        if cluster_ips
+            .iter()
+            .any(|c| IpFamily::of(c) == IpFamily::of(&ip))
+        {
+            return Err(format!(
+                "spec.clusterIPs has two {} addresses; at most one per family",
+                IpFamily::of(&ip)
+            ));
+        }
+        cluster_ips.push(ip);
+    }
+    if let Some(families) = &spec.ip_families {
+        let families = families
+            .iter()
+            .map(|f| parse_family(f))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("spec.ipFamilies: {e}"))?;
+        for (i, ip) in cluster_ips.iter().enumerate() {
+            if let Some(f) = families.get(i)
+                && *f != IpFamily::of(ip)
+            {
+                return Err(format!(
+                    "spec.clusterIPs[{i}] {ip} is not of family spec.ipFamilies[{i}] {f}"
+                ));
+            }
+        }
+    }
+    if let Some(policy) = spec.ip_family_policy.as_deref()
+        && !matches!(
+            policy,
+            "SingleStack" | "PreferDualStack" | "RequireDualStack"
+        )
+    {
+        return Err(format!(
+            "spec.ipFamilyPolicy {policy:?} is not SingleStack, PreferDualStack or RequireDualStack"
+        ));
+    }
+    if require_cluster_ip
+        && !headless
+        && cluster_ips.is_empty()
+        && service_type != ServiceType::ExternalName
+    {
+        return Err(
+            "spec.clusterIP/spec.clusterIPs is missing: without an API server nothing allocates \
+             one, so write the address into the manifest (or clusterIP: None for a headless service)"
+                .to_owned(),
+        );
+    }
+
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let protocol =
+            Protocol::parse(p.protocol.as_deref()).map_err(|e| format!("spec.ports[{i}]: {e}"))?;
+        let port = parse_port(&format!("spec.ports[{i}].port"), p.port)?;
+        let node_port = p
+            .node_port
+            .map(|np| parse_port(&format!("spec.ports[{i}].nodePort"), np))
+            .transpose()?;
+        let name = p.name.clone().unwrap_or_default();
+        if ports
+            .iter()
+            .any(|q: &ServicePort| q.name == name && q.protocol == protocol)
+        {
+            return Err(format!(
+                "spec.ports[{i}]: port name {name:?} with protocol {protocol} is used twice"
+            ));
+        }
+        ports.push(ServicePort {
+            name,
+            port,
+            protocol,
+            node_port,
+        });
+    }
+
+    let external_ips = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .map(|s| parse_ip("spec.externalIPs entry", s))
+        .collect::<Result<_, _>>()?;
+    let load_balancer_ips = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|ing| ing.ip.as_deref())
+        .map(|s| parse_ip("status.loadBalancer.ingress ip", s))
+        .collect::<Result<_, _>>()?;
+
+    Ok(Converted {
+        value: Service {
+            name,
+            service_type,
+            cluster_ips,
+            ports,
+            external_ips,
+            load_balancer_ips,
+            internal_traffic_policy: parse_policy(
+                "spec.internalTrafficPolicy",
+                spec.internal_traffic_policy.as_deref(),
+            )?,
+            external_traffic_policy: parse_policy(
+                "spec.externalTrafficPolicy",
+                spec.external_traffic_policy.as_deref(),
+            )?,
+        },
+        warnings,
+    })
+}
+
+/// Converts an EndpointSlice. `Ok(None)` for slices the proxy ignores: addressType FQDN, or no
+/// `kubernetes.io/service-name` label.
+pub fn endpoint_slice(
+    slice: &K8sEndpointSlice,
+) -> Result<Option<Converted<EndpointSlice>>, String> {
+    let name = object_name(&slice.metadata)?;
+    let family = match slice.address_type.as_str() {
+        "IPv4" => IpFamily::V4,
+        "IPv6" => IpFamily::V6,
+        "FQDN" => return Ok(None),
+        other => return Err(format!("addressType {other:?} is not IPv4, IPv6 or FQDN")),
+    };
+    let Some(service) = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(None);
+    };
+    let mut warnings = Vec::new();
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        // kube-proxy skips ports without a number and port 0.
+        let Some(port) = p.port.filter(|p| *p != 0) else {
+            warnings.push(format!("ports[{i}] has no port number; skipped"));
+            continue;
+        };
+        let port = parse_port(&format!("ports[{i}].port"), port)?;
+        let protocol =
+            Protocol::parse(p.protocol.as_deref()).map_err(|e| format!("ports[{i}]: {e}"))?;
+        ports.push(EndpointPort {
+            name: p.name.clone().unwrap_or_default(),
+            port,
+            protocol,
+        });
+    }
+    let mut endpoints = Vec::new();
+    for (i, ep) in slice.endpoints.iter().flatten().enumerate() {
+        let Some(first) = ep.addresses.first() else {
+            warnings.push(format!("endpoints[{i}] has no address; skipped"));
+            continue;
+        };
+        let addr = match first.parse::<IpAddr>() {
+            Ok(addr) if IpFamily::of(&addr) == family => addr,
+            Ok(addr) => {
+                warnings.push(format!(
+                    "endpoints[{i}] address {addr} is not {family} like the slice; skipped"
+                ));
+                continue;
+            }
+            Err(_) => {
+                warnings.push(format!(
+                    "endpoints[{i}] address {first:?} is not an IP address; skipped"
+                ));
+                continue;
+            }
+        };
+        let conditions = ep.conditions.as_ref();
+        let hints = ep.hints.as_ref();
+        endpoints.push(Endpoint {
+            addr,
+            ready: conditions.and_then(|c| c.ready).unwrap_or(true),
+            serving: conditions.and_then(|c| c.serving).unwrap_or(true),
+            terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+            node_name: ep.node_name.clone(),
+            zone: ep.zone.clone(),
+            zone_hints: hints
+                .and_then(|h| h.for_zones.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|z| z.name.clone())
+                .collect(),
+            node_hints: hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|n| n.name.clone())
+                .collect(),
+        });
+    }
+    Ok(Some(Converted {
+        value: EndpointSlice {
+            service: ServiceName {
+                namespace: name.namespace.clone(),
+                name: service.clone(),
+            },
+            name,
+            family,
+            ports,
+            endpoints,
+        },
+        warnings,
+    }))
+}

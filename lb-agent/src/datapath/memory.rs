@@ -1,0 +1,86 @@
+//! In-memory [`MapOps`]: the maps as ordered maps, for testing the control plane without root.
+
+use std::collections::BTreeMap;
+
+use lb_ebpf::ServiceValue;
+
+use super::{BackendId, BackendKey, MapError, MapOps};
+use crate::model::{Frontend, IpFamily};
+
+/// The BPF maps' contents, kept in memory.
+#[derive(Debug, Default)]
+pub struct MemoryMaps {
+    pub services: BTreeMap<(Frontend, u16), ServiceValue>,
+    pub backends: BTreeMap<BackendId, BackendKey>,
+    /// Number of write and delete operations so far.
+    pub ops: usize,
+    /// Fail every operation after this many more have succeeded (for error-path tests).
+    pub fail_after: Option<usize>,
+}
+
+impl MemoryMaps {
+    fn step(&mut self) -> Result<(), MapError> {
+        if let Some(n) = &mut self.fail_after {
+            if *n == 0 {
+                return Err(MapError::Other("injected failure".into()));
+            }
+            *n -= 1;
+        }
+        self.ops += 1;
+        Ok(())
+    }
+
+    /// Backends a frontend's slots point at, in slot order.
+    pub fn slot_backends(&self, frontend: &Frontend) -> Vec<BackendKey> {
+        let count = self.services.get(&(*frontend, 0)).map_or(0, |v| v.count);
+        (1..=count)
+            .map(|slot| {
+                let id = self.services[&(*frontend, slot)].backend_id;
+                self.backends[&id]
+            })
+            .collect()
+    }
+}
+
+impl MapOps for MemoryMaps {
+    fn put_backend(&mut self, id: BackendId, backend: &BackendKey) -> Result<(), MapError> {
+        self.step()?;
+        self.backends.insert(id, *backend);
+        Ok(())
+    }
+
+    fn delete_backend(&mut self, id: BackendId, _family: IpFamily) -> Result<(), MapError> {
+        self.step()?;
+        self.backends.remove(&id);
+        Ok(())
+    }
+
+    fn put_slot(
+        &mut self,
+        frontend: &Frontend,
+        slot: u16,
+        value: &ServiceValue,
+    ) -> Result<(), MapError> {
+        self.step()?;
+        self.services.insert((*frontend, slot), *value);
+        Ok(())
+    }
+
+    fn delete_slot(&mut self, frontend: &Frontend, slot: u16) -> Result<(), MapError> {
+        self.step()?;
+        self.services.remove(&(*frontend, slot));
+        Ok(())
+    }
+
+    fn list_slots(&self) -> Result<Vec<(Frontend, u16)>, MapError> {
+        Ok(self.services.keys().copied().collect())
+    }
+
+    fn list_backends(&self) -> Result<Vec<(BackendId, IpFamily)>, MapError> {
+        Ok(self
+            .backends
+            .iter()
+            .map(|(id, b)| (*id, IpFamily::of(&b.addr.ip())))
+            .collect())
+    }
+}

@@ -1,0 +1,384 @@
+//! The datapath writer: diffs the desired frontends against what it has programmed and writes
+//! only the difference, through [`MapOps`]. One write path into the maps.
+//!
+//! Guarantees the kernel side relies on:
+//! - a frontend's backend slots are written before its count covers them, and its count shrinks
+//!   before the slots beyond it go, so a lookup never meets a missing slot;
+//! - slot positions are stable: a backend that stays keeps its slot, a removed one's slot is
+//!   filled by an addition or by the last slot, so unrelated entries are not rewritten;
+//! - backend IDs are shared by every frontend of a backend and freed with the last reference;
+//! - every operation is idempotent, so a failed apply is repaired by the next one.
+
+pub mod memory;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    net::SocketAddr,
+};
+
+use lb_ebpf::ServiceValue;
+use thiserror::Error;
+
+use crate::model::{Frontend, FrontendState, IpFamily, Protocol};
+
+/// Identifies a backend in the backend maps and in flow entries.
+pub type BackendId = u32;
+
+/// A backend as the maps hold it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+}
+
+/// A failed map operation.
+#[derive(Debug, Error)]
+pub enum MapError {
+    #[error("{op} in map {map} failed: {source}")]
+    Io {
+        op: &'static str,
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The map operations the writer needs; implemented on the real BPF maps and in memory.
+pub trait MapOps {
+    fn put_backend(&mut self, id: BackendId, backend: &BackendKey) -> Result<(), MapError>;
+    /// Deleting an absent entry succeeds.
+    fn delete_backend(&mut self, id: BackendId, family: IpFamily) -> Result<(), MapError>;
+    fn put_slot(
+        &mut self,
+        frontend: &Frontend,
+        slot: u16,
+        value: &ServiceValue,
+    ) -> Result<(), MapError>;
+    /// Deleting an absent entry succeeds.
+    fn delete_slot(&mut self, frontend: &Frontend, slot: u16) -> Result<(), MapError>;
+    /// Every service map entry present, as (frontend, slot).
+    fn list_slots(&self) -> Result<Vec<(Frontend, u16)>, MapError>;
+    /// Every backend map entry present.
+    fn list_backends(&self) -> Result<Vec<(BackendId, IpFamily)>, MapError>;
+}
+
+#[derive(Clone, Debug)]
+struct Programmed {
+    rev_nat_id: u16,
+    /// Sorted backends, compared with the desired list to detect changes.
+    backends: Vec<BackendKey>,
+    /// Backend ID in slot `i + 1`.
+    slots: Vec<BackendId>,
+}
+
+/// Hands out small integer IDs, reusing freed ones.
+#[derive(Debug)]
+struct IdPool {
+    next: u32,
+    max: u32,
+    free: Vec<u32>,
+}
+
+impl IdPool {
+    fn new(max: u32) -> Self {
+        Self {
+            next: 1,
+            max,
+            free: Vec::new(),
+        }
+    }
+    fn take(&mut self) -> Option<u32> {
+        self.free.pop().or_else(|| {
+            (self.next <= self.max).then(|| {
+                self.next += 1;
+                self.next - 1
+            })
+        })
+    }
+    fn give(&mut self, id: u32) {
+        self.free.push(id);
+    }
+}
+
+/// What one [`Writer::apply`] did.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub frontends_changed: usize,
+    pub frontends_removed: usize,
+    /// Each names the frontend, its service port and the failure; retried on the next apply.
+    pub errors: Vec<String>,
+}
+
+/// Keeps the maps equal to the desired state with as few writes as possible.
+pub struct Writer<M> {
+    maps: M,
+    frontends: BTreeMap<Frontend, Programmed>,
+    /// Backend -> (ID, number of frontends using it).
+    backends: HashMap<BackendKey, (BackendId, usize)>,
+    backend_ids: IdPool,
+    rev_nat_ids: IdPool,
+}
+
+impl<M: MapOps> Writer<M> {
+    pub fn new(maps: M, max_backends: u32) -> Self {
+        Self {
+            maps,
+            frontends: BTreeMap::new(),
+            backends: HashMap::new(),
+            backend_ids: IdPool::new(max_backends),
+            rev_nat_ids: IdPool::new(u32::from(u16::MAX)),
+        }
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
+    /// Number of frontends programmed.
+    pub fn frontend_count(&self) -> usize {
+        self.frontends.len()
+    }
+
+    /// Makes the maps serve exactly `desired`.
+    pub fn apply(&mut self, desired: &BTreeMap<Frontend, FrontendState>) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let stale: Vec<Frontend> = self
+            .frontends
+            .keys()
+            .filter(|f| !desired.contains_key(f))
+            .copied()
+            .collect();
+        for frontend in stale {
+            match self.remove_frontend(&frontend) {
+                Ok(()) => report.frontends_removed += 1,
+                Err(e) => report.errors.push(format!("removing {frontend}: {e}")),
+            }
+        }
+        for (frontend, state) in desired {
+            let wanted: Vec<BackendKey> = state
+                .backends
+                .iter()
+                .filter(|a| IpFamily::of(&a.ip()) == IpFamily::of(&frontend.addr.ip()))
+                .map(|addr| BackendKey {
+                    addr: *addr,
+                    protocol: frontend.protocol,
+                })
+                .collect();
+            if self
+                .frontends
+                .get(frontend)
+                .is_some_and(|p| p.backends == wanted)
+            {
+                continue;
+            }
+            match self.update_frontend(frontend, wanted) {
+                Ok(()) => report.frontends_changed += 1,
+                Err(e) => report.errors.push(format!(
+                    "programming {frontend} of service {}: {e}",
+                    state.service_port
+                )),
+            }
+        }
+        report
+    }
+
+    /// Deletes every map entry the writer did not program: entries left in pinned maps by an
+    /// earlier run of the agent for services that are gone now. Call after the first apply.
+    pub fn sweep(&mut self) -> Result<usize, MapError> {
+        let mut removed = 0;
+        for (frontend, slot) in self.maps.list_slots()? {
+            let known = self
+                .frontends
+                .get(&frontend)
+                .is_some_and(|p| usize::from(slot) <= p.slots.len());
+            if !known {
+                self.maps.delete_slot(&frontend, slot)?;
+                removed += 1;
+            }
+        }
+        let known: HashSet<(BackendId, IpFamily)> = self
+            .backends
+            .iter()
+            .map(|(b, (id, _))| (*id, IpFamily::of(&b.addr.ip())))
+            .collect();
+        for (id, family) in self.maps.list_backends()? {
+            if !known.contains(&(id, family)) {
+                self.maps.delete_backend(id, family)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn acquire(&mut self, backend: &BackendKey) -> Result<BackendId, MapError> {
+        if let Some((id, refs)) = self.backends.get_mut(backend) {
+            *refs += 1;
+            return Ok(*id);
+        }
+        let id = self
+            .backend_ids
+            .take()
+            .ok_or_else(|| MapError::Other("no free backend ID: raise --max-backends".into()))?;
+        if let Err(e) = self.maps.put_backend(id, backend) {
+            self.backend_ids.give(id);
+            return Err(e);
+        }
+        self.backends.insert(*backend, (id, 1));
+        Ok(id)
+    }
+
+    fn release(&mut self, backend: &BackendKey) -> Result<(), MapError> {
+        let Some((id, refs)) = self.backends.get_mut(backend) else {
+            return Ok(());
+        };
+        *refs -= 1;
+        if *refs > 0 {
+            return Ok(());
+        }
+        let id = *id;
+        self.backends.remove(backend);
+        self.backend_ids.give(id);
+        self.maps
+            .delete_backend(id, IpFamily::of(&backend.addr.ip()))
+    }
+
+    fn update_frontend(
+        &mut self,
+        frontend: &Frontend,
+        wanted: Vec<BackendKey>,
+    ) -> Result<(), MapError> {
+        let mut ids = Vec::with_capacity(wanted.len());
+        for backend in &wanted {
+            match self.acquire(backend) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    for b in &wanted[..ids.len()] {
+                        self.release(b)?;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let old = self.frontends.get(frontend).cloned();
+        let rev_nat_id = match &old {
+            Some(p) => p.rev_nat_id,
+            None => self.rev_nat_ids.take().map(|id| id as u16).ok_or_else(|| {
+                MapError::Other("no free reverse-NAT ID: more than 65535 frontends".into())
+            })?,
+        };
+        let old_slots = old.as_ref().map(|p| p.slots.as_slice()).unwrap_or(&[]);
+        let slots = stable_slots(old_slots, &ids);
+        let count = u16::try_from(slots.len())
+            .map_err(|_| MapError::Other(format!("{} backends: at most 65535", slots.len())))?;
+
+        let result = (|| {
+            for (i, id) in slots.iter().enumerate() {
+                if old_slots.get(i) != Some(id) {
+                    let value = ServiceValue {
+                        backend_id: *id,
+                        count: 0,
+                        rev_nat_id: 0,
+                        flags: 0,
+                        _pad: [0; 3],
+                    };
+                    self.maps.put_slot(frontend, i as u16 + 1, &value)?;
+                }
+            }
+            if old.is_none() || old_slots.len() != slots.len() {
+                let value = ServiceValue {
+                    backend_id: 0,
+                    count,
+                    rev_nat_id,
+                    flags: 0,
+                    _pad: [0; 3],
+                };
+                self.maps.put_slot(frontend, 0, &value)?;
+            }
+            for slot in slots.len()..old_slots.len() {
+                self.maps.delete_slot(frontend, slot as u16 + 1)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            for b in &wanted {
+                self.release(b)?;
+            }
+            if old.is_none() {
+                self.rev_nat_ids.give(u32::from(rev_nat_id));
+            }
+            return Err(e);
+        }
+        if let Some(old) = old {
+            for b in &old.backends {
+                self.release(b)?;
+            }
+        }
+        self.frontends.insert(
+            *frontend,
+            Programmed {
+                rev_nat_id,
+                backends: wanted,
+                slots,
+            },
+        );
+        Ok(())
+    }
+
+    fn remove_frontend(&mut self, frontend: &Frontend) -> Result<(), MapError> {
+        let Some(old) = self.frontends.get(frontend).cloned() else {
+            return Ok(());
+        };
+        // The frontend entry goes first: new flows stop looking at the slots.
+        self.maps.delete_slot(frontend, 0)?;
+        for slot in 1..=old.slots.len() {
+            self.maps.delete_slot(frontend, slot as u16)?;
+        }
+        self.frontends.remove(frontend);
+        self.rev_nat_ids.give(u32::from(old.rev_nat_id));
+        for b in &old.backends {
+            self.release(b)?;
+        }
+        Ok(())
+    }
+}
+
+/// New slot layout: IDs that stay keep their position, additions fill the holes first, and the
+/// last slots move into holes that remain.
+fn stable_slots(old: &[BackendId], wanted: &[BackendId]) -> Vec<BackendId> {
+    let wanted_set: HashSet<BackendId> = wanted.iter().copied().collect();
+    let mut slots: Vec<Option<BackendId>> = old
+        .iter()
+        .map(|id| wanted_set.contains(id).then_some(*id))
+        .collect();
+    let present: HashSet<BackendId> = slots.iter().flatten().copied().collect();
+    let mut additions: VecDeque<BackendId> = wanted
+        .iter()
+        .filter(|id| !present.contains(id))
+        .copied()
+        .collect();
+    for slot in slots.iter_mut().filter(|s| s.is_none()) {
+        match additions.pop_front() {
+            Some(id) => *slot = Some(id),
+            None => break,
+        }
+    }
+    slots.extend(additions.into_iter().map(Some));
+    let mut i = 0;
+    while i < slots.len() {
+        if slots[i].is_none() {
+            slots.swap_remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    slots.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,201 @@
+use std::collections::BTreeMap;
+
+use super::{memory::MemoryMaps, stable_slots, *};
+use crate::model::{Frontend, FrontendState, Protocol};
+
+fn fe(s: &str) -> Frontend {
+    Frontend {
+        addr: s.parse().unwrap(),
+        protocol: Protocol::Tcp,
+    }
+}
+
+fn desired(entries: &[(&str, &[&str])]) -> BTreeMap<Frontend, FrontendState> {
+    entries
+        .iter()
+        .map(|(f, backends)| {
+            (
+                fe(f),
+                FrontendState {
+                    service_port: format!("default/{f}"),
+                    backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+                },
+            )
+        })
+        .collect()
+}
+
+fn addrs(maps: &MemoryMaps, f: &str) -> Vec<String> {
+    let mut v: Vec<String> = maps
+        .slot_backends(&fe(f))
+        .iter()
+        .map(|b| b.addr.to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn writer() -> Writer<MemoryMaps> {
+    Writer::new(MemoryMaps::default(), 1000)
+}
+
+#[test]
+fn programs_frontends_slots_and_backends_for_both_families() {
+    let mut w = writer();
+    let r = w.apply(&desired(&[
+        ("10.96.0.1:80", &["10.0.0.1:8080", "10.0.0.2:8080"]),
+        ("[fd00::1]:80", &["[fd01::1]:8080"]),
+    ]));
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.frontends_changed, 2);
+    assert_eq!(
+        addrs(w.maps(), "10.96.0.1:80"),
+        ["10.0.0.1:8080", "10.0.0.2:8080"]
+    );
+    assert_eq!(addrs(w.maps(), "[fd00::1]:80"), ["[fd01::1]:8080"]);
+    // 2 frontends + 3 slots, 3 backends.
+    assert_eq!(w.maps().services.len(), 5);
+    assert_eq!(w.maps().backends.len(), 3);
+    let front = w.maps().services[&(fe("10.96.0.1:80"), 0)];
+    assert_eq!(front.count, 2);
+    assert_ne!(front.rev_nat_id, 0);
+}
+
+#[test]
+fn applying_the_same_state_again_writes_nothing() {
+    let mut w = writer();
+    let d = desired(&[("10.96.0.1:80", &["10.0.0.1:8080"])]);
+    w.apply(&d);
+    let ops = w.maps().ops;
+    let r = w.apply(&d);
+    assert_eq!(r.frontends_changed, 0);
+    assert_eq!(w.maps().ops, ops);
+}
+
+#[test]
+fn changing_one_service_touches_only_its_entries() {
+    let mut w = writer();
+    w.apply(&desired(&[
+        ("10.96.0.1:80", &["10.0.0.1:80", "10.0.0.2:80"]),
+        ("10.96.0.2:80", &["10.0.0.3:80"]),
+    ]));
+    let before = w.maps().services.clone();
+    let ops = w.maps().ops;
+    w.apply(&desired(&[
+        ("10.96.0.1:80", &["10.0.0.1:80", "10.0.0.2:80"]),
+        ("10.96.0.2:80", &["10.0.0.3:80", "10.0.0.4:80"]),
+    ]));
+    // One backend, one slot, one frontend count.
+    assert_eq!(w.maps().ops - ops, 3);
+    for (key, value) in &before {
+        if key.0 == fe("10.96.0.1:80") {
+            assert_eq!(w.maps().services[key], *value);
+        }
+    }
+}
+
+#[test]
+fn removing_a_backend_keeps_the_other_slots_in_place() {
+    let mut w = writer();
+    w.apply(&desired(&[(
+        "10.96.0.1:80",
+        &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"],
+    )]));
+    let slot3 = w.maps().services[&(fe("10.96.0.1:80"), 3)];
+    let slot1 = w.maps().services[&(fe("10.96.0.1:80"), 1)];
+    w.apply(&desired(&[(
+        "10.96.0.1:80",
+        &["10.0.0.1:80", "10.0.0.3:80"],
+    )]));
+    assert_eq!(
+        addrs(w.maps(), "10.96.0.1:80"),
+        ["10.0.0.1:80", "10.0.0.3:80"]
+    );
+    // Slot 2 (the removed backend) now holds what was in slot 3; slot 1 is untouched.
+    assert_eq!(w.maps().services[&(fe("10.96.0.1:80"), 1)], slot1);
+    assert_eq!(w.maps().services[&(fe("10.96.0.1:80"), 2)], slot3);
+    assert!(!w.maps().services.contains_key(&(fe("10.96.0.1:80"), 3)));
+    assert_eq!(w.maps().backends.len(), 2);
+}
+
+#[test]
+fn shared_backends_keep_one_id_until_the_last_frontend_goes() {
+    let mut w = writer();
+    w.apply(&desired(&[
+        ("10.96.0.1:80", &["10.0.0.1:80"]),
+        ("10.96.0.2:80", &["10.0.0.1:80"]),
+    ]));
+    assert_eq!(w.maps().backends.len(), 1);
+    let id1 = w.maps().services[&(fe("10.96.0.1:80"), 1)].backend_id;
+    let id2 = w.maps().services[&(fe("10.96.0.2:80"), 1)].backend_id;
+    assert_eq!(id1, id2);
+    w.apply(&desired(&[("10.96.0.2:80", &["10.0.0.1:80"])]));
+    assert_eq!(w.maps().backends.len(), 1);
+    w.apply(&desired(&[]));
+    assert!(w.maps().backends.is_empty());
+    assert!(w.maps().services.is_empty());
+}
+
+#[test]
+fn frontend_without_backends_has_count_zero() {
+    let mut w = writer();
+    w.apply(&desired(&[("10.96.0.1:80", &["10.0.0.1:80"])]));
+    w.apply(&desired(&[("10.96.0.1:80", &[])]));
+    assert_eq!(w.maps().services[&(fe("10.96.0.1:80"), 0)].count, 0);
+    assert_eq!(w.maps().services.len(), 1);
+    assert!(w.maps().backends.is_empty());
+}
+
+#[test]
+fn a_failed_write_is_reported_and_repaired_by_the_next_apply() {
+    let mut w = writer();
+    let d = desired(&[
+        ("10.96.0.1:80", &["10.0.0.1:80", "10.0.0.2:80"]),
+        ("10.96.0.2:80", &["10.0.0.3:80"]),
+    ]);
+    w.maps_mut().fail_after = Some(2);
+    let r = w.apply(&d);
+    assert!(!r.errors.is_empty());
+    assert!(r.errors[0].contains("10.96.0.1:80/TCP"), "{:?}", r.errors);
+    w.maps_mut().fail_after = None;
+    let r = w.apply(&d);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(
+        addrs(w.maps(), "10.96.0.1:80"),
+        ["10.0.0.1:80", "10.0.0.2:80"]
+    );
+    assert_eq!(addrs(w.maps(), "10.96.0.2:80"), ["10.0.0.3:80"]);
+    assert_eq!(w.maps().backends.len(), 3);
+}
+
+#[test]
+fn stable_slots_fill_holes_with_additions_then_with_the_tail() {
+    assert_eq!(stable_slots(&[1, 2, 3], &[1, 3, 4]), [1, 4, 3]);
+    assert_eq!(stable_slots(&[1, 2, 3, 4], &[1, 4]), [1, 4]);
+    assert_eq!(stable_slots(&[1, 2, 3, 4], &[3]), [3]);
+    assert_eq!(stable_slots(&[], &[5, 6]), [5, 6]);
+    assert_eq!(stable_slots(&[5, 6], &[]), Vec::<u32>::new());
+}
+
+#[test]
+fn sweep_removes_entries_left_by_an_earlier_run() {
+    let mut earlier = writer();
+    earlier.apply(&desired(&[
+        ("10.96.0.1:80", &["10.0.0.1:80"]),
+        ("10.96.0.2:80", &["10.0.0.2:80", "10.0.0.3:80"]),
+    ]));
+    let maps = std::mem::take(earlier.maps_mut());
+    // The restarted agent only knows the first service now.
+    let mut w = Writer::new(maps, 1000);
+    w.apply(&desired(&[("10.96.0.1:80", &["10.0.0.1:80"])]));
+    let removed = w.sweep().unwrap();
+    assert!(removed >= 3, "removed {removed}");
+    assert_eq!(addrs(w.maps(), "10.96.0.1:80"), ["10.0.0.1:80"]);
+    assert!(
+        w.maps()
+            .services
+            .keys()
+            .all(|(f, _)| *f == fe("10.96.0.1:80"))
+    );
+    assert_eq!(w.maps().backends.len(), 1);
+}

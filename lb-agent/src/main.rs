@@ -1,0 +1,151 @@
+//! `lb-agent`: replaces kube-proxy with eBPF service load balancing.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use lb_agent::{
+    agent::{self, RunOptions},
+    bpf::LoadOptions,
+    devices::DevicePatterns,
+    manifest::ManifestSource,
+    selection::{self, NodeContext},
+};
+use lb_ebpf::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "eBPF service load balancer for Kubernetes (kube-proxy replacement)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Program the datapath and keep it in sync with the services.
+    Run(RunArgs),
+    /// Print what the datapath would serve for a manifest directory, and any problems; needs no
+    /// privileges.
+    Plan {
+        /// Directory of Service and EndpointSlice manifests.
+        #[arg(long, value_name = "DIR")]
+        manifests: PathBuf,
+        /// This node's name, for endpoint locality.
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Directory of Service and EndpointSlice manifests (`*.yaml`, `*.yml`, `*.json`), watched
+    /// for changes.
+    #[arg(long, value_name = "DIR")]
+    manifests: PathBuf,
+    /// Comma-separated names or globs of pod-facing devices; programs attach to matching
+    /// devices now and as they appear.
+    #[arg(long, value_name = "LIST", default_value = "")]
+    pod_devices: String,
+    /// This node's name, for endpoint locality.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Directory on a BPF filesystem where maps are pinned; agents with different directories
+    /// do not share state.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/lb")]
+    bpffs: PathBuf,
+    /// Address of the /healthz and /livez server.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    healthz_bind_address: SocketAddr,
+    /// Service map entries per family (a frontend plus one per backend slot).
+    #[arg(long, default_value_t = DEFAULT_MAX_SERVICES, value_parser = clap::value_parser!(u32).range(1..))]
+    max_services: u32,
+    /// Backends per family.
+    #[arg(long, default_value_t = DEFAULT_MAX_BACKENDS, value_parser = clap::value_parser!(u32).range(1..))]
+    max_backends: u32,
+    /// Tracked flows per family (each flow takes two entries).
+    #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(2..))]
+    max_flows: u32,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+fn plan(manifests: PathBuf, node_name: Option<String>) -> anyhow::Result<bool> {
+    let mut source = ManifestSource::new(&manifests);
+    let report = source.reload()?;
+    let (services, slices, duplicates) = source.snapshot();
+    let sel = selection::select(
+        &services,
+        &slices,
+        &NodeContext {
+            node_name,
+            zone: None,
+        },
+    );
+    for (frontend, state) in &sel.frontends {
+        let backends: Vec<String> = state.backends.iter().map(ToString::to_string).collect();
+        println!(
+            "{frontend} {} -> [{}]",
+            state.service_port,
+            backends.join(", ")
+        );
+    }
+    let problems: Vec<String> = report
+        .problems
+        .into_iter()
+        .chain(duplicates)
+        .chain(sel.problems)
+        .collect();
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    for p in &problems {
+        eprintln!("error: {p}");
+    }
+    Ok(problems.is_empty())
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Plan {
+            manifests,
+            node_name,
+        } => plan(manifests, node_name),
+        Command::Run(args) => (|| {
+            let pod_devices = DevicePatterns::parse(&args.pod_devices)
+                .map_err(|e| anyhow::anyhow!("--pod-devices: {e}"))?;
+            let opts = RunOptions {
+                manifests: args.manifests,
+                pod_devices,
+                node_name: args.node_name,
+                load: LoadOptions {
+                    pin_dir: args.bpffs,
+                    max_services: args.max_services,
+                    max_backends: args.max_backends,
+                    max_flows: args.max_flows,
+                },
+                healthz_bind_address: args.healthz_bind_address,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(agent::run(opts)).map(|()| true)
+        })(),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

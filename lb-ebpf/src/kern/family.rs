@@ -1,0 +1,140 @@
+//! The two address families behind one interface, so that the load-balancing logic in `lb` is
+//! written once and compiled for each family.
+
+use aya_ebpf::{
+    maps::{HashMap, LruHashMap},
+    programs::TcContext,
+};
+use lb_ebpf::{Backend, FlowKey, FlowValue, ServiceKey, ServiceValue};
+
+use super::{
+    maps::{
+        LB_BACKENDS_V4, LB_BACKENDS_V6, LB_FLOWS_V4, LB_FLOWS_V6, LB_SERVICES_V4, LB_SERVICES_V6,
+    },
+    nat::{self, End},
+    parse::Packet,
+};
+
+/// An IP family: its address type, its maps and how to rewrite its addresses.
+pub trait Family {
+    type Addr: Copy + PartialEq + 'static;
+    type Flow: FlowEntry<Self::Addr> + 'static;
+
+    fn services() -> &'static HashMap<ServiceKey<Self::Addr>, ServiceValue>;
+    fn backends() -> &'static HashMap<u32, Backend<Self::Addr>>;
+    fn flows() -> &'static LruHashMap<FlowKey<Self::Addr>, Self::Flow>;
+    fn rewrite_addr(
+        ctx: &TcContext,
+        pkt: &Packet<Self::Addr>,
+        end: End,
+        new: Self::Addr,
+    ) -> Result<(), i64>;
+}
+
+/// Field access on a flow value of either family.
+pub trait FlowEntry<A>: Copy {
+    fn new(nat_addr: A, nat_port: u16, rev_nat_id: u16, backend_id: u32, now: u64) -> Self;
+    fn nat_addr(&self) -> A;
+    fn nat_port(&self) -> u16;
+    fn backend_id(&self) -> u32;
+    fn flags(&self) -> u8;
+    fn last_seen_ns(&self) -> u64;
+    fn touch(&mut self, now: u64, set_flags: u8);
+}
+
+impl<A: Copy, const PAD: usize> FlowEntry<A> for FlowValue<A, PAD> {
+    #[inline(always)]
+    fn new(nat_addr: A, nat_port: u16, rev_nat_id: u16, backend_id: u32, now: u64) -> Self {
+        Self {
+            nat_addr,
+            nat_port,
+            rev_nat_id,
+            backend_id,
+            flags: 0,
+            _pad: [0; PAD],
+            last_seen_ns: now,
+        }
+    }
+    #[inline(always)]
+    fn nat_addr(&self) -> A {
+        self.nat_addr
+    }
+    #[inline(always)]
+    fn nat_port(&self) -> u16 {
+        self.nat_port
+    }
+    #[inline(always)]
+    fn backend_id(&self) -> u32 {
+        self.backend_id
+    }
+    #[inline(always)]
+    fn flags(&self) -> u8 {
+        self.flags
+    }
+    #[inline(always)]
+    fn last_seen_ns(&self) -> u64 {
+        self.last_seen_ns
+    }
+    #[inline(always)]
+    fn touch(&mut self, now: u64, set_flags: u8) {
+        self.last_seen_ns = now;
+        self.flags |= set_flags;
+    }
+}
+
+pub struct V4;
+pub struct V6;
+
+impl Family for V4 {
+    type Addr = [u8; 4];
+    type Flow = lb_ebpf::Flow4Value;
+
+    #[inline(always)]
+    fn services() -> &'static HashMap<ServiceKey<[u8; 4]>, ServiceValue> {
+        &LB_SERVICES_V4
+    }
+    #[inline(always)]
+    fn backends() -> &'static HashMap<u32, Backend<[u8; 4]>> {
+        &LB_BACKENDS_V4
+    }
+    #[inline(always)]
+    fn flows() -> &'static LruHashMap<FlowKey<[u8; 4]>, Self::Flow> {
+        &LB_FLOWS_V4
+    }
+    #[inline(always)]
+    fn rewrite_addr(
+        ctx: &TcContext,
+        pkt: &Packet<[u8; 4]>,
+        end: End,
+        new: [u8; 4],
+    ) -> Result<(), i64> {
+        nat::rewrite_v4_addr(ctx, pkt, end, new)
+    }
+}
+
+impl Family for V6 {
+    type Addr = [u8; 16];
+    type Flow = lb_ebpf::Flow6Value;
+
+    #[inline(always)]
+    fn services() -> &'static HashMap<ServiceKey<[u8; 16]>, ServiceValue> {
+        &LB_SERVICES_V6
+    }
+    #[inline(always)]
+    fn backends() -> &'static HashMap<u32, Backend<[u8; 16]>> {
+        &LB_BACKENDS_V6
+    }
+    #[inline(always)]
+    fn flows() -> &'static LruHashMap<FlowKey<[u8; 16]>, Self::Flow> {
+        &LB_FLOWS_V6
+    }
+    #[inline(always)]
+    fn rewrite_addr(
+        ctx: &TcContext,
+        pkt: &Packet<[u8; 16]>,
+        end: End,
+        new: [u8; 16],
+    ) -> Result<(), i64> {
+        nat::rewrite_v6_addr(ctx, pkt, end, new)
+    }
+}

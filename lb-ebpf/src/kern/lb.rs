@@ -1,0 +1,218 @@
+//! The load-balancing decision and connection tracking, written once for both families.
+
+use aya_ebpf::{
+    bindings::TC_ACT_OK,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    programs::TcContext,
+};
+use aya_log_ebpf::warn;
+use lb_ebpf::{
+    FLOW_F_CLOSING, FLOW_FORWARD, FLOW_REPLY, FLOW_TCP_CLOSING_NS, FLOW_TCP_LIFETIME_NS,
+    FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, SCOPE_CLUSTER, ServiceKey, stats,
+};
+
+use super::{
+    family::{Family, FlowEntry, V4, V6},
+    maps::count,
+    nat::{End, rewrite_port},
+    parse::{Packet, Parsed, parse},
+};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Packets leaving a pod: translate a service destination to a backend.
+#[inline(always)]
+pub fn pod_ingress(ctx: &TcContext) -> Result<i32, i64> {
+    match parse(ctx)? {
+        Parsed::V4(pkt) => forward::<V4>(ctx, &pkt),
+        Parsed::V6(pkt) => forward::<V6>(ctx, &pkt),
+        Parsed::Other => Ok(TC_ACT_OK as i32),
+    }
+}
+
+/// Packets entering a pod: restore the service address as the source of replies.
+#[inline(always)]
+pub fn pod_egress(ctx: &TcContext) -> Result<i32, i64> {
+    match parse(ctx)? {
+        Parsed::V4(pkt) => reply::<V4>(ctx, &pkt),
+        Parsed::V6(pkt) => reply::<V6>(ctx, &pkt),
+        Parsed::Other => Ok(TC_ACT_OK as i32),
+    }
+}
+
+#[inline(always)]
+fn flow_key<F: Family>(pkt: &Packet<F::Addr>, dir: u8) -> FlowKey<F::Addr> {
+    FlowKey {
+        saddr: pkt.saddr,
+        daddr: pkt.daddr,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        dir,
+        _pad: [0; 2],
+    }
+}
+
+/// Whether a flow entry may still carry packets of the same connection.
+#[inline(always)]
+fn is_live<F: Family>(flow: &F::Flow, proto: u8, now: u64) -> bool {
+    let lifetime = if proto != PROTO_TCP {
+        FLOW_UDP_LIFETIME_NS
+    } else if flow.flags() & FLOW_F_CLOSING != 0 {
+        FLOW_TCP_CLOSING_NS
+    } else {
+        FLOW_TCP_LIFETIME_NS
+    };
+    now.wrapping_sub(flow.last_seen_ns()) < lifetime
+}
+
+/// Whether the backend a flow points at is still programmed at the same address.
+#[inline(always)]
+fn backend_present<F: Family>(flow: &F::Flow) -> bool {
+    // SAFETY: read-only copy of a map value.
+    match unsafe { F::backends().get(&flow.backend_id()) } {
+        Some(b) => b.addr == flow.nat_addr() && b.port == flow.nat_port(),
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn forward<F: Family>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = flow_key::<F>(pkt, FLOW_FORWARD);
+    let closing = if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        FLOW_F_CLOSING
+    } else {
+        0
+    };
+
+    if let Some(flow) = F::flows().get_ptr_mut(&key) {
+        // SAFETY: the LRU map hands out a pointer to this entry's value; concurrent updates of
+        // the same flow from two CPUs only race on the timestamp and flags, which is harmless.
+        let flow = unsafe { &mut *flow };
+        let new_connection =
+            pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        // A TCP SYN may reuse the 4-tuple of a finished connection, and a UDP flow follows its
+        // backend's removal at once (kube-proxy clears UDP conntrack entries for the same reason).
+        let reusable = is_live::<F>(flow, pkt.proto, now)
+            && !(new_connection && flow.flags() & FLOW_F_CLOSING != 0)
+            && ((pkt.proto == PROTO_TCP && !new_connection) || backend_present::<F>(flow));
+        if reusable {
+            flow.touch(now, closing);
+            let (addr, port) = (flow.nat_addr(), flow.nat_port());
+            return dnat::<F>(ctx, pkt, addr, port);
+        }
+    }
+
+    let frontend_key = ServiceKey {
+        addr: pkt.daddr,
+        port: pkt.dport,
+        slot: 0,
+        proto: pkt.proto,
+        scope: SCOPE_CLUSTER,
+        _pad: [0; 2],
+    };
+    // SAFETY: read-only copy of a map value.
+    let Some(frontend) = (unsafe { F::services().get(&frontend_key) }).copied() else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    if frontend.count == 0 {
+        count(stats::NO_BACKEND);
+        return Ok(TC_ACT_OK as i32);
+    }
+    // SAFETY: helper without arguments.
+    let pick = unsafe { bpf_get_prandom_u32() } % u32::from(frontend.count);
+    let slot_key = ServiceKey {
+        slot: pick as u16 + 1,
+        ..frontend_key
+    };
+    // SAFETY: read-only copies of map values.
+    let Some(slot) = (unsafe { F::services().get(&slot_key) }).copied() else {
+        count(stats::NO_BACKEND);
+        return Ok(TC_ACT_OK as i32);
+    };
+    let Some(backend) = (unsafe { F::backends().get(&slot.backend_id) }).copied() else {
+        count(stats::NO_BACKEND);
+        return Ok(TC_ACT_OK as i32);
+    };
+
+    let mut fwd = F::Flow::new(
+        backend.addr,
+        backend.port,
+        frontend.rev_nat_id,
+        slot.backend_id,
+        now,
+    );
+    fwd.touch(now, closing);
+    let reply_key = FlowKey {
+        saddr: backend.addr,
+        daddr: pkt.saddr,
+        sport: backend.port,
+        dport: pkt.sport,
+        proto: pkt.proto,
+        dir: FLOW_REPLY,
+        _pad: [0; 2],
+    };
+    let rev = F::Flow::new(
+        pkt.daddr,
+        pkt.dport,
+        frontend.rev_nat_id,
+        slot.backend_id,
+        now,
+    );
+    // Write the reply entry first: a reply can only exist once the forward packet has left.
+    if F::flows().insert(&reply_key, &rev, 0).is_err() || F::flows().insert(&key, &fwd, 0).is_err()
+    {
+        count(stats::FLOW_UPDATE_FAILED);
+        warn!(
+            ctx,
+            "flow table update failed; packet translated without a flow entry"
+        );
+    } else {
+        count(stats::NEW_FLOWS);
+    }
+    dnat::<F>(ctx, pkt, backend.addr, backend.port)
+}
+
+#[inline(always)]
+fn dnat<F: Family>(
+    ctx: &TcContext,
+    pkt: &Packet<F::Addr>,
+    addr: F::Addr,
+    port: u16,
+) -> Result<i32, i64> {
+    rewrite_port(ctx, pkt, End::Destination, port)?;
+    F::rewrite_addr(ctx, pkt, End::Destination, addr)?;
+    count(stats::TRANSLATED);
+    Ok(TC_ACT_OK as i32)
+}
+
+#[inline(always)]
+fn reply<F: Family>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
+    let key = flow_key::<F>(pkt, FLOW_REPLY);
+    let Some(flow) = F::flows().get_ptr_mut(&key) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    // SAFETY: see `forward`.
+    let flow = unsafe { &mut *flow };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !is_live::<F>(flow, pkt.proto, now) {
+        return Ok(TC_ACT_OK as i32);
+    }
+    let closing = if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        FLOW_F_CLOSING
+    } else {
+        0
+    };
+    flow.touch(now, closing);
+    let (addr, port) = (flow.nat_addr(), flow.nat_port());
+    rewrite_port(ctx, pkt, End::Source, port)?;
+    F::rewrite_addr(ctx, pkt, End::Source, addr)?;
+    count(stats::REVERSED);
+    Ok(TC_ACT_OK as i32)
+}

@@ -1,0 +1,37 @@
+//! Map definitions. Sizes here are placeholders: the agent sets the real ones from its flags
+//! before loading, and pins every map by name under its `--bpffs` directory.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use lb_ebpf::{
+    Backend4, Backend6, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES, Flow4Key,
+    Flow4Value, Flow6Key, Flow6Value, Service4Key, Service6Key, ServiceValue, stats,
+};
+
+#[map]
+pub static LB_SERVICES_V4: HashMap<Service4Key, ServiceValue> =
+    HashMap::pinned(DEFAULT_MAX_SERVICES, 0);
+#[map]
+pub static LB_SERVICES_V6: HashMap<Service6Key, ServiceValue> =
+    HashMap::pinned(DEFAULT_MAX_SERVICES, 0);
+#[map]
+pub static LB_BACKENDS_V4: HashMap<u32, Backend4> = HashMap::pinned(DEFAULT_MAX_BACKENDS, 0);
+#[map]
+pub static LB_BACKENDS_V6: HashMap<u32, Backend6> = HashMap::pinned(DEFAULT_MAX_BACKENDS, 0);
+#[map]
+pub static LB_FLOWS_V4: LruHashMap<Flow4Key, Flow4Value> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
+#[map]
+pub static LB_FLOWS_V6: LruHashMap<Flow6Key, Flow6Value> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
+#[map]
+pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(counter) = LB_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, and programs do not migrate CPUs while running.
+        unsafe { *counter += 1 };
+    }
+}

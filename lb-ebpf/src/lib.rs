@@ -1,0 +1,227 @@
+//! Map key and value types shared by the kernel programs and the agent.
+//!
+//! Every type is `#[repr(C)]` with explicit padding so that its layout is the same on both sides
+//! and no uninitialised byte ever reaches a map key. Addresses are stored as the bytes of the
+//! network-order address; ports are stored in network byte order, exactly as in the packet, so
+//! the kernel never swaps bytes on the hot path. Use [`port_to_map`]/[`port_from_map`] from the
+//! agent.
+#![no_std]
+
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// Scope of a service entry: the backend list used for cluster-wide traffic.
+pub const SCOPE_CLUSTER: u8 = 0;
+/// Scope of a service entry: the backend list of endpoints on this node (traffic policy Local).
+pub const SCOPE_LOCAL: u8 = 1;
+
+/// Flow direction stored in a flow key: client towards the service.
+pub const FLOW_FORWARD: u8 = 0;
+/// Flow direction stored in a flow key: backend replying to the client.
+pub const FLOW_REPLY: u8 = 1;
+
+/// Flow flag: a FIN or RST was seen, so the 4-tuple may be reused by a new connection soon.
+pub const FLOW_F_CLOSING: u8 = 1;
+
+/// Names of the maps in the object file; the agent pins them under `--bpffs`.
+pub mod map_names {
+    pub const SERVICES_V4: &str = "LB_SERVICES_V4";
+    pub const SERVICES_V6: &str = "LB_SERVICES_V6";
+    pub const BACKENDS_V4: &str = "LB_BACKENDS_V4";
+    pub const BACKENDS_V6: &str = "LB_BACKENDS_V6";
+    pub const FLOWS_V4: &str = "LB_FLOWS_V4";
+    pub const FLOWS_V6: &str = "LB_FLOWS_V6";
+    pub const STATS: &str = "LB_STATS";
+}
+
+/// Names of the programs in the object file.
+pub mod program_names {
+    /// TC ingress on pod-facing devices: service translation (DNAT) of pod traffic.
+    pub const TC_POD_INGRESS: &str = "lb_tc_pod_ingress";
+    /// TC egress on pod-facing devices: reverse translation of replies towards the client pod.
+    pub const TC_POD_EGRESS: &str = "lb_tc_pod_egress";
+}
+
+/// Default number of service map entries (frontends and their backend slots), per family.
+pub const DEFAULT_MAX_SERVICES: u32 = 65_536;
+/// Default number of backends, per family.
+pub const DEFAULT_MAX_BACKENDS: u32 = 262_144;
+/// Default number of tracked flows (each flow takes a forward and a reply entry), per family.
+pub const DEFAULT_MAX_FLOWS: u32 = 524_288;
+
+/// Indexes of the per-CPU counters in the `LB_STATS` array.
+pub mod stats {
+    /// Packets whose destination was translated to a backend.
+    pub const TRANSLATED: u32 = 0;
+    /// Replies whose source was translated back to the service address.
+    pub const REVERSED: u32 = 1;
+    /// New flows: a backend was chosen and the flow recorded.
+    pub const NEW_FLOWS: u32 = 2;
+    /// Packets to a service that had no usable backend (passed on untouched).
+    pub const NO_BACKEND: u32 = 3;
+    /// IP fragments, passed on untouched by rule: ports are only in the first fragment.
+    pub const FRAGMENTS: u32 = 4;
+    /// IPv6 packets whose extension headers could not be walked (passed on untouched).
+    pub const UNPARSED_EXT_HEADERS: u32 = 5;
+    /// Flow entries that could not be written (map full or update error).
+    pub const FLOW_UPDATE_FAILED: u32 = 6;
+    /// Number of counters.
+    pub const COUNT: u32 = 7;
+}
+
+/// Key of the service maps, generic over the address bytes (`[u8; 4]` or `[u8; 16]`).
+///
+/// `slot == 0` is the frontend entry ([`ServiceValue::count`], [`ServiceValue::rev_nat_id`]);
+/// slots `1..=count` name one backend each ([`ServiceValue::backend_id`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey<A> {
+    pub addr: A,
+    /// Service port, network byte order.
+    pub port: u16,
+    pub slot: u16,
+    pub proto: u8,
+    /// [`SCOPE_CLUSTER`] or [`SCOPE_LOCAL`].
+    pub scope: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Key of the IPv4 service map.
+pub type Service4Key = ServiceKey<[u8; 4]>;
+/// Key of the IPv6 service map.
+pub type Service6Key = ServiceKey<[u8; 16]>;
+
+/// Value of both service maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    /// Backend slots: the backend's ID. Frontend: 0.
+    pub backend_id: u32,
+    /// Frontend: number of backend slots. Backend slots: 0.
+    pub count: u16,
+    /// Frontend: identifies the service port (for counters and future per-service state).
+    pub rev_nat_id: u16,
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the backend maps, keyed by a `u32` backend ID.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend<A> {
+    pub addr: A,
+    /// Backend port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+/// Value of the IPv4 backend map.
+pub type Backend4 = Backend<[u8; 4]>;
+/// Value of the IPv6 backend map.
+pub type Backend6 = Backend<[u8; 16]>;
+
+/// Key of the flow (connection tracking) maps: the packet's tuple as seen on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey<A> {
+    pub saddr: A,
+    pub daddr: A,
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    /// [`FLOW_FORWARD`] or [`FLOW_REPLY`].
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Key of the IPv4 flow map.
+pub type Flow4Key = FlowKey<[u8; 4]>;
+/// Key of the IPv6 flow map.
+pub type Flow6Key = FlowKey<[u8; 16]>;
+
+/// Value of the flow maps. `PAD` makes the padding before the 8-byte timestamp explicit.
+///
+/// Forward entries hold the backend the flow was sent to; reply entries hold the service address
+/// to restore as the source of replies. The translation is stored in the flow itself, so
+/// established TCP flows keep working when the service or backend maps change (as they do with
+/// kube-proxy's conntrack entries).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowValue<A, const PAD: usize> {
+    pub nat_addr: A,
+    /// Network byte order.
+    pub nat_port: u16,
+    pub rev_nat_id: u16,
+    pub backend_id: u32,
+    /// `FLOW_F_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; PAD],
+    /// `bpf_ktime_get_ns()` of the last packet.
+    pub last_seen_ns: u64,
+}
+
+/// Value of the IPv4 flow map.
+pub type Flow4Value = FlowValue<[u8; 4], 3>;
+/// Value of the IPv6 flow map.
+pub type Flow6Value = FlowValue<[u8; 16], 7>;
+
+/// How long a TCP flow stays usable after its last packet.
+pub const FLOW_TCP_LIFETIME_NS: u64 = 6 * 3600 * 1_000_000_000;
+/// How long a TCP flow stays usable after a FIN or RST.
+pub const FLOW_TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
+/// How long a UDP flow stays usable after its last datagram.
+pub const FLOW_UDP_LIFETIME_NS: u64 = 120 * 1_000_000_000;
+
+/// Converts a host-order port into the byte order stored in the maps.
+#[inline(always)]
+pub const fn port_to_map(port: u16) -> u16 {
+    port.to_be()
+}
+
+/// Converts a port read from a map into host order.
+#[inline(always)]
+pub const fn port_from_map(port: u16) -> u16 {
+    u16::from_be(port)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]`, made only of integers and byte arrays, with every
+    // padding byte spelled out as a field, so any bit pattern is valid and none is uninitialised.
+    unsafe impl aya::Pod for Service4Key {}
+    unsafe impl aya::Pod for Service6Key {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for Backend4 {}
+    unsafe impl aya::Pod for Backend6 {}
+    unsafe impl aya::Pod for Flow4Key {}
+    unsafe impl aya::Pod for Flow6Key {}
+    unsafe impl aya::Pod for Flow4Value {}
+    unsafe impl aya::Pod for Flow6Value {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    /// A size change here is an ABI change between kernel and agent: pinned maps from an older
+    /// agent would no longer match.
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Service4Key>(), 12);
+        assert_eq!(size_of::<Service6Key>(), 24);
+        assert_eq!(size_of::<ServiceValue>(), 12);
+        assert_eq!(size_of::<Backend4>(), 8);
+        assert_eq!(size_of::<Backend6>(), 20);
+        assert_eq!(size_of::<Flow4Key>(), 16);
+        assert_eq!(size_of::<Flow6Key>(), 40);
+        assert_eq!(size_of::<Flow4Value>(), 24);
+        assert_eq!(size_of::<Flow6Value>(), 40);
+    }
+}
