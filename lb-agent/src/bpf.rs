@@ -13,7 +13,7 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
 };
 use lb_ebpf::{
-    Backend4, Backend6, SCOPE_CLUSTER, Service4Key, Service6Key, ServiceKey, ServiceValue,
+    Backend4, Backend6, Flow4Key, Flow4Value, Flow6Key, Flow6Value, SCOPE_CLUSTER, Service4Key, Service6Key, ServiceKey, ServiceValue,
     map_names, port_to_map, program_names,
 };
 use thiserror::Error;
@@ -73,32 +73,53 @@ pub struct Datapath {
     pod_devices: StdHashMap<String, (u32, SchedClassifierLinkId, SchedClassifierLinkId)>,
 }
 
-fn check_bpffs(dir: &Path) -> Result<(), BpfError> {
+/// The usual BPF filesystem mount point; mounted by the agent when missing, as Cilium does.
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+
+fn is_bpffs(dir: &Path) -> bool {
     let probe = dir
         .ancestors()
         .find(|p| p.exists())
         .unwrap_or_else(|| Path::new("/"));
-    let c_path = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes()).map_err(|_| {
-        BpfError::NotBpfFs {
-            path: dir.display().to_string(),
-        }
-    })?;
+    let Ok(c_path) = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
     // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
-    if rc != 0 || st.f_type as i64 != BPF_FS_MAGIC {
-        return Err(BpfError::NotBpfFs {
-            path: dir.display().to_string(),
-        });
+    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Makes sure `dir` is on a BPF filesystem, mounting one at /sys/fs/bpf when `dir` is below it
+/// and nothing is mounted there yet.
+fn ensure_bpffs(dir: &Path) -> Result<(), BpfError> {
+    if is_bpffs(dir) {
+        return Ok(());
     }
-    Ok(())
+    if dir.starts_with(DEFAULT_BPFFS) && Path::new(DEFAULT_BPFFS).is_dir() {
+        let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+        let (src, target, fstype) = (c("bpf"), c(DEFAULT_BPFFS), c("bpf"));
+        // SAFETY: plain mount(2) with NUL-terminated strings and no data.
+        let rc = unsafe {
+            libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        };
+        if rc == 0 {
+            tracing::info!("mounted a BPF filesystem at {DEFAULT_BPFFS}");
+        }
+        if is_bpffs(dir) {
+            return Ok(());
+        }
+    }
+    Err(BpfError::NotBpfFs {
+        path: dir.display().to_string(),
+    })
 }
 
 impl Datapath {
     /// Loads the programs. Maps already pinned under `pin_dir` (by an earlier run of the agent
     /// with the same directory) are reused, so established flows survive a restart.
     pub fn load(opts: &LoadOptions) -> Result<(Self, BpfMaps), BpfError> {
-        check_bpffs(&opts.pin_dir)?;
+        ensure_bpffs(&opts.pin_dir)?;
         std::fs::create_dir_all(&opts.pin_dir).map_err(|source| BpfError::PinDir {
             path: opts.pin_dir.display().to_string(),
             source,
@@ -196,6 +217,8 @@ pub struct BpfMaps {
     services_v6: HashMap<MapData, Service6Key, ServiceValue>,
     backends_v4: HashMap<MapData, u32, Backend4>,
     backends_v6: HashMap<MapData, u32, Backend6>,
+    flows_v4: HashMap<MapData, Flow4Key, Flow4Value>,
+    flows_v6: HashMap<MapData, Flow6Key, Flow6Value>,
     stats: PerCpuArray<MapData, u64>,
 }
 
@@ -214,8 +237,20 @@ impl BpfMaps {
             services_v6: take_map(ebpf, map_names::SERVICES_V6)?,
             backends_v4: take_map(ebpf, map_names::BACKENDS_V4)?,
             backends_v6: take_map(ebpf, map_names::BACKENDS_V6)?,
+            flows_v4: take_map(ebpf, map_names::FLOWS_V4)?,
+            flows_v6: take_map(ebpf, map_names::FLOWS_V6)?,
             stats: take_map(ebpf, map_names::STATS)?,
         })
+    }
+
+    /// Every IPv4 flow entry (forward and reply), for inspection and tests.
+    pub fn flows_v4(&self) -> Vec<(Flow4Key, Flow4Value)> {
+        self.flows_v4.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Every IPv6 flow entry (forward and reply), for inspection and tests.
+    pub fn flows_v6(&self) -> Vec<(Flow6Key, Flow6Value)> {
+        self.flows_v6.iter().filter_map(Result::ok).collect()
     }
 
     /// A counter of `lb_ebpf::stats`, summed over CPUs.

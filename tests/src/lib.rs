@@ -1,1 +1,34 @@
+//! Test harness for end-to-end tests: network namespaces joined by veth links, with both IP
+//! families on every link, real TCP and UDP servers and clients inside them, and a runner for
+//! the agent.
+//!
+//! Everything is created with names derived from the process ID and a counter, so parallel
+//! tests and parallel runs never collide, and everything is removed on drop (also when a test
+//! panics). Traffic only ever goes to addresses inside namespaces the harness created; nothing
+//! is attached to, or routed in, the machine's own namespace.
 
+pub mod agent;
+pub mod manifests;
+pub mod netns;
+pub mod topology;
+pub mod traffic;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A name unique to this process and call: `{prefix}{pid}x{n}`, short enough for interface and
+/// namespace names.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id())
+}
+
+/// Fails the test unless it runs as root: network tests must never pass by skipping.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (network namespaces, BPF); run the suite with `cargo xtask test` as root"
+    );
+}

@@ -1,0 +1,133 @@
+//! Runs `lb-agent` inside a node namespace, with its own pin directory and log file.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{manifests::ManifestDir, netns::Netns, traffic::http_get};
+
+/// Where the agent's health server listens inside the node namespace.
+pub const HEALTHZ: &str = "127.0.0.1:10256";
+
+/// A running agent; stopped (SIGTERM, then SIGKILL) and its pin directory removed on drop.
+pub struct Agent {
+    child: Option<Child>,
+    pub pin_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `binary run --manifests DIR --pod-devices DEVICES --bpffs <unique>` in `node`.
+    pub fn start(
+        binary: &Path,
+        node: &Netns,
+        manifests: &ManifestDir,
+        pod_devices: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(crate::unique_name("lbt"));
+        let log = std::env::temp_dir().join(format!("{}.log", crate::unique_name("lb-agent-")));
+        let log_file = std::fs::File::create(&log)?;
+        let child = node
+            .command(binary)
+            .arg("run")
+            .arg("--manifests")
+            .arg(manifests.path())
+            .arg("--pod-devices")
+            .arg(pod_devices)
+            .arg("--bpffs")
+            .arg(&pin_dir)
+            .arg("--healthz-bind-address")
+            .arg(HEALTHZ)
+            .args(["--node-name", "node-a"])
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Self {
+            child: Some(child),
+            pin_dir,
+            log,
+        })
+    }
+
+    /// Everything the agent logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for `/healthz` to answer 200 (first full sync done).
+    pub fn wait_healthy(&mut self, node: &Netns, timeout: Duration) -> anyhow::Result<()> {
+        let addr: SocketAddr = HEALTHZ.parse()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = &mut self.child
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("agent exited with {status}; log:\n{}", self.logs());
+            }
+            if let Ok((200, _)) = http_get(node, addr, "/healthz") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("agent not healthy after {timeout:?}; log:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return Ok(logs);
+            }
+            if Instant::now() > deadline {
+                bail!("agent log has no {needle:?} after {timeout:?}; log:\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the agent gracefully and returns its exit status.
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("agent already stopped")?;
+        // SAFETY: plain kill(2) on our child's PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Ok(child.wait()?);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            eprintln!("agent log kept at {}", self.log.display());
+        }
+    }
+}
