@@ -158,8 +158,16 @@ fn pod_reaches_ipv4_ipv6_and_dual_stack_cluster_ips_over_tcp_and_udp_spread_over
     let _agent = c.start_agent();
     for vip in ["10.96.0.10", "fd00:96::10", "10.96.0.20", "fd00:96::20"] {
         let vip = ip(vip);
-        assert_eq!(c.tcp_spread(vip, 60), names(&["b1", "b2", "b3"]), "TCP to {vip}");
-        assert_eq!(c.udp_spread(vip, 60), names(&["b1", "b2", "b3"]), "UDP to {vip}");
+        assert_eq!(
+            c.tcp_spread(vip, 60),
+            names(&["b1", "b2", "b3"]),
+            "TCP to {vip}"
+        );
+        assert_eq!(
+            c.udp_spread(vip, 60),
+            names(&["b1", "b2", "b3"]),
+            "UDP to {vip}"
+        );
     }
 }
 
@@ -251,8 +259,11 @@ fn deleting_the_service_stops_translation() {
     c.manifests.remove("gone.yaml").unwrap();
     for vip in vips {
         assert!(
-            eventually(Duration::from_secs(3), || tcp_request(c.client(), sa(vip, 80))
-                .is_err()),
+            eventually(Duration::from_secs(3), || tcp_request(
+                c.client(),
+                sa(vip, 80)
+            )
+            .is_err()),
             "{vip}:80 still answers after the service was deleted"
         );
         assert!(udp_request(c.client(), sa(vip, 53)).is_err());
@@ -292,8 +303,16 @@ fn malformed_manifests_are_reported_and_leave_existing_services_working() {
         .wait_log("keeping its last good version", Duration::from_secs(3))
         .unwrap();
     for vip in vips {
-        assert_eq!(c.tcp_spread(vip, 30), names(&["b1", "b2", "b3"]), "TCP to {vip}");
-        assert_eq!(c.udp_spread(vip, 30), names(&["b1", "b2", "b3"]), "UDP to {vip}");
+        assert_eq!(
+            c.tcp_spread(vip, 30),
+            names(&["b1", "b2", "b3"]),
+            "TCP to {vip}"
+        );
+        assert_eq!(
+            c.udp_spread(vip, 30),
+            names(&["b1", "b2", "b3"]),
+            "UDP to {vip}"
+        );
     }
 }
 
@@ -323,6 +342,85 @@ fn non_service_traffic_passes_untouched_and_pods_added_later_are_served() {
         let seen: BTreeSet<String> = (0..30)
             .map(|_| tcp_request(late, sa(vip, 80)).unwrap())
             .collect();
-        assert_eq!(seen, names(&["b1", "b2", "b3"]), "TCP to {vip} from the new pod");
+        assert_eq!(
+            seen,
+            names(&["b1", "b2", "b3"]),
+            "TCP to {vip} from the new pod"
+        );
+    }
+}
+
+#[test]
+fn two_agents_with_different_pin_directories_do_not_disturb_each_other() {
+    // Same service address on two nodes, different backends: each agent serves its own.
+    let a = Cluster::new();
+    let b = Cluster::new();
+    let vips = [ip("10.96.0.80"), ip("fd00:96::80")];
+    a.write_service("web", &vips);
+    b.manifests
+        .write("web.yaml", &service("web", &vips, PORTS))
+        .unwrap();
+    for v6 in [false, true] {
+        b.write_slice("web", v6, &b.backend_eps(v6, &["b3"]));
+    }
+    let mut agent_a = a.start_agent();
+    let agent_b = b.start_agent();
+    assert_ne!(agent_a.pin_dir, agent_b.pin_dir);
+    for vip in vips {
+        assert_eq!(
+            a.tcp_spread(vip, 30),
+            names(&["b1", "b2", "b3"]),
+            "node a, {vip}"
+        );
+        assert_eq!(b.tcp_spread(vip, 30), names(&["b3"]), "node b, {vip}");
+    }
+    // Stopping one agent leaves the other's programs and maps alone.
+    agent_a.stop().unwrap();
+    for vip in vips {
+        assert_eq!(
+            b.tcp_spread(vip, 20),
+            names(&["b3"]),
+            "node b after a stopped, {vip}"
+        );
+        assert_eq!(
+            b.udp_spread(vip, 20),
+            names(&["b3"]),
+            "node b after a stopped, {vip}"
+        );
+    }
+}
+
+#[test]
+fn restarted_agent_reuses_pinned_maps_and_established_connections_continue() {
+    let c = Cluster::new();
+    let vips = [ip("10.96.0.90"), ip("fd00:96::90")];
+    c.write_service("web", &vips);
+    let mut first = c.start_agent();
+    let mut sessions: Vec<TcpSession> = vips
+        .iter()
+        .map(|vip| TcpSession::open(c.client(), sa(*vip, 80)).unwrap())
+        .collect();
+    first.stop().unwrap();
+    // The next run uses the same pin directory: its flow table still knows the connections.
+    let mut second = Agent::start_with_pin_dir(
+        Path::new(AGENT),
+        &c.topo.node,
+        &c.manifests,
+        POD_DEVICE_GLOB,
+        &first.pin_dir,
+        &[],
+    )
+    .unwrap();
+    second.wait_healthy(&c.topo.node, READY).unwrap();
+    for s in &mut sessions {
+        s.ping()
+            .unwrap_or_else(|e| panic!("connection to {} lost over the restart: {e}", s.server));
+    }
+    for vip in vips {
+        assert_eq!(
+            c.tcp_spread(vip, 30),
+            names(&["b1", "b2", "b3"]),
+            "TCP to {vip}"
+        );
     }
 }

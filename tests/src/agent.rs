@@ -31,6 +31,20 @@ impl Agent {
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(crate::unique_name("lbt"));
+        Self::start_with_pin_dir(binary, node, manifests, pod_devices, &pin_dir, extra_args)
+    }
+
+    /// Like [`Agent::start`], with a given pin directory (to restart on the maps of an earlier
+    /// run).
+    pub fn start_with_pin_dir(
+        binary: &Path,
+        node: &Netns,
+        manifests: &ManifestDir,
+        pod_devices: &str,
+        pin_dir: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let pin_dir = pin_dir.to_path_buf();
         let log = std::env::temp_dir().join(format!("{}.log", crate::unique_name("lb-agent-")));
         let log_file = std::fs::File::create(&log)?;
         let child = node
