@@ -13,8 +13,8 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
 };
 use lb_ebpf::{
-    Backend4, Backend6, Flow4Key, Flow4Value, Flow6Key, Flow6Value, SCOPE_CLUSTER, Service4Key, Service6Key, ServiceKey, ServiceValue,
-    map_names, port_to_map, program_names,
+    Backend4, Backend6, Flow4Key, Flow4Value, Flow6Key, Flow6Value, SCOPE_CLUSTER, Service4Key,
+    Service6Key, ServiceKey, ServiceValue, map_names, port_to_map, program_names,
 };
 use thiserror::Error;
 
@@ -101,7 +101,13 @@ fn ensure_bpffs(dir: &Path) -> Result<(), BpfError> {
         let (src, target, fstype) = (c("bpf"), c(DEFAULT_BPFFS), c("bpf"));
         // SAFETY: plain mount(2) with NUL-terminated strings and no data.
         let rc = unsafe {
-            libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
         };
         if rc == 0 {
             tracing::info!("mounted a BPF filesystem at {DEFAULT_BPFFS}");

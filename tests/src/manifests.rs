@@ -67,7 +67,11 @@ pub fn service(name: &str, cluster_ips: &[IpAddr], ports: &[Port<'_>]) -> String
     for ip in cluster_ips {
         let _ = writeln!(y, "  - {ip}");
     }
-    let _ = writeln!(y, "  ipFamilies: [{}]\n  ipFamilyPolicy: {policy}\n  ports:", families.join(", "));
+    let _ = writeln!(
+        y,
+        "  ipFamilies: [{}]\n  ipFamilyPolicy: {policy}\n  ports:",
+        families.join(", ")
+    );
     for (pname, port, proto) in ports {
         let _ = writeln!(
             y,
@@ -102,7 +106,10 @@ pub fn endpoint_slice(name: &str, service: &str, ports: &[Port<'_>], endpoints: 
     }
     y.push_str("ports:\n");
     for (pname, port, proto) in ports {
-        let _ = writeln!(y, "- name: \"{pname}\"\n  port: {port}\n  protocol: {proto}");
+        let _ = writeln!(
+            y,
+            "- name: \"{pname}\"\n  port: {port}\n  protocol: {proto}"
+        );
     }
     y
 }

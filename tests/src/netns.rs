@@ -56,8 +56,7 @@ impl Netns {
     /// Sets sysctls inside the namespace.
     pub fn sysctl(&self, settings: &[&str]) -> anyhow::Result<()> {
         for s in settings {
-            run(Command::new("ip")
-                .args(["netns", "exec", &self.name, "sysctl", "-q", "-w", s]))?;
+            run(Command::new("ip").args(["netns", "exec", &self.name, "sysctl", "-q", "-w", s]))?;
         }
         Ok(())
     }
@@ -71,7 +70,11 @@ impl Netns {
                 // SAFETY: setns on a valid namespace fd; it only affects this thread.
                 let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
                 if rc != 0 {
-                    bail!("setns into {}: {}", self.name, std::io::Error::last_os_error());
+                    bail!(
+                        "setns into {}: {}",
+                        self.name,
+                        std::io::Error::last_os_error()
+                    );
                 }
                 Ok(f())
             })

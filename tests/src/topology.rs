@@ -76,19 +76,45 @@ impl Topology {
         );
         let node = &self.node;
         node.ip(&[
-            "link", "add", &host_device, "type", "veth", "peer", "name", "eth0", "netns",
+            "link",
+            "add",
+            &host_device,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
             ns.name(),
         ])?;
-        node.ip(&["addr", "add", &format!("10.200.{i}.1/24"), "dev", &host_device])?;
         node.ip(&[
-            "addr", "add", &format!("fd00:200:{i}::1/64"), "dev", &host_device, "nodad",
+            "addr",
+            "add",
+            &format!("10.200.{i}.1/24"),
+            "dev",
+            &host_device,
+        ])?;
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("fd00:200:{i}::1/64"),
+            "dev",
+            &host_device,
+            "nodad",
         ])?;
         node.ip(&["link", "set", &host_device, "up"])?;
         ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
         ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
         ns.ip(&["route", "add", "default", "via", &format!("10.200.{i}.1")])?;
-        ns.ip(&["-6", "route", "add", "default", "via", &format!("fd00:200:{i}::1")])?;
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("fd00:200:{i}::1"),
+        ])?;
         self.pods.push(Pod {
             name: (*name).to_owned(),
             ns,

@@ -21,7 +21,8 @@ use lb_tests::{
 const REQUESTS: usize = 12;
 
 fn agent_binary(root: &Path) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     target.join("debug").join("lb-agent")
 }
 
@@ -32,7 +33,9 @@ fn frontends(plan: &str) -> anyhow::Result<Vec<(SocketAddr, String, String)>> {
             let mut words = line.split_whitespace();
             let frontend = words.next().context("empty plan line")?;
             let service = words.next().context("plan line without service")?;
-            let (addr, proto) = frontend.rsplit_once('/').context("frontend without protocol")?;
+            let (addr, proto) = frontend
+                .rsplit_once('/')
+                .context("frontend without protocol")?;
             Ok((addr.parse()?, proto.to_owned(), service.to_owned()))
         })
         .collect()
@@ -50,15 +53,23 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         .output()
         .context("running lb-agent plan")?;
     if !plan.status.success() {
-        bail!("lb-agent plan failed: {}", String::from_utf8_lossy(&plan.stderr));
+        bail!(
+            "lb-agent plan failed: {}",
+            String::from_utf8_lossy(&plan.stderr)
+        );
     }
     let plan = String::from_utf8(plan.stdout)?;
     print!("{plan}");
 
-    println!("\n== Topology: node namespace, pods client, b1, b2, b3 (IPv4 + IPv6 on every veth) ==");
+    println!(
+        "\n== Topology: node namespace, pods client, b1, b2, b3 (IPv4 + IPv6 on every veth) =="
+    );
     let topo = Topology::new(&["client", "b1", "b2", "b3"])?;
     for pod in &topo.pods {
-        println!("  {:<6} {} {} (node side: {})", pod.name, pod.v4, pod.v6, pod.host_device);
+        println!(
+            "  {:<6} {} {} (node side: {})",
+            pod.name, pod.v4, pod.v6, pod.host_device
+        );
     }
     println!("  The node has no default route and no route to any ClusterIP:");
     let routes = topo.node.ip(&["route", "show", "default"])?;
@@ -75,7 +86,9 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         servers.push(udp_server(ns, name, 5353)?);
     }
 
-    println!("\n== Agent: lb-agent run --manifests manifests/demo --pod-devices '{POD_DEVICE_GLOB}' ==");
+    println!(
+        "\n== Agent: lb-agent run --manifests manifests/demo --pod-devices '{POD_DEVICE_GLOB}' =="
+    );
     // The agent gets a copy so the demo can never alter the repository's files.
     let dir = ManifestDir::new()?;
     for entry in std::fs::read_dir(&manifests)? {
@@ -86,7 +99,10 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     }
     let mut agent = Agent::start(&binary, &topo.node, &dir, POD_DEVICE_GLOB, &[])?;
     agent.wait_healthy(&topo.node, Duration::from_secs(20))?;
-    println!("  healthy (GET /healthz -> 200), maps pinned under {}", agent.pin_dir.display());
+    println!(
+        "  healthy (GET /healthz -> 200), maps pinned under {}",
+        agent.pin_dir.display()
+    );
 
     println!("\n== {REQUESTS} requests from pod 'client' to each ClusterIP ==");
     let client = &topo.pod("client").ns;
@@ -114,7 +130,13 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             }
         }
         let spread: Vec<String> = answered.iter().map(|(b, n)| format!("{b} x{n}")).collect();
-        println!("  {:<24} {:<4} {:<22} answered by {}", addr.to_string(), proto, service, spread.join(", "));
+        println!(
+            "  {:<24} {:<4} {:<22} answered by {}",
+            addr.to_string(),
+            proto,
+            service,
+            spread.join(", ")
+        );
     }
     drop(agent);
     drop(servers);

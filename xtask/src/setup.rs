@@ -35,7 +35,10 @@ fn rust_src() -> anyhow::Result<()> {
         .args(["component", "list", "--installed", "--toolchain", &tc])
         .output()
         .context("running rustup")?;
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         return Ok(());
     }
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &tc]))
