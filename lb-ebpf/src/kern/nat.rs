@@ -5,7 +5,7 @@
 //! hand-written checksum update would get wrong.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM},
     helpers::bpf_csum_diff,
     programs::TcContext,
 };
@@ -48,13 +48,21 @@ pub fn rewrite_port<A>(ctx: &TcContext, pkt: &Packet<A>, end: End, new: u16) -> 
     if old == new {
         return Ok(());
     }
+    // A UDP datagram without checksum has no field to absorb the port change, so on a
+    // CHECKSUM_COMPLETE skb the store itself must bring `skb->csum` up to date (a no-op in every
+    // other checksum state). With a checksum, the update below balances the change instead.
+    let store_flags = if pkt.proto == PROTO_UDP && pkt.l4_csum == 0 {
+        u64::from(BPF_F_RECOMPUTE_CSUM)
+    } else {
+        0
+    };
     ctx.l4_csum_replace(
         pkt.l4_csum_off(),
         u64::from(old),
         u64::from(new),
         l4_flags(pkt) | 2,
     )?;
-    ctx.store(off, &new, 0)
+    ctx.store(off, &new, store_flags)
 }
 
 /// Rewrites an IPv4 address: IP header checksum and the L4 pseudo-header checksum.
@@ -117,7 +125,12 @@ pub fn rewrite_v6_addr(
         diff as u64,
         u64::from(BPF_F_PSEUDO_HDR) | l4_flags(pkt),
     )?;
-    ctx.store(pkt.l3_off + off, &new, 0)
+    // On a CHECKSUM_COMPLETE skb the pseudo-header update above also takes the address change
+    // out of `skb->csum`, as if an IPv4 header checksum had absorbed it; IPv6 has none, so the
+    // store must put it back (a no-op in every other checksum state). BPF_F_IPV6 on the L4
+    // update does the same, but only kernels with commit ead7f9b8de65 ("bpf: Fix L4 csum update
+    // on IPv6 in CHECKSUM_COMPLETE", 6.16) accept it.
+    ctx.store(pkt.l3_off + off, &new, u64::from(BPF_F_RECOMPUTE_CSUM))
 }
 
 #[inline(always)]

@@ -64,6 +64,8 @@ pub struct Packet<A> {
     pub proto: u8,
     /// TCP flags byte; 0 for UDP.
     pub tcp_flags: u8,
+    /// The TCP or UDP checksum field as read (0 on UDP over IPv4 means "no checksum").
+    pub l4_csum: u16,
     /// Offset of the IP header.
     pub l3_off: usize,
     /// Offset of the TCP or UDP header.
@@ -118,7 +120,7 @@ fn parse_v4(ctx: &TcContext, l3_off: usize) -> Result<Parsed, i64> {
         return Ok(Parsed::Other);
     }
     let l4_off = l3_off + ihl;
-    let (sport, dport, tcp_flags) = load_l4(ctx, ip.proto, l4_off)?;
+    let (sport, dport, tcp_flags, l4_csum) = load_l4(ctx, ip.proto, l4_off)?;
     Ok(Parsed::V4(Packet {
         saddr: ip.saddr,
         daddr: ip.daddr,
@@ -126,6 +128,7 @@ fn parse_v4(ctx: &TcContext, l3_off: usize) -> Result<Parsed, i64> {
         dport,
         proto: ip.proto,
         tcp_flags,
+        l4_csum,
         l3_off,
         l4_off,
     }))
@@ -172,7 +175,7 @@ fn parse_v6(ctx: &TcContext, l3_off: usize) -> Result<Parsed, i64> {
         count(stats::UNPARSED_EXT_HEADERS);
         return Ok(Parsed::Other);
     }
-    let (sport, dport, tcp_flags) = load_l4(ctx, nexthdr, off)?;
+    let (sport, dport, tcp_flags, l4_csum) = load_l4(ctx, nexthdr, off)?;
     Ok(Parsed::V6(Packet {
         saddr: ip.saddr,
         daddr: ip.daddr,
@@ -180,18 +183,22 @@ fn parse_v6(ctx: &TcContext, l3_off: usize) -> Result<Parsed, i64> {
         dport,
         proto: nexthdr,
         tcp_flags,
+        l4_csum,
         l3_off,
         l4_off: off,
     }))
 }
 
 #[inline(always)]
-fn load_l4(ctx: &TcContext, proto: u8, l4_off: usize) -> Result<(u16, u16, u8), i64> {
+fn load_l4(ctx: &TcContext, proto: u8, l4_off: usize) -> Result<(u16, u16, u8, u16), i64> {
     let [sport, dport]: [u16; 2] = ctx.load(l4_off)?;
-    let tcp_flags = if proto == PROTO_TCP {
-        ctx.load::<u8>(l4_off + TCP_FLAGS_OFF)?
+    let (tcp_flags, csum_off) = if proto == PROTO_TCP {
+        (ctx.load::<u8>(l4_off + TCP_FLAGS_OFF)?, TCP_CSUM_OFF)
     } else {
-        0
+        (0, UDP_CSUM_OFF)
     };
-    Ok((sport, dport, tcp_flags))
+    // The checksum is the last byte a translation rewrites: a header cut before it must fail
+    // here, before a flow is recorded for a packet the rewrite would then leave untranslated.
+    let l4_csum = ctx.load::<u16>(l4_off + csum_off)?;
+    Ok((sport, dport, tcp_flags, l4_csum))
 }
