@@ -1,0 +1,242 @@
+//! A loaded datapath of its own per test: maps pinned in a directory named after the process and
+//! a counter (tests run in parallel threads), programmed through the agent's real writer, and the
+//! TC programs run on crafted frames with BPF_PROG_TEST_RUN.
+
+pub mod frame;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use lb_agent::{
+    bpf::{BpfMaps, Datapath, LoadOptions},
+    datapath::Writer,
+    model::{Frontend, FrontendState},
+};
+
+/// Where bpffs is mounted on the test machines.
+const BPFFS: &str = "/sys/fs/bpf";
+/// `TC_ACT_OK` from `linux/pkt_cls.h`: the only verdict the pod programs return.
+pub const TC_ACT_OK: u32 = 0;
+/// Room for the output frame: larger than any frame these tests build (the programs never grow
+/// a packet), so BPF_PROG_TEST_RUN never fails with ENOSPC.
+const DATA_OUT_LEN: usize = 4096;
+
+const MAX_SERVICES: u32 = 1024;
+const MAX_BACKENDS: u32 = 1024;
+/// Well above what any test creates: the common LRU hands free entries to each CPU in batches,
+/// so a table sized close to its use could evict live flows.
+const MAX_FLOWS: u32 = 16_384;
+
+/// A pin directory of its own, removed on drop (also when the test panics).
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = Path::new(BPFFS).join(format!("lb-test-{}-{n}", std::process::id()));
+        // A leftover of an earlier process with the same pid would hand us its maps.
+        let _ = std::fs::remove_dir_all(&path);
+        Self(path)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One loaded datapath.
+pub struct Lb {
+    datapath: Datapath,
+    writer: Writer<BpfMaps>,
+    /// Declared last: the directory goes after the maps and programs are closed.
+    _pin_dir: PinDir,
+}
+
+impl Lb {
+    /// Loads both programs with fresh maps. Failing to load fails the test: it never skips.
+    pub fn load() -> anyhow::Result<Self> {
+        let pin_dir = PinDir::new();
+        let (datapath, maps) = Datapath::load(&LoadOptions {
+            pin_dir: pin_dir.0.clone(),
+            max_services: MAX_SERVICES,
+            max_backends: MAX_BACKENDS,
+            max_flows: MAX_FLOWS,
+        })
+        .with_context(|| {
+            format!(
+                "loading the datapath with maps under {} (needs root and bpffs)",
+                pin_dir.0.display()
+            )
+        })?;
+        Ok(Self {
+            datapath,
+            writer: Writer::new(maps, MAX_BACKENDS),
+            _pin_dir: pin_dir,
+        })
+    }
+
+    /// Makes the maps serve exactly these frontends, through the agent's writer.
+    pub fn apply(&mut self, services: &[(Frontend, &[SocketAddr])]) -> anyhow::Result<()> {
+        let desired: BTreeMap<Frontend, FrontendState> = services
+            .iter()
+            .map(|(frontend, backends)| {
+                let mut backends = backends.to_vec();
+                backends.sort();
+                backends.dedup();
+                let state = FrontendState {
+                    service_port: format!("test/{frontend}"),
+                    backends,
+                };
+                (*frontend, state)
+            })
+            .collect();
+        let report = self.writer.apply(&desired);
+        ensure!(report.errors.is_empty(), "apply: {:?}", report.errors);
+        Ok(())
+    }
+
+    pub fn maps(&self) -> &BpfMaps {
+        self.writer.maps()
+    }
+
+    /// A counter of `lb_ebpf::stats`, summed over CPUs.
+    pub fn stat(&self, index: u32) -> u64 {
+        self.maps().stat(index)
+    }
+
+    /// Runs `lb_tc_pod_ingress` (DNAT) on a frame and returns the frame it leaves.
+    pub fn ingress(&mut self, frame: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.run(lb_ebpf::program_names::TC_POD_INGRESS, frame)
+    }
+
+    /// Runs `lb_tc_pod_egress` (reverse NAT) on a frame and returns the frame it leaves.
+    pub fn egress(&mut self, frame: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.run(lb_ebpf::program_names::TC_POD_EGRESS, frame)
+    }
+
+    /// Like [`Lb::ingress`], on an skb in the CHECKSUM_COMPLETE state (as received from a NIC
+    /// that checksums in hardware): the run fails with EBADMSG if the program leaves `skb->csum`
+    /// out of step with the packet.
+    pub fn ingress_checksum_complete(&mut self, frame: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.run_checksum_complete(lb_ebpf::program_names::TC_POD_INGRESS, frame)
+    }
+
+    /// Like [`Lb::egress`], on an skb in the CHECKSUM_COMPLETE state.
+    pub fn egress_checksum_complete(&mut self, frame: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.run_checksum_complete(lb_ebpf::program_names::TC_POD_EGRESS, frame)
+    }
+
+    fn classifier(&mut self, name: &'static str) -> anyhow::Result<&mut SchedClassifier> {
+        self.datapath
+            .ebpf_mut()
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a classifier"))
+    }
+
+    fn run(&mut self, name: &'static str, frame: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let program = self.classifier(name)?;
+        let mut out = vec![0; DATA_OUT_LEN];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
+        check_verdict(name, result.return_value)?;
+        out.truncate(result.data_size_out as usize);
+        Ok(out)
+    }
+
+    /// BPF_PROG_TEST_RUN by hand: aya 0.14 has no way to pass
+    /// `BPF_F_TEST_SKB_CHECKSUM_COMPLETE` (its `TestRunAttrs` only sets the XDP flag).
+    fn run_checksum_complete(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+    ) -> anyhow::Result<Vec<u8>> {
+        let prog_fd = self
+            .classifier(name)?
+            .fd()
+            .with_context(|| format!("program {name} is not loaded"))?
+            .as_fd()
+            .as_raw_fd();
+        let mut out = vec![0_u8; DATA_OUT_LEN];
+        let mut attr = ProgTestRunAttr {
+            prog_fd: prog_fd as u32,
+            data_size_in: u32::try_from(frame.len())?,
+            data_size_out: u32::try_from(out.len())?,
+            data_in: frame.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
+            repeat: 1,
+            flags: BPF_F_TEST_SKB_CHECKSUM_COMPLETE,
+            ..ProgTestRunAttr::default()
+        };
+        // SAFETY: `attr` is the `test` member of `union bpf_attr`, passed with its own size (the
+        // kernel zero-extends a shorter attr); the input and output buffers it points to outlive
+        // the call and have the sizes it gives.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &mut attr as *mut ProgTestRunAttr,
+                std::mem::size_of::<ProgTestRunAttr>(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| {
+                format!("BPF_PROG_TEST_RUN of {name} with BPF_F_TEST_SKB_CHECKSUM_COMPLETE")
+            });
+        }
+        check_verdict(name, attr.retval)?;
+        out.truncate(attr.data_size_out as usize);
+        Ok(out)
+    }
+}
+
+fn check_verdict(name: &str, verdict: u32) -> anyhow::Result<()> {
+    if verdict != TC_ACT_OK {
+        bail!("{name} returned {verdict} instead of TC_ACT_OK");
+    }
+    Ok(())
+}
+
+/// `bpf(2)` command number of BPF_PROG_TEST_RUN (`enum bpf_cmd` in `linux/bpf.h`).
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+/// Test-run flag (Linux 6.11): the kernel sets CHECKSUM_COMPLETE with `skb->csum` computed over
+/// the packet, and after the run compares it with a fresh sum of the packet.
+const BPF_F_TEST_SKB_CHECKSUM_COMPLETE: u32 = 1 << 2;
+
+/// The `test` member of `union bpf_attr` (`linux/bpf.h`), with its tail padding spelled out.
+#[repr(C)]
+#[derive(Default)]
+struct ProgTestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
