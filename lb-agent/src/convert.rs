@@ -34,14 +34,28 @@ fn object_name(
         namespace: meta
             .namespace
             .clone()
+            .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "default".to_owned()),
         name,
     })
 }
 
 fn parse_ip(field: &str, s: &str) -> Result<IpAddr, String> {
-    s.parse()
-        .map_err(|_| format!("{field} {s:?} is not an IP address"))
+    let ip: IpAddr = s
+        .parse()
+        .map_err(|_| format!("{field} {s:?} is not an IP address"))?;
+    if is_ipv4_mapped(&ip) {
+        return Err(format!(
+            "{field} {s:?} is an IPv4-mapped IPv6 address; write the IPv4 address"
+        ));
+    }
+    Ok(ip)
+}
+
+/// `::ffff:a.b.c.d`: Kubernetes counts it as IPv4 (Go's `To4`) and its validation rejects it
+/// as an IPv6 address, so it is neither family here.
+fn is_ipv4_mapped(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
 }
 
 fn parse_port(field: &str, port: i32) -> Result<u16, String> {
@@ -79,7 +93,10 @@ pub fn service(
 ) -> Result<Converted<Service>, String> {
     let name = object_name(&svc.metadata)?;
     let mut warnings = Vec::new();
-    if let Some(old) = raw.and_then(|r| r.pointer("/spec/ipFamily")) {
+    if let Some(old) = raw
+        .and_then(|r| r.pointer("/spec/ipFamily"))
+        .filter(|v| !v.is_null())
+    {
         warnings.push(format!(
             "spec.ipFamily ({old}) is the pre-1.20 alpha field and is ignored; use spec.ipFamilies \
              (with spec.ipFamilyPolicy) instead"
@@ -110,6 +127,9 @@ pub fn service(
     }
     let headless = ip_strings.first().is_some_and(|ip| *ip == "None");
     if headless {
+        if ip_strings.len() > 1 {
+            return Err("spec.clusterIPs: \"None\" (headless) must be the only entry".to_owned());
+        }
         ip_strings.clear();
     }
     let mut cluster_ips = Vec::new();
@@ -203,6 +223,9 @@ pub fn service(
         .and_then(|lb| lb.ingress.as_ref())
         .into_iter()
         .flatten()
+        // kube-proxy serves only ingress IPs in VIP mode; with ipMode Proxy the load balancer
+        // delivers to the node itself (KEP-1860, pkg/proxy/serviceport.go).
+        .filter(|ing| ing.ip_mode.as_deref().is_none_or(|m| m == "VIP"))
         .filter_map(|ing| ing.ip.as_deref())
         .map(|s| parse_ip("status.loadBalancer.ingress ip", s))
         .collect::<Result<_, _>>()?;
@@ -273,7 +296,7 @@ pub fn endpoint_slice(
             continue;
         };
         let addr = match first.parse::<IpAddr>() {
-            Ok(addr) if IpFamily::of(&addr) == family => addr,
+            Ok(addr) if IpFamily::of(&addr) == family && !is_ipv4_mapped(&addr) => addr,
             Ok(addr) => {
                 warnings.push(format!(
                     "endpoints[{i}] address {addr} is not {family} like the slice; skipped"
@@ -324,3 +347,6 @@ pub fn endpoint_slice(
         warnings,
     }))
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,9 +8,11 @@
 
 use std::{
     collections::BTreeMap,
-    fmt, fs, io,
+    fmt, fs,
+    hash::{DefaultHasher, Hash as _, Hasher as _},
+    io,
     path::{Path, PathBuf},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use k8s_openapi::api::{
@@ -59,10 +61,25 @@ enum Object {
     EndpointSlice(EndpointSlice),
 }
 
+/// How long before a read a file's modification time must lie for its stamp to prove the file
+/// unchanged later. File systems stamp writes with a coarse clock (a kernel tick, whole seconds on
+/// some), so a same-size rewrite just after a read can keep the stamp; such "racily clean" files
+/// (git's term) are compared by content instead.
+const STAMP_GRANULARITY: Duration = Duration::from_secs(2);
+
+/// Deepest nesting of YAML flow collections (`[...]`, `{...}`) read. serde_yaml rejects more than
+/// 128 levels of nesting anyway, but only after libyaml has scanned the whole document, in time
+/// that grows with length times flow depth: 160 KB of `{a: ` took seconds.
+const MAX_FLOW_DEPTH: usize = 128;
+
 #[derive(Clone, Debug, Default)]
 struct FileState {
     /// Modification time and size when last read; unchanged files are not parsed again.
     stamp: Option<(SystemTime, u64)>,
+    /// When the file was last read; a stamp this recent does not prove anything.
+    read_at: Option<SystemTime>,
+    /// Hash of the text last read (good or not): a touched file is not parsed again either.
+    content: Option<u64>,
     objects: BTreeMap<ObjectKey, Object>,
 }
 
@@ -161,8 +178,22 @@ fn file_stamp(path: &Path) -> io::Result<(SystemTime, u64)> {
     Ok((meta.modified()?, meta.len()))
 }
 
+/// `modified` is old enough, seen from `read_at`, that a later write cannot share it.
+fn stamp_settled(modified: SystemTime, read_at: SystemTime) -> bool {
+    read_at
+        .duration_since(modified)
+        .is_ok_and(|age| age >= STAMP_GRANULARITY)
+}
+
+fn content_hash(bytes: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Reads one file. On any file-level failure the previous objects of the file stay.
 fn load_file(path: &Path, previous: FileState, report: &mut Report) -> FileState {
+    let read_at = SystemTime::now();
     let stamp = match file_stamp(path) {
         Ok(stamp) => stamp,
         Err(err) => {
@@ -170,12 +201,35 @@ fn load_file(path: &Path, previous: FileState, report: &mut Report) -> FileState
             return previous;
         }
     };
-    if previous.stamp == Some(stamp) {
+    if previous.stamp == Some(stamp)
+        && previous
+            .read_at
+            .is_some_and(|read| stamp_settled(stamp.0, read))
+    {
         return previous;
     }
-    let documents = match fs::read_to_string(path)
-        .map_err(|e| e.to_string())
-        .and_then(|text| parse_documents(path, &text))
+    // A read failure is not recorded: the file is tried again on the next reload.
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            report.problems.push(format!(
+                "{}: {err}; keeping what the file held before",
+                path.display()
+            ));
+            return previous;
+        }
+    };
+    let content = Some(content_hash(&bytes));
+    if previous.content == content {
+        return FileState {
+            stamp: Some(stamp),
+            read_at: Some(read_at),
+            ..previous
+        };
+    }
+    let documents = match std::str::from_utf8(&bytes)
+        .map_err(|e| format!("not UTF-8 text: {e}"))
+        .and_then(|text| parse_documents(path, text))
     {
         Ok(docs) => docs,
         Err(reason) => {
@@ -185,16 +239,18 @@ fn load_file(path: &Path, previous: FileState, report: &mut Report) -> FileState
             ));
             return FileState {
                 stamp: Some(stamp),
+                read_at: Some(read_at),
+                content,
                 ..previous
             };
         }
     };
     let mut objects = BTreeMap::new();
     let mut items = Vec::new();
-    for doc in documents {
-        flatten_lists(doc, &mut items);
+    for (i, doc) in documents.into_iter().enumerate() {
+        flatten_lists(doc, format!("document {}", i + 1), &mut items);
     }
-    for item in items {
+    for (at, item) in items {
         match decode(&item) {
             Decoded::Ignored => {}
             Decoded::Object(key, object, warnings) => {
@@ -215,9 +271,7 @@ fn load_file(path: &Path, previous: FileState, report: &mut Report) -> FileState
                 let kept = key
                     .as_ref()
                     .and_then(|k| previous.objects.get(k).map(|o| (k.clone(), o.clone())));
-                let what = key
-                    .as_ref()
-                    .map_or_else(|| "object".to_owned(), ToString::to_string);
+                let what = key.as_ref().map_or(at, ToString::to_string);
                 let suffix = if kept.is_some() {
                     "; keeping its last good version"
                 } else {
@@ -234,16 +288,23 @@ fn load_file(path: &Path, previous: FileState, report: &mut Report) -> FileState
     }
     FileState {
         stamp: Some(stamp),
+        read_at: Some(read_at),
+        content,
         objects,
     }
 }
 
+/// The documents of a file, empty YAML documents left out; `document N` in messages counts the
+/// documents returned.
 fn parse_documents(path: &Path, text: &str) -> Result<Vec<serde_json::Value>, String> {
+    // Editors on Windows start files with a byte order mark; neither parser skips it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if path.extension().and_then(|e| e.to_str()) == Some("json") {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
         return Ok(vec![value]);
     }
+    check_flow_depth(text).map_err(|e| format!("invalid YAML: {e}"))?;
     let mut docs = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
         let value =
@@ -258,19 +319,63 @@ fn parse_documents(path: &Path, text: &str) -> Result<Vec<serde_json::Value>, St
     Ok(docs)
 }
 
-/// Expands `kind: List` (and `*List` kinds such as `ServiceList`) into their items.
-fn flatten_lists(value: serde_json::Value, out: &mut Vec<serde_json::Value>) {
-    let is_list = value
+/// Rejects text whose flow collections nest deeper than [`MAX_FLOW_DEPTH`]. Every bracket counts,
+/// those inside scalars too: real manifests stay far below the limit either way.
+fn check_flow_depth(text: &str) -> Result<(), String> {
+    let (mut depth, mut line) = (0_usize, 1_usize);
+    for byte in text.bytes() {
+        match byte {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Err(format!(
+                        "[...] and {{...}} nest deeper than {MAX_FLOW_DEPTH} levels at line {line}"
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'\n' => line += 1,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Expands `kind: List` (and `*List` kinds such as `ServiceList`) into their items, each with
+/// where it is (`document 2, items[3]`) for messages about objects without a name.
+fn flatten_lists(
+    mut value: serde_json::Value,
+    at: String,
+    out: &mut Vec<(String, serde_json::Value)>,
+) {
+    let item_kind = value
         .get("kind")
         .and_then(|k| k.as_str())
-        .is_some_and(|k| k.ends_with("List"));
-    if is_list && let Some(serde_json::Value::Array(items)) = value.get("items") {
-        for item in items.clone() {
-            flatten_lists(item, out);
+        .and_then(|k| k.strip_suffix("List"))
+        .map(str::to_owned);
+    let api_version = value.get("apiVersion").cloned();
+    let items = match (&item_kind, value.get_mut("items")) {
+        (Some(_), Some(serde_json::Value::Array(items))) => std::mem::take(items),
+        _ => {
+            out.push((at, value));
+            return;
         }
-        return;
+    };
+    let item_kind = item_kind.filter(|k| !k.is_empty());
+    for (i, mut item) in items.into_iter().enumerate() {
+        // Items of a typed list (`ServiceList`, as the API server returns it) carry neither
+        // kind nor apiVersion: they are the list's.
+        if let (Some(kind), Some(obj)) = (&item_kind, item.as_object_mut()) {
+            obj.entry("kind")
+                .or_insert_with(|| serde_json::Value::from(kind.as_str()));
+            if obj.get("kind").and_then(|k| k.as_str()) == Some(kind.as_str())
+                && let Some(v) = &api_version
+            {
+                obj.entry("apiVersion").or_insert_with(|| v.clone());
+            }
+        }
+        flatten_lists(item, format!("{at}, items[{i}]"), out);
     }
-    out.push(value);
 }
 
 enum Decoded {
@@ -279,35 +384,56 @@ enum Decoded {
     Invalid(Option<ObjectKey>, String),
 }
 
+/// A non-empty string field of `metadata`.
 fn meta_str<'a>(value: &'a serde_json::Value, field: &str) -> Option<&'a str> {
-    value.get("metadata")?.get(field)?.as_str()
+    value
+        .get("metadata")?
+        .get(field)?
+        .as_str()
+        .filter(|s| !s.is_empty())
+}
+
+/// The API group of an apiVersion: `discovery.k8s.io/v1` -> `discovery.k8s.io`, `v1` -> core.
+fn api_group(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(group, _)| group)
 }
 
 fn decode(value: &serde_json::Value) -> Decoded {
     let Some(obj) = value.as_object() else {
-        return Decoded::Invalid(None, "document is not an object".to_owned());
+        return Decoded::Invalid(
+            None,
+            "not an object (a mapping with apiVersion and kind)".to_owned(),
+        );
     };
-    let kind_str = obj.get("kind").and_then(|k| k.as_str());
     let api_version = obj.get("apiVersion").and_then(|k| k.as_str());
-    let kind = match (kind_str, api_version) {
-        (Some("Service"), Some("v1")) => Kind::Service,
-        (Some("EndpointSlice"), Some("discovery.k8s.io/v1")) => Kind::EndpointSlice,
-        (Some("EndpointSlice"), Some(v)) => {
-            return Decoded::Invalid(
-                None,
-                format!("EndpointSlice apiVersion {v:?} is not served; use discovery.k8s.io/v1"),
-            );
-        }
-        (Some(_), _) => return Decoded::Ignored,
-        (None, _) => return Decoded::Invalid(None, "document has no kind".to_owned()),
+    let (kind, served) = match obj.get("kind").and_then(|k| k.as_str()) {
+        Some("Service") => (Kind::Service, "v1"),
+        Some("EndpointSlice") => (Kind::EndpointSlice, "discovery.k8s.io/v1"),
+        Some(_) => return Decoded::Ignored,
+        None => return Decoded::Invalid(None, "has no kind".to_owned()),
     };
+    // The same kind name in another API group (Knative's serving.knative.dev Service) is another
+    // kind; another version of the right group, or none, is a mistake worth reporting.
+    if api_version.is_some_and(|v| api_group(v) != api_group(served)) {
+        return Decoded::Ignored;
+    }
     let key = ObjectKey {
         kind,
         namespace: meta_str(value, "namespace").unwrap_or("default").to_owned(),
         name: meta_str(value, "name").unwrap_or("").to_owned(),
     };
     if key.name.is_empty() {
-        return Decoded::Invalid(None, format!("{kind} without metadata.name"));
+        return Decoded::Invalid(
+            None,
+            format!("{kind} in namespace {} has no metadata.name", key.namespace),
+        );
+    }
+    if api_version != Some(served) {
+        let reason = match api_version {
+            Some(v) => format!("apiVersion {v:?} is not served; use {served}"),
+            None => format!("apiVersion is missing; use {served}"),
+        };
+        return Decoded::Invalid(Some(key), reason);
     }
     let result = match kind {
         Kind::Service => serde_json::from_value::<K8sService>(value.clone())
@@ -325,3 +451,6 @@ fn decode(value: &serde_json::Value) -> Decoded {
         Err(reason) => Decoded::Invalid(Some(key), reason),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -463,7 +463,7 @@ mod tests {
                 ep("10.0.0.2", true, true, false, "n2"),
             ],
         );
-        let sel = select(&[s.clone()], &[sl.clone()], &node());
+        let sel = select(std::slice::from_ref(&s), std::slice::from_ref(&sl), &node());
         assert_eq!(
             backends(&sel, "10.96.0.1:80", Protocol::Tcp),
             ["10.0.0.1:80"]
@@ -489,7 +489,7 @@ mod tests {
             &[("", 80, Protocol::Tcp)],
             vec![a.clone(), b],
         );
-        let sel = select(&[s.clone()], &[sl], &node());
+        let sel = select(std::slice::from_ref(&s), &[sl], &node());
         assert_eq!(
             backends(&sel, "10.96.0.1:80", Protocol::Tcp),
             ["10.0.0.1:80"]
