@@ -72,6 +72,7 @@ struct Syncer {
 
 impl Syncer {
     fn sync(&mut self) {
+        let started = std::time::Instant::now();
         let report = match self.source.reload() {
             Ok(r) => r,
             Err(e) => {
@@ -106,6 +107,7 @@ impl Syncer {
                 frontends = sel.frontends.len(),
                 changed = applied.frontends_changed,
                 removed = applied.frontends_removed,
+                elapsed_us = started.elapsed().as_micros() as u64,
                 "maps programmed"
             );
         }
