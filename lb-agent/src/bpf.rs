@@ -10,7 +10,9 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError as AyaMapError, PerCpuArray},
-    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, tc::SchedClassifierLinkId,
+    },
 };
 use lb_ebpf::{
     Backend4, Backend6, Flow4Key, Flow4Value, Flow6Key, Flow6Value, SCOPE_CLUSTER, Service4Key,
@@ -39,6 +41,14 @@ pub enum BpfError {
     },
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error("{path} is not a cgroup2 directory (socket programs need cgroup v2)")]
+    NotCgroup2 { path: String },
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("program {0} missing from the eBPF object")]
     MissingProgram(&'static str),
     #[error("map {0} missing from the eBPF object")]
@@ -57,13 +67,109 @@ pub enum BpfError {
     },
 }
 
-/// Map sizes and where to pin.
+/// Where the socket programs attach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SocketLb {
+    /// No socket-level load balancing.
+    Off,
+    /// The host's cgroup2 root: `/sys/fs/cgroup` or `/sys/fs/cgroup/unified`, or a cgroup2
+    /// hierarchy the agent mounts when the host has only cgroup v1 hierarchies.
+    HostRoot,
+    /// A given cgroup2 directory: only processes below it are affected.
+    Cgroup(PathBuf),
+}
+
+/// Map sizes, where to pin, and where socket programs attach.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub pin_dir: PathBuf,
     pub max_services: u32,
     pub max_backends: u32,
     pub max_flows: u32,
+    pub max_sockets: u32,
+    pub socket_lb: SocketLb,
+}
+
+/// The cgroup sock_addr programs and their attach points.
+const SOCK_PROGRAMS: [&str; 8] = [
+    program_names::SOCK_CONNECT4,
+    program_names::SOCK_CONNECT6,
+    program_names::SOCK_SENDMSG4,
+    program_names::SOCK_SENDMSG6,
+    program_names::SOCK_RECVMSG4,
+    program_names::SOCK_RECVMSG6,
+    program_names::SOCK_GETPEERNAME4,
+    program_names::SOCK_GETPEERNAME6,
+];
+
+/// Magic number of cgroup2 (`statfs(2)`).
+const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
+/// Where the agent mounts a cgroup2 hierarchy on hosts with only cgroup v1.
+const OWN_CGROUP2: &str = "/run/lb-agent/cgroup2";
+
+fn fs_magic(path: &Path) -> Option<i64> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+    (rc == 0).then_some(st.f_type as i64)
+}
+
+/// The cgroup2 directory the socket programs attach to, mounting a cgroup2 hierarchy if the host
+/// has none.
+pub fn resolve_cgroup(socket_lb: &SocketLb) -> Result<Option<PathBuf>, BpfError> {
+    match socket_lb {
+        SocketLb::Off => Ok(None),
+        SocketLb::Cgroup(dir) => {
+            if fs_magic(dir) == Some(CGROUP2_SUPER_MAGIC) {
+                Ok(Some(dir.clone()))
+            } else {
+                Err(BpfError::NotCgroup2 {
+                    path: dir.display().to_string(),
+                })
+            }
+        }
+        SocketLb::HostRoot => {
+            for candidate in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+                if fs_magic(Path::new(candidate)) == Some(CGROUP2_SUPER_MAGIC) {
+                    return Ok(Some(PathBuf::from(candidate)));
+                }
+            }
+            let own = Path::new(OWN_CGROUP2);
+            if fs_magic(own) != Some(CGROUP2_SUPER_MAGIC) {
+                std::fs::create_dir_all(own).map_err(|source| BpfError::PinDir {
+                    path: OWN_CGROUP2.to_owned(),
+                    source,
+                })?;
+                let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+                let (src, target, fstype) = (c("none"), c(OWN_CGROUP2), c("cgroup2"));
+                // SAFETY: plain mount(2) with NUL-terminated strings and no data.
+                let rc = unsafe {
+                    libc::mount(
+                        src.as_ptr(),
+                        target.as_ptr(),
+                        fstype.as_ptr(),
+                        0,
+                        std::ptr::null(),
+                    )
+                };
+                if rc != 0 {
+                    return Err(BpfError::NotCgroup2 {
+                        path: format!(
+                            "{OWN_CGROUP2} (the host has no cgroup2 hierarchy and mounting one \
+                             failed: {})",
+                            std::io::Error::last_os_error()
+                        ),
+                    });
+                }
+                tracing::info!(
+                    "the host has only cgroup v1 hierarchies: mounted cgroup2 at {OWN_CGROUP2} \
+                     for socket-level load balancing"
+                );
+            }
+            Ok(Some(own.to_path_buf()))
+        }
+    }
 }
 
 /// The loaded programs and the devices they are attached to.
@@ -71,6 +177,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     /// Device name -> (ifindex, ingress link, egress link).
     pod_devices: StdHashMap<String, (u32, SchedClassifierLinkId, SchedClassifierLinkId)>,
+    cgroup: Option<PathBuf>,
 }
 
 /// The usual BPF filesystem mount point; mounted by the agent when missing, as Cilium does.
@@ -138,6 +245,8 @@ impl Datapath {
             .map_max_entries(map_names::BACKENDS_V6, opts.max_backends)
             .map_max_entries(map_names::FLOWS_V4, opts.max_flows)
             .map_max_entries(map_names::FLOWS_V6, opts.max_flows)
+            .map_max_entries(map_names::SOCK_REVNAT_V4, opts.max_sockets)
+            .map_max_entries(map_names::SOCK_REVNAT_V6, opts.max_sockets)
             .load(EBPF_OBJECT)?;
         for name in [program_names::TC_POD_INGRESS, program_names::TC_POD_EGRESS] {
             let prog: &mut SchedClassifier = ebpf
@@ -148,14 +257,42 @@ impl Datapath {
             prog.load()
                 .map_err(|source| BpfError::Program { name, source })?;
         }
+        let cgroup = resolve_cgroup(&opts.socket_lb)?;
+        if let Some(dir) = &cgroup {
+            let file = std::fs::File::open(dir).map_err(|source| BpfError::Cgroup {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            for name in SOCK_PROGRAMS {
+                let prog: &mut CgroupSockAddr = ebpf
+                    .program_mut(name)
+                    .ok_or(BpfError::MissingProgram(name))?
+                    .try_into()
+                    .map_err(|source| BpfError::Program { name, source })?;
+                prog.load()
+                    .map_err(|source| BpfError::Program { name, source })?;
+                // Attached as a BPF link (kernel 5.7+), which always coexists with other programs
+                // on the cgroup (a CNI's, systemd's); the kernel rejects any mode flag on links,
+                // so the mode must be the flag-less `Single`.
+                prog.attach(&file, CgroupAttachMode::Single)
+                    .map_err(|source| BpfError::Program { name, source })?;
+            }
+            tracing::info!(cgroup = %dir.display(), "socket programs attached");
+        }
         let maps = BpfMaps::take(&mut ebpf)?;
         Ok((
             Self {
                 ebpf,
                 pod_devices: StdHashMap::new(),
+                cgroup,
             },
             maps,
         ))
+    }
+
+    /// The cgroup the socket programs are attached to, if any.
+    pub fn cgroup(&self) -> Option<&Path> {
+        self.cgroup.as_deref()
     }
 
     /// The loaded object, for attaching the kernel logger.

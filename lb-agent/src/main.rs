@@ -5,12 +5,12 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use lb_agent::{
     agent::{self, RunOptions},
-    bpf::LoadOptions,
+    bpf::{LoadOptions, SocketLb},
     devices::DevicePatterns,
     manifest::ManifestSource,
     selection::{self, NodeContext},
 };
-use lb_ebpf::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES};
+use lb_ebpf::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOCKETS};
 
 #[derive(Parser)]
 #[command(
@@ -67,12 +67,34 @@ struct RunArgs {
     /// Tracked flows per family (each flow takes two entries).
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(2..))]
     max_flows: u32,
+    /// Sockets of node processes translated at connect()/sendmsg() remembered per family, for
+    /// getpeername()/recvmsg().
+    #[arg(long, default_value_t = DEFAULT_MAX_SOCKETS, value_parser = clap::value_parser!(u32).range(1..))]
+    max_sockets: u32,
+    /// Socket-level load balancing of traffic sent by processes on the node (cgroup hooks).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    socket_lb: bool,
+    /// cgroup2 directory for the socket programs; only processes below it are affected.
+    /// Default: the host's cgroup2 root (a cgroup2 hierarchy is mounted when the host has only
+    /// cgroup v1).
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
 }
+
+/// Default log filter. aya warns at every start, with a page of BTF dump, that the kernel
+/// refused the object's BTF: Rust type names such as `MaybeUninit<u8>` (from aya-log's level
+/// global) are not valid BTF names. aya then loads without object BTF, which our maps and
+/// programs do not need, so that one warning is hidden unless RUST_LOG asks for it.
+const DEFAULT_LOG_FILTER: &str = "info,aya::bpf=error";
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn plan(manifests: PathBuf, node_name: Option<String>) -> anyhow::Result<bool> {
@@ -130,6 +152,12 @@ fn main() -> ExitCode {
                     max_services: args.max_services,
                     max_backends: args.max_backends,
                     max_flows: args.max_flows,
+                    max_sockets: args.max_sockets,
+                    socket_lb: match (args.socket_lb, args.cgroup) {
+                        (false, _) => SocketLb::Off,
+                        (true, Some(dir)) => SocketLb::Cgroup(dir),
+                        (true, None) => SocketLb::HostRoot,
+                    },
                 },
                 healthz_bind_address: args.healthz_bind_address,
             };

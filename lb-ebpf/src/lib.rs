@@ -33,6 +33,8 @@ pub mod map_names {
     pub const BACKENDS_V6: &str = "LB_BACKENDS_V6";
     pub const FLOWS_V4: &str = "LB_FLOWS_V4";
     pub const FLOWS_V6: &str = "LB_FLOWS_V6";
+    pub const SOCK_REVNAT_V4: &str = "LB_SOCK_REVNAT_V4";
+    pub const SOCK_REVNAT_V6: &str = "LB_SOCK_REVNAT_V6";
     pub const STATS: &str = "LB_STATS";
 }
 
@@ -42,12 +44,26 @@ pub mod program_names {
     pub const TC_POD_INGRESS: &str = "lb_tc_pod_ingress";
     /// TC egress on pod-facing devices: reverse translation of replies towards the client pod.
     pub const TC_POD_EGRESS: &str = "lb_tc_pod_egress";
+    /// cgroup `connect4`/`connect6`: socket-level translation of TCP and UDP `connect()`.
+    pub const SOCK_CONNECT4: &str = "lb_sock_connect4";
+    pub const SOCK_CONNECT6: &str = "lb_sock_connect6";
+    /// cgroup `sendmsg4`/`sendmsg6`: translation of unconnected UDP datagrams.
+    pub const SOCK_SENDMSG4: &str = "lb_sock_sendmsg4";
+    pub const SOCK_SENDMSG6: &str = "lb_sock_sendmsg6";
+    /// cgroup `recvmsg4`/`recvmsg6`: UDP answers appear to come from the service address.
+    pub const SOCK_RECVMSG4: &str = "lb_sock_recvmsg4";
+    pub const SOCK_RECVMSG6: &str = "lb_sock_recvmsg6";
+    /// cgroup `getpeername4`/`getpeername6`: a translated socket's peer is the service address.
+    pub const SOCK_GETPEERNAME4: &str = "lb_sock_getpeername4";
+    pub const SOCK_GETPEERNAME6: &str = "lb_sock_getpeername6";
 }
 
 /// Default number of service map entries (frontends and their backend slots), per family.
 pub const DEFAULT_MAX_SERVICES: u32 = 65_536;
 /// Default number of backends, per family.
 pub const DEFAULT_MAX_BACKENDS: u32 = 262_144;
+/// Default number of sockets whose service address is remembered, per family.
+pub const DEFAULT_MAX_SOCKETS: u32 = 262_144;
 /// Default number of tracked flows (each flow takes a forward and a reply entry), per family.
 pub const DEFAULT_MAX_FLOWS: u32 = 524_288;
 
@@ -170,6 +186,39 @@ pub type Flow4Value = FlowValue<[u8; 4], 3>;
 /// Value of the IPv6 flow map.
 pub type Flow6Value = FlowValue<[u8; 16], 7>;
 
+/// Key of the socket reverse-translation maps: a socket (by cookie) and the backend it was sent
+/// to. `PAD` makes the trailing padding explicit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey<A, const PAD: usize> {
+    /// `bpf_get_socket_cookie()`.
+    pub cookie: u64,
+    pub addr: A,
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: [u8; PAD],
+}
+
+/// Key of the IPv4 socket reverse-translation map.
+pub type Sock4Key = SockKey<[u8; 4], 2>;
+/// Key of the IPv6 socket reverse-translation map.
+pub type Sock6Key = SockKey<[u8; 16], 6>;
+
+/// Value of the socket reverse-translation maps: the service address the socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockValue<A> {
+    pub addr: A,
+    /// Network byte order.
+    pub port: u16,
+    pub rev_nat_id: u16,
+}
+
+/// Value of the IPv4 socket reverse-translation map.
+pub type Sock4Value = SockValue<[u8; 4]>;
+/// Value of the IPv6 socket reverse-translation map.
+pub type Sock6Value = SockValue<[u8; 16]>;
+
 /// How long a TCP flow stays usable after its last packet.
 pub const FLOW_TCP_LIFETIME_NS: u64 = 6 * 3600 * 1_000_000_000;
 /// How long a TCP flow stays usable after a FIN or RST.
@@ -203,6 +252,10 @@ mod pod {
     unsafe impl aya::Pod for Flow6Key {}
     unsafe impl aya::Pod for Flow4Value {}
     unsafe impl aya::Pod for Flow6Value {}
+    unsafe impl aya::Pod for Sock4Key {}
+    unsafe impl aya::Pod for Sock6Key {}
+    unsafe impl aya::Pod for Sock4Value {}
+    unsafe impl aya::Pod for Sock6Value {}
 }
 
 #[cfg(test)]
@@ -223,5 +276,9 @@ mod tests {
         assert_eq!(size_of::<Flow6Key>(), 40);
         assert_eq!(size_of::<Flow4Value>(), 24);
         assert_eq!(size_of::<Flow6Value>(), 40);
+        assert_eq!(size_of::<Sock4Key>(), 16);
+        assert_eq!(size_of::<Sock6Key>(), 32);
+        assert_eq!(size_of::<Sock4Value>(), 8);
+        assert_eq!(size_of::<Sock6Value>(), 20);
     }
 }

@@ -7,9 +7,17 @@ mod kern;
 
 #[cfg(target_arch = "bpf")]
 mod entry {
-    use aya_ebpf::{macros::classifier, programs::TcContext};
+    use aya_ebpf::{
+        macros::{cgroup_sock_addr, classifier},
+        programs::{SockAddrContext, TcContext},
+    };
 
-    use crate::kern::{lb, verdict};
+    use crate::kern::{
+        family::{V4, V6},
+        lb,
+        sock::{reverse, translate},
+        verdict,
+    };
 
     /// TC ingress on a pod-facing device: packets leaving a pod. Translates service addresses to
     /// backends (DNAT).
@@ -23,6 +31,50 @@ mod entry {
     #[classifier]
     pub fn lb_tc_pod_egress(ctx: TcContext) -> i32 {
         verdict(lb::pod_egress(&ctx))
+    }
+
+    /// Node-originated traffic: `connect()` to a service address goes straight to a backend.
+    #[cgroup_sock_addr(connect4)]
+    pub fn lb_sock_connect4(ctx: SockAddrContext) -> i32 {
+        translate::<V4>(&ctx)
+    }
+
+    #[cgroup_sock_addr(connect6)]
+    pub fn lb_sock_connect6(ctx: SockAddrContext) -> i32 {
+        translate::<V6>(&ctx)
+    }
+
+    /// Unconnected UDP datagrams to a service address go to a backend.
+    #[cgroup_sock_addr(sendmsg4)]
+    pub fn lb_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+        translate::<V4>(&ctx)
+    }
+
+    #[cgroup_sock_addr(sendmsg6)]
+    pub fn lb_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+        translate::<V6>(&ctx)
+    }
+
+    /// UDP answers from a backend read as coming from the service address.
+    #[cgroup_sock_addr(recvmsg4)]
+    pub fn lb_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+        reverse::<V4>(&ctx)
+    }
+
+    #[cgroup_sock_addr(recvmsg6)]
+    pub fn lb_sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+        reverse::<V6>(&ctx)
+    }
+
+    /// A translated socket's peer reads as the service address.
+    #[cgroup_sock_addr(getpeername4)]
+    pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+        reverse::<V4>(&ctx)
+    }
+
+    #[cgroup_sock_addr(getpeername6)]
+    pub fn lb_sock_getpeername6(ctx: SockAddrContext) -> i32 {
+        reverse::<V6>(&ctx)
     }
 
     #[unsafe(link_section = "license")]

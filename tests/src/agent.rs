@@ -9,15 +9,19 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{manifests::ManifestDir, netns::Netns, traffic::http_get};
+use crate::{cgroup::TestCgroup, manifests::ManifestDir, netns::Netns, traffic::http_get};
 
 /// Where the agent's health server listens inside the node namespace.
 pub const HEALTHZ: &str = "127.0.0.1:10256";
 
 /// A running agent; stopped (SIGTERM, then SIGKILL) and its pin directory removed on drop.
+///
+/// Its socket programs attach to a cgroup of its own ([`Agent::cgroup`]): only processes the
+/// test moves there are affected, never the machine's.
 pub struct Agent {
     child: Option<Child>,
     pub pin_dir: PathBuf,
+    pub cgroup: TestCgroup,
     log: PathBuf,
 }
 
@@ -45,6 +49,7 @@ impl Agent {
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
         let pin_dir = pin_dir.to_path_buf();
+        let cgroup = TestCgroup::new()?;
         let log = std::env::temp_dir().join(format!("{}.log", crate::unique_name("lb-agent-")));
         let log_file = std::fs::File::create(&log)?;
         let child = node
@@ -59,8 +64,10 @@ impl Agent {
             .arg("--healthz-bind-address")
             .arg(HEALTHZ)
             .args(["--node-name", "node-a"])
+            .arg("--cgroup")
+            .arg(cgroup.path())
             .args(extra_args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,aya::bpf=error")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
@@ -69,6 +76,7 @@ impl Agent {
         Ok(Self {
             child: Some(child),
             pin_dir,
+            cgroup,
             log,
         })
     }

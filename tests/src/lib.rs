@@ -8,8 +8,10 @@
 //! is attached to, or routed in, the machine's own namespace.
 
 pub mod agent;
+pub mod cgroup;
 pub mod manifests;
 pub mod netns;
+pub mod probe;
 pub mod topology;
 pub mod traffic;
 

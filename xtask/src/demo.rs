@@ -12,7 +12,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use lb_tests::{
     agent::Agent,
+    cgroup::TestCgroup,
     manifests::ManifestDir,
+    probe::{Mode, Outcome, probe},
     topology::{POD_DEVICE_GLOB, Topology},
     traffic::{Server, tcp_request, tcp_server, udp_request, udp_server},
 };
@@ -138,6 +140,38 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             spread.join(", ")
         );
     }
+    println!(
+        "\n== From the node itself (no default route of either family): a process in the agent's \
+         cgroup, and one outside it as kube-proxy's iptables mode would leave it =="
+    );
+    let outside = TestCgroup::new()?;
+    for (addr, proto, service) in frontends(&plan)? {
+        if proto != "TCP" {
+            continue;
+        }
+        let inside = probe(&topo.node, Some(&agent.cgroup), Mode::Tcp, addr, 1)?;
+        let without = probe(&topo.node, Some(&outside), Mode::Tcp, addr, 1)?;
+        let describe = |o: &Outcome| match o {
+            Outcome::Answer { answer, peer, .. } => format!(
+                "answered by {answer}, getpeername() = {}",
+                peer.map_or_else(|| "?".to_owned(), |p| p.to_string())
+            ),
+            Outcome::Error(e) => format!("connect() failed: {e}"),
+        };
+        println!("  curl-like TCP to {addr} ({service})");
+        println!(
+            "    with the agent's socket programs: {}",
+            describe(&inside[0])
+        );
+        println!(
+            "    without them:                     {}",
+            describe(&without[0])
+        );
+        if !matches!(inside[0], Outcome::Answer { peer: Some(p), .. } if p == addr) {
+            failures += 1;
+        }
+    }
+    drop(outside);
     drop(agent);
     drop(servers);
     drop(topo);

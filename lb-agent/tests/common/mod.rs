@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use lb_agent::{
-    bpf::{BpfMaps, Datapath, LoadOptions},
+    bpf::{BpfMaps, Datapath, LoadOptions, SocketLb},
     datapath::Writer,
     model::{Frontend, FrontendState},
 };
@@ -71,6 +71,8 @@ impl Lb {
             max_services: MAX_SERVICES,
             max_backends: MAX_BACKENDS,
             max_flows: MAX_FLOWS,
+            max_sockets: 1024,
+            socket_lb: SocketLb::Off,
         })
         .with_context(|| {
             format!(

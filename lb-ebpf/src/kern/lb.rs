@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use lb_ebpf::{
-    FLOW_F_CLOSING, FLOW_FORWARD, FLOW_REPLY, FLOW_TCP_CLOSING_NS, FLOW_TCP_LIFETIME_NS,
+    Backend, FLOW_F_CLOSING, FLOW_FORWARD, FLOW_REPLY, FLOW_TCP_CLOSING_NS, FLOW_TCP_LIFETIME_NS,
     FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, SCOPE_CLUSTER, ServiceKey, stats,
 };
 
@@ -108,45 +108,18 @@ fn forward<F: Family>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64
         }
     }
 
-    let frontend_key = ServiceKey {
-        addr: pkt.daddr,
-        port: pkt.dport,
-        slot: 0,
-        proto: pkt.proto,
-        scope: SCOPE_CLUSTER,
-        _pad: [0; 2],
-    };
-    // SAFETY: read-only copy of a map value.
-    let Some(frontend) = (unsafe { F::services().get(&frontend_key) }).copied() else {
-        return Ok(TC_ACT_OK as i32);
-    };
-    if frontend.count == 0 {
-        count(stats::NO_BACKEND);
-        return Ok(TC_ACT_OK as i32);
-    }
     // SAFETY: helper without arguments.
-    let pick = unsafe { bpf_get_prandom_u32() } % u32::from(frontend.count);
-    let slot_key = ServiceKey {
-        slot: pick as u16 + 1,
-        ..frontend_key
-    };
-    // SAFETY: read-only copies of map values.
-    let Some(slot) = (unsafe { F::services().get(&slot_key) }).copied() else {
-        count(stats::NO_BACKEND);
+    let pick = unsafe { bpf_get_prandom_u32() };
+    let Some(chosen) = choose_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, pick) else {
         return Ok(TC_ACT_OK as i32);
     };
-    let Some(backend) = (unsafe { F::backends().get(&slot.backend_id) }).copied() else {
-        count(stats::NO_BACKEND);
-        return Ok(TC_ACT_OK as i32);
-    };
+    let Chosen {
+        rev_nat_id,
+        backend_id,
+        backend,
+    } = chosen;
 
-    let mut fwd = F::Flow::new(
-        backend.addr,
-        backend.port,
-        frontend.rev_nat_id,
-        slot.backend_id,
-        now,
-    );
+    let mut fwd = F::Flow::new(backend.addr, backend.port, rev_nat_id, backend_id, now);
     fwd.touch(now, closing);
     let reply_key = FlowKey {
         saddr: backend.addr,
@@ -157,13 +130,7 @@ fn forward<F: Family>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64
         dir: FLOW_REPLY,
         _pad: [0; 2],
     };
-    let rev = F::Flow::new(
-        pkt.daddr,
-        pkt.dport,
-        frontend.rev_nat_id,
-        slot.backend_id,
-        now,
-    );
+    let rev = F::Flow::new(pkt.daddr, pkt.dport, rev_nat_id, backend_id, now);
     // Write the reply entry first: a reply can only exist once the forward packet has left.
     if F::flows().insert(&reply_key, &rev, 0).is_err() || F::flows().insert(&key, &fwd, 0).is_err()
     {
@@ -176,6 +143,57 @@ fn forward<F: Family>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64
         count(stats::NEW_FLOWS);
     }
     dnat::<F>(ctx, pkt, backend.addr, backend.port)
+}
+
+/// A backend chosen for a service.
+pub struct Chosen<A> {
+    pub rev_nat_id: u16,
+    pub backend_id: u32,
+    pub backend: Backend<A>,
+}
+
+/// Looks up the service `(addr, port, proto)` and picks the backend in slot `1 + pick % count`.
+/// `None` when it is not a service (or it has no usable backend, which is counted): the caller
+/// leaves the traffic alone. Shared by the TC and socket programs, so both balance alike.
+#[inline(always)]
+pub fn choose_backend<F: Family>(
+    addr: F::Addr,
+    port: u16,
+    proto: u8,
+    pick: u32,
+) -> Option<Chosen<F::Addr>> {
+    let frontend_key = ServiceKey {
+        addr,
+        port,
+        slot: 0,
+        proto,
+        scope: SCOPE_CLUSTER,
+        _pad: [0; 2],
+    };
+    // SAFETY: read-only copies of map values.
+    let frontend = unsafe { F::services().get(&frontend_key) }.copied()?;
+    if frontend.count == 0 {
+        count(stats::NO_BACKEND);
+        return None;
+    }
+    let slot_key = ServiceKey {
+        slot: (pick % u32::from(frontend.count)) as u16 + 1,
+        ..frontend_key
+    };
+    let chosen = unsafe { F::services().get(&slot_key) }
+        .copied()
+        .and_then(|slot| {
+            let backend = unsafe { F::backends().get(&slot.backend_id) }.copied()?;
+            Some(Chosen {
+                rev_nat_id: frontend.rev_nat_id,
+                backend_id: slot.backend_id,
+                backend,
+            })
+        });
+    if chosen.is_none() {
+        count(stats::NO_BACKEND);
+    }
+    chosen
 }
 
 #[inline(always)]

@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use lb_ebpf::{
-    Backend4, Backend6, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES, Flow4Key,
-    Flow4Value, Flow6Key, Flow6Value, Service4Key, Service6Key, ServiceValue, stats,
+    Backend4, Backend6, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
+    DEFAULT_MAX_SOCKETS, Flow4Key, Flow4Value, Flow6Key, Flow6Value, Service4Key, Service6Key,
+    ServiceValue, Sock4Key, Sock4Value, Sock6Key, Sock6Value, stats,
 };
 
 #[map]
@@ -24,6 +25,12 @@ pub static LB_BACKENDS_V6: HashMap<u32, Backend6> = HashMap::pinned(DEFAULT_MAX_
 pub static LB_FLOWS_V4: LruHashMap<Flow4Key, Flow4Value> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
 #[map]
 pub static LB_FLOWS_V6: LruHashMap<Flow6Key, Flow6Value> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
+#[map]
+pub static LB_SOCK_REVNAT_V4: LruHashMap<Sock4Key, Sock4Value> =
+    LruHashMap::pinned(DEFAULT_MAX_SOCKETS, 0);
+#[map]
+pub static LB_SOCK_REVNAT_V6: LruHashMap<Sock6Key, Sock6Value> =
+    LruHashMap::pinned(DEFAULT_MAX_SOCKETS, 0);
 #[map]
 pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
 

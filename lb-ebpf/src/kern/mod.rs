@@ -6,6 +6,7 @@ pub mod lb;
 pub mod maps;
 pub mod nat;
 pub mod parse;
+pub mod sock;
 
 use aya_ebpf::bindings::TC_ACT_OK;
 

@@ -1,0 +1,246 @@
+//! End-to-end, socket level: processes on the node (in the agent's cgroup) reach ClusterIPs of
+//! both families over TCP and UDP with no route to them and no default route at all.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::Agent,
+    manifests::{ManifestDir, endpoint_slice, service},
+    probe::{Mode, Outcome, probe},
+    require_root,
+    topology::{POD_DEVICE_GLOB, Topology},
+    traffic::{Server, tcp_request, tcp_server, udp_request, udp_server},
+};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
+const PORTS: &[(&str, u16, &str)] = &[("http", 80, "TCP"), ("dns", 53, "UDP")];
+const TARGET_PORTS: &[(&str, u16, &str)] = &[("http", 8080, "TCP"), ("dns", 5353, "UDP")];
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn sa(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
+
+struct Node {
+    topo: Topology,
+    _servers: Vec<Server>,
+    manifests: ManifestDir,
+}
+
+impl Node {
+    fn new() -> Self {
+        require_root();
+        let topo = Topology::new(&["client", "b1", "b2", "b3"]).expect("topology");
+        let mut servers = Vec::new();
+        for name in ["b1", "b2", "b3"] {
+            let ns = &topo.pod(name).ns;
+            servers.push(tcp_server(ns, name, 8080).unwrap());
+            servers.push(udp_server(ns, name, 5353).unwrap());
+        }
+        let node = Self {
+            topo,
+            _servers: servers,
+            manifests: ManifestDir::new().unwrap(),
+        };
+        // The premise: the node has no default route of either family.
+        for family in ["-4", "-6"] {
+            let out = node
+                .topo
+                .node
+                .ip(&[family, "route", "show", "default"])
+                .unwrap();
+            assert!(out.stdout.is_empty(), "node has a default route");
+        }
+        node
+    }
+
+    fn write_service(&self, name: &str, vips: &[IpAddr], backends: &[&str]) {
+        self.manifests
+            .write(&format!("{name}.yaml"), &service(name, vips, PORTS))
+            .unwrap();
+        for vip in vips {
+            let v6 = vip.is_ipv6();
+            let eps: Vec<(IpAddr, bool)> = backends
+                .iter()
+                .map(|b| (self.topo.pod(b).addr(v6), true))
+                .collect();
+            let slice = format!("{name}-{}", if v6 { "v6" } else { "v4" });
+            self.manifests
+                .write(
+                    &format!("{slice}.yaml"),
+                    &endpoint_slice(&slice, name, TARGET_PORTS, &eps),
+                )
+                .unwrap();
+        }
+    }
+
+    fn start_agent(&self) -> Agent {
+        let mut agent = Agent::start(
+            Path::new(AGENT),
+            &self.topo.node,
+            &self.manifests,
+            POD_DEVICE_GLOB,
+            &[],
+        )
+        .unwrap();
+        agent
+            .wait_healthy(&self.topo.node, Duration::from_secs(20))
+            .unwrap();
+        agent
+    }
+}
+
+/// Answers of `count` exchanges from a node process in the agent's cgroup; every one must
+/// succeed and show the service address as peer (TCP, connected UDP) and source (UDP).
+fn answers(
+    node: &Node,
+    agent: &Agent,
+    mode: Mode,
+    addr: SocketAddr,
+    count: usize,
+) -> BTreeSet<String> {
+    probe(&node.topo.node, Some(&agent.cgroup), mode, addr, count)
+        .unwrap()
+        .into_iter()
+        .map(|outcome| match outcome {
+            Outcome::Answer { answer, peer, from } => {
+                match mode {
+                    Mode::Tcp => assert_eq!(peer, Some(addr), "getpeername() over TCP"),
+                    Mode::Udp => assert_eq!(from, Some(addr), "recvfrom() source over UDP"),
+                    Mode::UdpConnected => {
+                        assert_eq!(peer, Some(addr), "getpeername() of a connected UDP socket");
+                        assert_eq!(from, Some(addr), "recvfrom() source, connected UDP");
+                    }
+                }
+                answer
+            }
+            Outcome::Error(e) => panic!("{mode:?} to {addr} failed: {e}"),
+        })
+        .collect()
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn node_processes_reach_cluster_ips_of_both_families_without_any_route() {
+    let node = Node::new();
+    let vips = [
+        ip("10.96.1.10"),
+        ip("fd00:96::1:10"),
+        ip("10.96.1.20"),
+        ip("fd00:96::1:20"),
+    ];
+    node.write_service("v4", &vips[..1], &["b1", "b2", "b3"]);
+    node.write_service("v6", &vips[1..2], &["b1", "b2", "b3"]);
+    node.write_service("dual", &vips[2..], &["b1", "b2", "b3"]);
+
+    // Without the agent the same requests fail before any packet leaves: no route.
+    let cgroup = lb_tests::cgroup::TestCgroup::new().unwrap();
+    for vip in vips {
+        for (mode, port) in [(Mode::Tcp, 80), (Mode::Udp, 53)] {
+            let outcome = probe(&node.topo.node, Some(&cgroup), mode, sa(vip, port), 1).unwrap();
+            assert!(
+                matches!(&outcome[0], Outcome::Error(e) if e.contains("unreachable")),
+                "{mode:?} to {vip} without the agent: {outcome:?}"
+            );
+        }
+    }
+
+    let agent = node.start_agent();
+    let all = names(&["b1", "b2", "b3"]);
+    for vip in vips {
+        assert_eq!(
+            answers(&node, &agent, Mode::Tcp, sa(vip, 80), 40),
+            all,
+            "TCP to {vip}"
+        );
+        assert_eq!(
+            answers(&node, &agent, Mode::Udp, sa(vip, 53), 40),
+            all,
+            "UDP to {vip}"
+        );
+        assert_eq!(
+            answers(&node, &agent, Mode::UdpConnected, sa(vip, 53), 40),
+            all,
+            "connected UDP to {vip}"
+        );
+    }
+}
+
+#[test]
+fn only_processes_under_the_attached_cgroup_are_translated() {
+    let node = Node::new();
+    let vips = [ip("10.96.1.30"), ip("fd00:96::1:30")];
+    node.write_service("web", &vips, &["b1", "b2", "b3"]);
+    let agent = node.start_agent();
+    let outside = lb_tests::cgroup::TestCgroup::new().unwrap();
+    for vip in vips {
+        assert!(!answers(&node, &agent, Mode::Tcp, sa(vip, 80), 3).is_empty());
+        let outcome = probe(&node.topo.node, Some(&outside), Mode::Tcp, sa(vip, 80), 1).unwrap();
+        assert!(
+            matches!(&outcome[0], Outcome::Error(e) if e.contains("unreachable")),
+            "a process outside the agent's cgroup was translated: {outcome:?}"
+        );
+    }
+}
+
+#[test]
+fn removing_a_backend_stops_new_node_connections_to_it() {
+    let node = Node::new();
+    let vips = [ip("10.96.1.40"), ip("fd00:96::1:40")];
+    node.write_service("web", &vips, &["b1", "b2", "b3"]);
+    let agent = node.start_agent();
+    for vip in vips {
+        assert_eq!(
+            answers(&node, &agent, Mode::Tcp, sa(vip, 80), 30),
+            names(&["b1", "b2", "b3"])
+        );
+    }
+    node.write_service("web", &vips, &["b1", "b3"]);
+    agent.wait_log("changed=4", Duration::from_secs(3)).unwrap();
+    for vip in vips {
+        assert_eq!(
+            answers(&node, &agent, Mode::Tcp, sa(vip, 80), 30),
+            names(&["b1", "b3"])
+        );
+        assert_eq!(
+            answers(&node, &agent, Mode::Udp, sa(vip, 53), 30),
+            names(&["b1", "b3"])
+        );
+    }
+}
+
+#[test]
+fn pod_traffic_keeps_working_through_tc_with_socket_programs_attached() {
+    let node = Node::new();
+    let vips = [ip("10.96.1.50"), ip("fd00:96::1:50")];
+    node.write_service("web", &vips, &["b1", "b2", "b3"]);
+    let agent = node.start_agent();
+    let client = &node.topo.pod("client").ns;
+    for vip in vips {
+        let via_tc: BTreeSet<String> = (0..30)
+            .map(|_| tcp_request(client, sa(vip, 80)).unwrap())
+            .collect();
+        assert_eq!(via_tc, names(&["b1", "b2", "b3"]), "pod TCP to {vip}");
+        let (name, from) = udp_request(client, sa(vip, 53)).unwrap();
+        assert!(
+            name.starts_with('b') && from == sa(vip, 53),
+            "pod UDP to {vip}: {name} from {from}"
+        );
+        // Node and pod at once: the socket-translated flow is not translated again by TC.
+        assert_eq!(
+            answers(&node, &agent, Mode::Tcp, sa(vip, 80), 20),
+            names(&["b1", "b2", "b3"])
+        );
+    }
+}
