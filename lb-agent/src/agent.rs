@@ -127,6 +127,18 @@ impl Syncer {
     }
 }
 
+/// A writer that takes over what an earlier run left in the pinned maps, so a restart rewrites
+/// nothing that is still right.
+fn resume_writer(maps: BpfMaps, max_backends: u32) -> Writer<BpfMaps> {
+    let mut writer = Writer::new(maps, max_backends);
+    match writer.adopt() {
+        Ok(0) => {}
+        Ok(n) => info!("took over {n} frontends from the pinned maps of an earlier run"),
+        Err(e) => warn!("reading the pinned maps of an earlier run: {e}; rewriting them"),
+    }
+    writer
+}
+
 /// Attaches to new matching devices and forgets vanished ones.
 fn scan_devices(dp: &mut Datapath, patterns: &DevicePatterns, failed: &mut HashMap<String, u32>) {
     let present = match devices::list() {
@@ -220,7 +232,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let mut syncer = Syncer {
         source: ManifestSource::new(&opts.manifests),
-        writer: Writer::new(maps, opts.load.max_backends),
+        writer: resume_writer(maps, opts.load.max_backends),
         node: NodeContext {
             node_name: opts.node_name.clone(),
             zone: None,

@@ -11,7 +11,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError as AyaMapError, PerCpuArray},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, tc::SchedClassifierLinkId,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId},
     },
 };
 use lb_ebpf::{
@@ -45,6 +47,18 @@ pub enum BpfError {
     NotCgroup2 { path: String },
     #[error("opening cgroup {path}: {source}")]
     Cgroup {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("link of program {name}: {source}")]
+    Link {
+        name: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
         path: String,
         #[source]
         source: std::io::Error,
@@ -176,9 +190,24 @@ pub fn resolve_cgroup(socket_lb: &SocketLb) -> Result<Option<PathBuf>, BpfError>
 pub struct Datapath {
     ebpf: Ebpf,
     /// Device name -> (ifindex, ingress link, egress link).
-    pod_devices: StdHashMap<String, (u32, SchedClassifierLinkId, SchedClassifierLinkId)>,
+    pin_dir: PathBuf,
+    /// Device name -> its ifindex and the links of the two pod programs.
+    pod_devices: StdHashMap<String, (u32, [AttachedLink; 2])>,
     cgroup: Option<PathBuf>,
+    /// Links of the socket programs, pinned; held so they stay attached while the agent runs.
+    _cgroup_links: Vec<PinnedLink>,
 }
+
+/// A program's attachment. Pinned links outlive the agent, so the datapath keeps serving while
+/// the agent restarts, and the next run swaps its programs in atomically.
+enum AttachedLink {
+    Pinned(PinnedLink),
+    /// Netlink attachments (kernels before 6.6 have no TCX links): detached with the program.
+    Owned(SchedClassifierLinkId),
+}
+
+/// Subdirectory of the pin directory holding the pinned links.
+const LINKS_DIR: &str = "links";
 
 /// The usual BPF filesystem mount point; mounted by the agent when missing, as Cilium does.
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -257,7 +286,13 @@ impl Datapath {
             prog.load()
                 .map_err(|source| BpfError::Program { name, source })?;
         }
+        let links_dir = opts.pin_dir.join(LINKS_DIR);
+        std::fs::create_dir_all(&links_dir).map_err(|source| BpfError::PinDir {
+            path: links_dir.display().to_string(),
+            source,
+        })?;
         let cgroup = resolve_cgroup(&opts.socket_lb)?;
+        let mut cgroup_links = Vec::new();
         if let Some(dir) = &cgroup {
             let file = std::fs::File::open(dir).map_err(|source| BpfError::Cgroup {
                 path: dir.display().to_string(),
@@ -274,17 +309,40 @@ impl Datapath {
                 // Attached as a BPF link (kernel 5.7+), which always coexists with other programs
                 // on the cgroup (a CNI's, systemd's); the kernel rejects any mode flag on links,
                 // so the mode must be the flag-less `Single`.
-                prog.attach(&file, CgroupAttachMode::Single)
+                let id = prog
+                    .attach(&file, CgroupAttachMode::Single)
                     .map_err(|source| BpfError::Program { name, source })?;
+                let link = prog
+                    .take_link(id)
+                    .map_err(|source| BpfError::Program { name, source })?;
+                let link: FdLink = link
+                    .try_into()
+                    .map_err(|source| BpfError::Link { name, source })?;
+                // The new link is attached next to the earlier run's, which then goes: for a
+                // moment both run, and the second finds nothing left to translate.
+                let generation = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let path = links_dir.join(format!("cgroup-{name}-{generation}"));
+                cgroup_links.push(link.pin(&path).map_err(|source| BpfError::Pin {
+                    path: path.display().to_string(),
+                    source: std::io::Error::other(source.to_string()),
+                })?);
+                remove_older_pins(&links_dir, &format!("cgroup-{name}-"), &path);
             }
             tracing::info!(cgroup = %dir.display(), "socket programs attached");
+        } else {
+            // Socket load balancing switched off: an earlier run's socket programs go too.
+            remove_older_pins(&links_dir, "cgroup-", Path::new(""));
         }
         let maps = BpfMaps::take(&mut ebpf)?;
         Ok((
             Self {
                 ebpf,
+                pin_dir: opts.pin_dir.clone(),
                 pod_devices: StdHashMap::new(),
                 cgroup,
+                _cgroup_links: cgroup_links,
             },
             maps,
         ))
@@ -302,9 +360,7 @@ impl Datapath {
 
     /// Names of the pod devices programs are attached to.
     pub fn pod_devices(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.pod_devices
-            .iter()
-            .map(|(n, (i, _, _))| (n.as_str(), *i))
+        self.pod_devices.iter().map(|(n, (i, _))| (n.as_str(), *i))
     }
 
     fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, BpfError> {
@@ -315,42 +371,136 @@ impl Datapath {
             .map_err(|source| BpfError::Program { name, source })
     }
 
+    fn tc_pin_path(&self, ifindex: u32, direction: &str) -> PathBuf {
+        self.pin_dir
+            .join(LINKS_DIR)
+            .join(format!("tc-{ifindex}-{direction}"))
+    }
+
+    /// Attaches one pod program, replacing an earlier run's program on the same device in one
+    /// atomic link update when its pinned link is there (no packet sees no program).
+    fn attach_tc(
+        &mut self,
+        name: &'static str,
+        device: &str,
+        ifindex: u32,
+        attach_type: TcAttachType,
+        direction: &str,
+    ) -> Result<AttachedLink, BpfError> {
+        let path = self.tc_pin_path(ifindex, direction);
+        let earlier = path
+            .exists()
+            .then(|| PinnedLink::from_pin(&path).ok())
+            .flatten()
+            .and_then(|pinned| pinned.unpin().ok())
+            .and_then(|fd| SchedClassifierLink::try_from(fd).ok());
+        let _ = std::fs::remove_file(&path);
+        let prog = self.classifier(name)?;
+        let id = match earlier.map(|link| prog.attach_to_link(link)) {
+            Some(Ok(id)) => id,
+            // No earlier link, or a defunct one (its device went away meanwhile).
+            _ => prog
+                .attach(device, attach_type)
+                .map_err(|source| BpfError::Program { name, source })?,
+        };
+        let link = prog
+            .take_link(id)
+            .map_err(|source| BpfError::Program { name, source })?;
+        match FdLink::try_from(link) {
+            Ok(fd) => fd
+                .pin(&path)
+                .map(AttachedLink::Pinned)
+                .map_err(|source| BpfError::Pin {
+                    path: path.display().to_string(),
+                    source: std::io::Error::other(source.to_string()),
+                }),
+            Err(_) => {
+                tracing::warn!(
+                    "{device}: attached through netlink (no TCX before Linux 6.6); the program \
+                     goes away with the agent instead of surviving a restart"
+                );
+                let id = prog
+                    .attach(device, attach_type)
+                    .map_err(|source| BpfError::Program { name, source })?;
+                Ok(AttachedLink::Owned(id))
+            }
+        }
+    }
+
     /// Attaches the pod programs (ingress: DNAT, egress: reverse NAT) to a device.
     pub fn attach_pod_device(&mut self, device: &str, ifindex: u32) -> Result<(), BpfError> {
         // TCX (kernel 6.6+) needs no qdisc; on older kernels aya falls back to netlink, which
         // needs clsact. Adding it where it exists already is harmless.
         let _ = aya::programs::tc::qdisc_add_clsact(device);
-        let name = program_names::TC_POD_INGRESS;
-        let ingress = self
-            .classifier(name)?
-            .attach(device, TcAttachType::Ingress)
-            .map_err(|source| BpfError::Program { name, source })?;
-        let name = program_names::TC_POD_EGRESS;
-        let egress = match self.classifier(name)?.attach(device, TcAttachType::Egress) {
+        let ingress = self.attach_tc(
+            program_names::TC_POD_INGRESS,
+            device,
+            ifindex,
+            TcAttachType::Ingress,
+            "ingress",
+        )?;
+        let egress = match self.attach_tc(
+            program_names::TC_POD_EGRESS,
+            device,
+            ifindex,
+            TcAttachType::Egress,
+            "egress",
+        ) {
             Ok(link) => link,
-            Err(source) => {
-                let _ = self
-                    .classifier(program_names::TC_POD_INGRESS)?
-                    .detach(ingress);
-                return Err(BpfError::Program { name, source });
+            Err(e) => {
+                self.release(program_names::TC_POD_INGRESS, ingress, ifindex, "ingress");
+                return Err(e);
             }
         };
         self.pod_devices
-            .insert(device.to_owned(), (ifindex, ingress, egress));
+            .insert(device.to_owned(), (ifindex, [ingress, egress]));
         Ok(())
     }
 
-    /// Forgets a device that went away (its links went with it) or detaches from one that
-    /// no longer matches.
-    pub fn detach_pod_device(&mut self, device: &str) {
-        if let Some((_, ingress, egress)) = self.pod_devices.remove(device) {
-            if let Ok(p) = self.classifier(program_names::TC_POD_INGRESS) {
-                let _ = p.detach(ingress);
+    fn release(&mut self, name: &'static str, link: AttachedLink, ifindex: u32, direction: &str) {
+        match link {
+            AttachedLink::Pinned(pinned) => {
+                let _ = pinned.unpin();
             }
-            if let Ok(p) = self.classifier(program_names::TC_POD_EGRESS) {
-                let _ = p.detach(egress);
+            AttachedLink::Owned(id) => {
+                if let Ok(p) = self.classifier(name) {
+                    let _ = p.detach(id);
+                }
             }
         }
+        let _ = std::fs::remove_file(self.tc_pin_path(ifindex, direction));
+    }
+
+    /// Detaches from a device that no longer matches, or forgets one that went away (its links
+    /// went with it).
+    pub fn detach_pod_device(&mut self, device: &str) {
+        if let Some((ifindex, [ingress, egress])) = self.pod_devices.remove(device) {
+            self.release(program_names::TC_POD_INGRESS, ingress, ifindex, "ingress");
+            self.release(program_names::TC_POD_EGRESS, egress, ifindex, "egress");
+        }
+    }
+}
+
+/// Removes pinned links named `prefix*` other than `keep` (an earlier run's), which detaches them.
+fn remove_older_pins(dir: &Path, prefix: &str, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if path != keep && name.to_string_lossy().starts_with(prefix) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Removes everything the agent left under `pin_dir`: pinned links (which detaches the
+/// programs) and pinned maps. `lb-agent cleanup` runs this when uninstalling.
+pub fn cleanup(pin_dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(pin_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 
@@ -511,47 +661,56 @@ impl MapOps for BpfMaps {
         }
     }
 
-    fn list_slots(&self) -> Result<Vec<(Frontend, u16)>, MapError> {
+    fn list_slots(&self) -> Result<Vec<(Frontend, u16, ServiceValue)>, MapError> {
         let mut out = Vec::new();
-        for key in self.services_v4.keys() {
-            let key = key.map_err(|e| io_err("iterate", map_names::SERVICES_V4, e))?;
+        for entry in self.services_v4.iter() {
+            let (key, value) = entry.map_err(|e| io_err("iterate", map_names::SERVICES_V4, e))?;
             if let Some(f) = frontend_of(IpAddr::from(key.addr), &key) {
-                out.push((f, key.slot));
+                out.push((f, key.slot, value));
             }
         }
-        for key in self.services_v6.keys() {
-            let key = key.map_err(|e| io_err("iterate", map_names::SERVICES_V6, e))?;
+        for entry in self.services_v6.iter() {
+            let (key, value) = entry.map_err(|e| io_err("iterate", map_names::SERVICES_V6, e))?;
             if let Some(f) = frontend_of(IpAddr::from(key.addr), &key) {
-                out.push((f, key.slot));
+                out.push((f, key.slot, value));
             }
         }
         Ok(out)
     }
 
-    fn list_backends(&self) -> Result<Vec<(BackendId, IpFamily)>, MapError> {
+    fn list_backends(&self) -> Result<Vec<(BackendId, IpFamily, Option<BackendKey>)>, MapError> {
         let mut out = Vec::new();
-        for id in self.backends_v4.keys() {
-            out.push((
-                id.map_err(|e| io_err("iterate", map_names::BACKENDS_V4, e))?,
-                IpFamily::V4,
-            ));
+        for entry in self.backends_v4.iter() {
+            let (id, b) = entry.map_err(|e| io_err("iterate", map_names::BACKENDS_V4, e))?;
+            let key = backend_key(IpAddr::from(b.addr), b.port, b.proto);
+            out.push((id, IpFamily::V4, key));
         }
-        for id in self.backends_v6.keys() {
-            out.push((
-                id.map_err(|e| io_err("iterate", map_names::BACKENDS_V6, e))?,
-                IpFamily::V6,
-            ));
+        for entry in self.backends_v6.iter() {
+            let (id, b) = entry.map_err(|e| io_err("iterate", map_names::BACKENDS_V6, e))?;
+            let key = backend_key(IpAddr::from(b.addr), b.port, b.proto);
+            out.push((id, IpFamily::V6, key));
         }
         Ok(out)
     }
 }
 
+fn protocol_of(proto: u8) -> Option<Protocol> {
+    match proto {
+        lb_ebpf::PROTO_TCP => Some(Protocol::Tcp),
+        lb_ebpf::PROTO_UDP => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+fn backend_key(addr: IpAddr, port: u16, proto: u8) -> Option<BackendKey> {
+    Some(BackendKey {
+        addr: std::net::SocketAddr::new(addr, lb_ebpf::port_from_map(port)),
+        protocol: protocol_of(proto)?,
+    })
+}
+
 fn frontend_of<A>(addr: IpAddr, key: &ServiceKey<A>) -> Option<Frontend> {
-    let protocol = match key.proto {
-        lb_ebpf::PROTO_TCP => Protocol::Tcp,
-        lb_ebpf::PROTO_UDP => Protocol::Udp,
-        _ => return None,
-    };
+    let protocol = protocol_of(key.proto)?;
     Some(Frontend {
         addr: std::net::SocketAddr::new(addr, lb_ebpf::port_from_map(key.port)),
         protocol,

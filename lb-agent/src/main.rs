@@ -26,6 +26,14 @@ struct Cli {
 enum Command {
     /// Program the datapath and keep it in sync with the services.
     Run(RunArgs),
+    /// Detach the programs and remove the maps an agent pinned: the agent leaves its programs
+    /// attached when it stops, so that traffic keeps flowing across restarts and upgrades; run
+    /// this when uninstalling.
+    Cleanup {
+        /// The agent's pin directory.
+        #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/lb")]
+        bpffs: PathBuf,
+    },
     /// Print what the datapath would serve for a manifest directory, and any problems; needs no
     /// privileges.
     Plan {
@@ -140,6 +148,15 @@ fn main() -> ExitCode {
             manifests,
             node_name,
         } => plan(manifests, node_name),
+        Command::Cleanup { bpffs } => lb_agent::bpf::cleanup(&bpffs)
+            .map(|()| {
+                println!(
+                    "removed {} (programs detached, maps unpinned)",
+                    bpffs.display()
+                );
+                true
+            })
+            .map_err(|e| anyhow::anyhow!("removing {}: {e}", bpffs.display())),
         Command::Run(args) => (|| {
             let pod_devices = DevicePatterns::parse(&args.pod_devices)
                 .map_err(|e| anyhow::anyhow!("--pod-devices: {e}"))?;

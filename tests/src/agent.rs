@@ -23,6 +23,7 @@ pub struct Agent {
     pub pin_dir: PathBuf,
     pub cgroup: TestCgroup,
     log: PathBuf,
+    keep_pin_dir: bool,
 }
 
 impl Agent {
@@ -78,6 +79,7 @@ impl Agent {
             pin_dir,
             cgroup,
             log,
+            keep_pin_dir: false,
         })
     }
 
@@ -121,6 +123,19 @@ impl Agent {
         }
     }
 
+    /// Kills the agent with SIGKILL, as a crash would, and waits for it.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("agent already stopped")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Leaves the pin directory in place on drop (another run of the agent uses it).
+    pub fn keep_pin_dir(&mut self) {
+        self.keep_pin_dir = true;
+    }
+
     /// Stops the agent gracefully and returns its exit status.
     pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("agent already stopped")?;
@@ -145,7 +160,10 @@ impl Drop for Agent {
         if self.child.is_some() {
             let _ = self.stop();
         }
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        if !self.keep_pin_dir {
+            // Unpinning the links detaches the programs the agent left attached.
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
         if !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.log);
         } else {

@@ -72,15 +72,19 @@ impl MapOps for MemoryMaps {
         Ok(())
     }
 
-    fn list_slots(&self) -> Result<Vec<(Frontend, u16)>, MapError> {
-        Ok(self.services.keys().copied().collect())
+    fn list_slots(&self) -> Result<Vec<(Frontend, u16, ServiceValue)>, MapError> {
+        Ok(self
+            .services
+            .iter()
+            .map(|((f, s), v)| (*f, *s, *v))
+            .collect())
     }
 
-    fn list_backends(&self) -> Result<Vec<(BackendId, IpFamily)>, MapError> {
+    fn list_backends(&self) -> Result<Vec<(BackendId, IpFamily, Option<BackendKey>)>, MapError> {
         Ok(self
             .backends
             .iter()
-            .map(|(id, b)| (*id, IpFamily::of(&b.addr.ip())))
+            .map(|(id, b)| (*id, IpFamily::of(&b.addr.ip()), Some(*b)))
             .collect())
     }
 }

@@ -58,10 +58,11 @@ pub trait MapOps {
     ) -> Result<(), MapError>;
     /// Deleting an absent entry succeeds.
     fn delete_slot(&mut self, frontend: &Frontend, slot: u16) -> Result<(), MapError>;
-    /// Every service map entry present, as (frontend, slot).
-    fn list_slots(&self) -> Result<Vec<(Frontend, u16)>, MapError>;
-    /// Every backend map entry present.
-    fn list_backends(&self) -> Result<Vec<(BackendId, IpFamily)>, MapError>;
+    /// Every service map entry present (entries of protocols the agent does not program are
+    /// left out).
+    fn list_slots(&self) -> Result<Vec<(Frontend, u16, ServiceValue)>, MapError>;
+    /// Every backend map entry present; `None` for an entry the agent cannot read back.
+    fn list_backends(&self) -> Result<Vec<(BackendId, IpFamily, Option<BackendKey>)>, MapError>;
 }
 
 #[derive(Clone, Debug)]
@@ -100,6 +101,15 @@ impl IdPool {
     fn give(&mut self, id: u32) {
         self.free.push(id);
     }
+    /// Marks `id` as taken (adopted from the maps of an earlier run).
+    fn reserve(&mut self, id: u32) {
+        if id >= self.next {
+            self.free.extend(self.next..id);
+            self.next = id + 1;
+        } else {
+            self.free.retain(|f| *f != id);
+        }
+    }
 }
 
 /// What one [`Writer::apply`] did.
@@ -119,6 +129,10 @@ pub struct Writer<M> {
     backends: HashMap<BackendKey, (BackendId, usize)>,
     backend_ids: IdPool,
     rev_nat_ids: IdPool,
+    /// IDs found in the maps by [`Writer::adopt`] but not adopted: kept out of use until
+    /// [`Writer::sweep`] has deleted their entries, so no stale slot can name a new backend.
+    orphan_backend_ids: HashSet<BackendId>,
+    orphan_rev_nat_ids: HashSet<u16>,
 }
 
 impl<M: MapOps> Writer<M> {
@@ -129,6 +143,8 @@ impl<M: MapOps> Writer<M> {
             backends: HashMap::new(),
             backend_ids: IdPool::new(max_backends),
             rev_nat_ids: IdPool::new(u32::from(u16::MAX)),
+            orphan_backend_ids: HashSet::new(),
+            orphan_rev_nat_ids: HashSet::new(),
         }
     }
 
@@ -188,11 +204,94 @@ impl<M: MapOps> Writer<M> {
         report
     }
 
+    /// Takes over what an earlier run of the agent left in the (pinned) maps: its frontends, slot
+    /// layouts, backend IDs and reverse-NAT IDs. The next [`Writer::apply`] then only writes
+    /// differences, so a restart rewrites nothing that is still right, and no backend ID is ever
+    /// reused for another backend while slots still name it. Frontends that cannot be read back
+    /// consistently are not adopted; [`Writer::sweep`] removes their entries after the first apply.
+    /// Returns the number of frontends adopted.
+    pub fn adopt(&mut self) -> Result<usize, MapError> {
+        let listed = self.maps.list_backends()?;
+        let backends: HashMap<BackendId, BackendKey> = listed
+            .iter()
+            .copied()
+            .filter_map(|(id, family, key)| {
+                key.filter(|k| IpFamily::of(&k.addr.ip()) == family)
+                    .map(|k| (id, k))
+            })
+            .collect();
+        let mut frontends: BTreeMap<Frontend, BTreeMap<u16, ServiceValue>> = BTreeMap::new();
+        for (frontend, slot, value) in self.maps.list_slots()? {
+            if slot == 0 && value.rev_nat_id != 0 {
+                self.orphan_rev_nat_ids.insert(value.rev_nat_id);
+            }
+            frontends.entry(frontend).or_default().insert(slot, value);
+        }
+        self.orphan_backend_ids
+            .extend(listed.iter().map(|(id, _, _)| *id));
+        let mut adopted = 0;
+        let mut rev_nat_ids = HashSet::new();
+        for (frontend, slots) in frontends {
+            let Some(head) = slots.get(&0) else { continue };
+            let ids: Option<Vec<BackendId>> = (1..=head.count)
+                .map(|slot| slots.get(&slot).map(|v| v.backend_id))
+                .collect();
+            let Some(ids) = ids else { continue };
+            let keys: Option<Vec<BackendKey>> = ids
+                .iter()
+                .map(|id| {
+                    backends.get(id).copied().filter(|k| {
+                        k.protocol == frontend.protocol
+                            && IpFamily::of(&k.addr.ip()) == IpFamily::of(&frontend.addr.ip())
+                    })
+                })
+                .collect();
+            let Some(mut keys) = keys else { continue };
+            keys.sort();
+            let distinct = keys.windows(2).all(|w| w[0] != w[1]);
+            if !distinct || head.rev_nat_id == 0 || !rev_nat_ids.insert(head.rev_nat_id) {
+                continue;
+            }
+            for (id, key) in ids.iter().zip(ids.iter().map(|id| backends[id])) {
+                let entry = self.backends.entry(key).or_insert((*id, 0));
+                if entry.0 != *id {
+                    // The same backend under two IDs: keep the first; the second's slots are
+                    // rewritten by the next apply, as this frontend is not adopted as is.
+                    continue;
+                }
+                entry.1 += 1;
+            }
+            self.orphan_rev_nat_ids.remove(&head.rev_nat_id);
+            self.frontends.insert(
+                frontend,
+                Programmed {
+                    rev_nat_id: head.rev_nat_id,
+                    backends: keys,
+                    slots: ids,
+                },
+            );
+            adopted += 1;
+        }
+        for (id, _) in self.backends.values() {
+            self.orphan_backend_ids.remove(id);
+        }
+        for id in listed.iter().map(|(id, _, _)| *id) {
+            self.backend_ids.reserve(id);
+        }
+        for id in self.frontends.values().map(|p| p.rev_nat_id) {
+            self.rev_nat_ids.reserve(u32::from(id));
+        }
+        for id in &self.orphan_rev_nat_ids {
+            self.rev_nat_ids.reserve(u32::from(*id));
+        }
+        Ok(adopted)
+    }
+
     /// Deletes every map entry the writer did not program: entries left in pinned maps by an
     /// earlier run of the agent for services that are gone now. Call after the first apply.
     pub fn sweep(&mut self) -> Result<usize, MapError> {
         let mut removed = 0;
-        for (frontend, slot) in self.maps.list_slots()? {
+        for (frontend, slot, _) in self.maps.list_slots()? {
             let known = self
                 .frontends
                 .get(&frontend)
@@ -207,11 +306,18 @@ impl<M: MapOps> Writer<M> {
             .iter()
             .map(|(b, (id, _))| (*id, IpFamily::of(&b.addr.ip())))
             .collect();
-        for (id, family) in self.maps.list_backends()? {
+        for (id, family, _) in self.maps.list_backends()? {
             if !known.contains(&(id, family)) {
                 self.maps.delete_backend(id, family)?;
                 removed += 1;
             }
+        }
+        // Their entries are gone: the IDs may serve new backends and frontends now.
+        for id in std::mem::take(&mut self.orphan_backend_ids) {
+            self.backend_ids.give(id);
+        }
+        for id in std::mem::take(&mut self.orphan_rev_nat_ids) {
+            self.rev_nat_ids.give(u32::from(id));
         }
         Ok(removed)
     }

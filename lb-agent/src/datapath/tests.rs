@@ -199,3 +199,71 @@ fn sweep_removes_entries_left_by_an_earlier_run() {
     );
     assert_eq!(w.maps().backends.len(), 1);
 }
+
+#[test]
+fn a_restarted_writer_adopts_the_maps_and_rewrites_nothing_that_is_still_right() {
+    let d = desired(&[
+        (
+            "10.96.0.1:80",
+            &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"],
+        ),
+        ("[fd00::1]:80", &["[fd01::1]:80"]),
+        ("10.96.0.2:80", &["10.0.0.2:80"]),
+    ]);
+    let mut earlier = writer();
+    earlier.apply(&desired(&[("10.96.0.9:80", &["10.0.0.9:80"])]));
+    earlier.apply(&d);
+    let before = earlier.maps().services.clone();
+    let backends_before = earlier.maps().backends.clone();
+    let mut maps = std::mem::take(earlier.maps_mut());
+    maps.ops = 0;
+    let mut w = Writer::new(maps, 1000);
+    assert_eq!(w.adopt().unwrap(), 3);
+    let r = w.apply(&d);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.frontends_changed, 0);
+    assert_eq!(
+        w.maps().ops,
+        0,
+        "a restart must not rewrite correct entries"
+    );
+    assert_eq!(w.sweep().unwrap(), 0);
+    assert_eq!(w.maps().services, before);
+    assert_eq!(w.maps().backends, backends_before);
+    // New backends get IDs no adopted slot uses.
+    w.apply(&desired(&[
+        (
+            "10.96.0.1:80",
+            &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"],
+        ),
+        ("[fd00::1]:80", &["[fd01::1]:80"]),
+        ("10.96.0.2:80", &["10.0.0.2:80"]),
+    ]));
+    let ids: std::collections::HashSet<u32> = w.maps().backends.keys().copied().collect();
+    assert_eq!(ids.len(), 5);
+    assert_eq!(addrs(w.maps(), "10.96.0.2:80"), ["10.0.0.2:80"]);
+    assert_eq!(
+        addrs(w.maps(), "10.96.0.1:80"),
+        ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]
+    );
+}
+
+#[test]
+fn inconsistent_frontends_are_not_adopted_and_get_repaired() {
+    let d = desired(&[("10.96.0.1:80", &["10.0.0.1:80", "10.0.0.2:80"])]);
+    let mut earlier = writer();
+    earlier.apply(&d);
+    let mut maps = std::mem::take(earlier.maps_mut());
+    // A slot went missing (an earlier run stopped half way).
+    maps.services.remove(&(fe("10.96.0.1:80"), 2));
+    let mut w = Writer::new(maps, 1000);
+    assert_eq!(w.adopt().unwrap(), 0);
+    let r = w.apply(&d);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    w.sweep().unwrap();
+    assert_eq!(
+        addrs(w.maps(), "10.96.0.1:80"),
+        ["10.0.0.1:80", "10.0.0.2:80"]
+    );
+    assert_eq!(w.maps().backends.len(), 2);
+}

@@ -1,0 +1,144 @@
+//! Restarting the agent (killed, then started again) loses nothing: pinned links keep the
+//! programs attached while no agent runs, pinned maps keep the flows, and the next run swaps its
+//! programs in atomically and takes the maps over without rewriting them.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::Agent,
+    manifests::{ManifestDir, endpoint_slice, service},
+    require_root,
+    topology::{POD_DEVICE_GLOB, Topology},
+    traffic::{TcpSession, tcp_request, tcp_server, udp_request, udp_server},
+};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
+const PORTS: &[(&str, u16, &str)] = &[("http", 80, "TCP"), ("dns", 53, "UDP")];
+const TARGET_PORTS: &[(&str, u16, &str)] = &[("http", 8080, "TCP"), ("dns", 5353, "UDP")];
+const RESTARTS: usize = 3;
+
+#[test]
+fn killing_and_restarting_the_agent_fails_no_request() {
+    require_root();
+    let topo = Topology::new(&["client", "b1", "b2", "b3"]).unwrap();
+    let mut servers = Vec::new();
+    for name in ["b1", "b2", "b3"] {
+        servers.push(tcp_server(&topo.pod(name).ns, name, 8080).unwrap());
+        servers.push(udp_server(&topo.pod(name).ns, name, 5353).unwrap());
+    }
+    let manifests = ManifestDir::new().unwrap();
+    let vips: [IpAddr; 2] = [
+        "10.96.2.10".parse().unwrap(),
+        "fd00:96::2:10".parse().unwrap(),
+    ];
+    manifests
+        .write("web.yaml", &service("web", &vips, PORTS))
+        .unwrap();
+    for vip in vips {
+        let v6 = vip.is_ipv6();
+        let eps: Vec<(IpAddr, bool)> = ["b1", "b2", "b3"]
+            .iter()
+            .map(|b| (topo.pod(b).addr(v6), true))
+            .collect();
+        let name = format!("web-{}", if v6 { "v6" } else { "v4" });
+        manifests
+            .write(
+                &format!("{name}.yaml"),
+                &endpoint_slice(&name, "web", TARGET_PORTS, &eps),
+            )
+            .unwrap();
+    }
+    let start = |pin_dir: Option<&Path>| {
+        let mut agent = match pin_dir {
+            None => Agent::start(
+                Path::new(AGENT),
+                &topo.node,
+                &manifests,
+                POD_DEVICE_GLOB,
+                &[],
+            ),
+            Some(dir) => Agent::start_with_pin_dir(
+                Path::new(AGENT),
+                &topo.node,
+                &manifests,
+                POD_DEVICE_GLOB,
+                dir,
+                &[],
+            ),
+        }
+        .unwrap();
+        agent
+            .wait_healthy(&topo.node, Duration::from_secs(20))
+            .unwrap();
+        agent
+    };
+    let first = start(None);
+    let pin_dir = first.pin_dir.clone();
+    let client = &topo.pod("client").ns;
+
+    // Long-lived connections, one per family, pinged throughout.
+    let mut sessions: Vec<TcpSession> = vips
+        .iter()
+        .map(|vip| TcpSession::open(client, SocketAddr::new(*vip, 80)).unwrap())
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut agent = first;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let vip = vips[i % 2];
+                let result = if i % 4 < 2 {
+                    tcp_request(client, SocketAddr::new(vip, 80)).map(|_| ())
+                } else {
+                    udp_request(client, SocketAddr::new(vip, 53)).and_then(|(_, from)| {
+                        anyhow::ensure!(from == SocketAddr::new(vip, 53), "answer from {from}");
+                        Ok(())
+                    })
+                };
+                done.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = result {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    errors.lock().unwrap().push(format!("{vip}: {e:#}"));
+                }
+                i += 1;
+            }
+        });
+        for _ in 0..RESTARTS {
+            std::thread::sleep(Duration::from_millis(300));
+            agent.kill().unwrap();
+            // No agent at all for a while: the pinned programs and maps keep serving.
+            std::thread::sleep(Duration::from_millis(500));
+            let next = start(Some(&pin_dir));
+            // The killed run's Drop must not remove the pin directory the next run uses.
+            agent.keep_pin_dir();
+            agent = next;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+    });
+    for s in &mut sessions {
+        s.ping()
+            .unwrap_or_else(|e| panic!("connection to {} lost: {e}", s.server));
+    }
+    let (done, failed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(done > 50, "only {done} requests ran");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {done} requests failed: {:?}",
+        errors.lock().unwrap()
+    );
+    drop(agent);
+}
