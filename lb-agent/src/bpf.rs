@@ -193,6 +193,8 @@ pub struct Datapath {
     pin_dir: PathBuf,
     /// Device name -> its ifindex and the links of the two pod programs.
     pod_devices: StdHashMap<String, (u32, [AttachedLink; 2])>,
+    /// External device name -> its ifindex and the links of its ingress and egress programs.
+    ext_devices: StdHashMap<String, (u32, [AttachedLink; 2])>,
     cgroup: Option<PathBuf>,
     /// Links of the socket programs, pinned; held so they stay attached while the agent runs.
     _cgroup_links: Vec<PinnedLink>,
@@ -277,7 +279,11 @@ impl Datapath {
             .map_max_entries(map_names::SOCK_REVNAT_V4, opts.max_sockets)
             .map_max_entries(map_names::SOCK_REVNAT_V6, opts.max_sockets)
             .load(EBPF_OBJECT)?;
-        for name in [program_names::TC_POD_INGRESS, program_names::TC_POD_EGRESS] {
+        for name in [
+            program_names::TC_POD_INGRESS,
+            program_names::TC_POD_EGRESS,
+            program_names::TC_EXT_INGRESS,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(BpfError::MissingProgram(name))?
@@ -341,6 +347,7 @@ impl Datapath {
                 ebpf,
                 pin_dir: opts.pin_dir.clone(),
                 pod_devices: StdHashMap::new(),
+                ext_devices: StdHashMap::new(),
                 cgroup,
                 _cgroup_links: cgroup_links,
             },
@@ -469,6 +476,58 @@ impl Datapath {
             }
         }
         let _ = std::fs::remove_file(self.tc_pin_path(ifindex, direction));
+    }
+
+    /// Names of the external devices programs are attached to.
+    pub fn ext_devices(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.ext_devices.iter().map(|(n, (i, _))| (n.as_str(), *i))
+    }
+
+    /// Attaches the external programs to a device of the node: ingress translates NodePort,
+    /// ExternalIP and LoadBalancer traffic, egress restores the service address on replies.
+    pub fn attach_ext_device(&mut self, device: &str, ifindex: u32) -> Result<(), BpfError> {
+        let _ = aya::programs::tc::qdisc_add_clsact(device);
+        let ingress = self.attach_tc(
+            program_names::TC_EXT_INGRESS,
+            device,
+            ifindex,
+            TcAttachType::Ingress,
+            "ext-ingress",
+        )?;
+        let egress = match self.attach_tc(
+            program_names::TC_POD_EGRESS,
+            device,
+            ifindex,
+            TcAttachType::Egress,
+            "ext-egress",
+        ) {
+            Ok(link) => link,
+            Err(e) => {
+                self.release(
+                    program_names::TC_EXT_INGRESS,
+                    ingress,
+                    ifindex,
+                    "ext-ingress",
+                );
+                return Err(e);
+            }
+        };
+        self.ext_devices
+            .insert(device.to_owned(), (ifindex, [ingress, egress]));
+        Ok(())
+    }
+
+    /// Detaches from an external device, or forgets one that went away.
+    pub fn detach_ext_device(&mut self, device: &str) {
+        if let Some((ifindex, [ingress, egress])) = self.ext_devices.remove(device) {
+            self.release(
+                program_names::TC_EXT_INGRESS,
+                ingress,
+                ifindex,
+                "ext-ingress",
+            );
+            self.release(program_names::TC_POD_EGRESS, egress, ifindex, "ext-egress");
+        }
     }
 
     /// Detaches from a device that no longer matches, or forgets one that went away (its links

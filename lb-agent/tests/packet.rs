@@ -174,6 +174,7 @@ fn assert_one_flow<A: Copy + PartialEq + Debug, const PAD: usize>(
         nat_port,
         rev_nat_id,
         backend_id,
+        snat_port,
         flags,
         _pad: pad,
         last_seen_ns,
@@ -182,6 +183,7 @@ fn assert_one_flow<A: Copy + PartialEq + Debug, const PAD: usize>(
     assert_ne!(rev_nat_id, 0, "forward entry: service ID");
     assert_ne!(backend_id, 0, "forward entry: backend ID");
     assert_eq!(flags, 0, "forward entry: flags");
+    assert_eq!(snat_port, 0, "forward entry: not SNATed");
     assert_eq!(pad, [0; PAD], "forward entry: padding");
     assert!(
         last_seen_ns > 0 && last_seen_ns <= now,
@@ -192,6 +194,7 @@ fn assert_one_flow<A: Copy + PartialEq + Debug, const PAD: usize>(
         nat_port: reply_port,
         rev_nat_id: reply_rev_nat_id,
         backend_id: reply_backend_id,
+        snat_port: reply_snat_port,
         flags: reply_flags,
         _pad: reply_pad,
         last_seen_ns: reply_last_seen_ns,
@@ -204,6 +207,7 @@ fn assert_one_flow<A: Copy + PartialEq + Debug, const PAD: usize>(
     assert_eq!(reply_rev_nat_id, rev_nat_id, "reply entry: service ID");
     assert_eq!(reply_backend_id, backend_id, "reply entry: backend ID");
     assert_eq!(reply_flags, 0, "reply entry: flags");
+    assert_eq!(reply_snat_port, 0, "reply entry: not SNATed");
     assert_eq!(reply_pad, [0; PAD], "reply entry: padding");
     assert!(
         reply_last_seen_ns > 0 && reply_last_seen_ns <= now,

@@ -33,6 +33,13 @@ pub mod map_names {
     pub const BACKENDS_V6: &str = "LB_BACKENDS_V6";
     pub const FLOWS_V4: &str = "LB_FLOWS_V4";
     pub const FLOWS_V6: &str = "LB_FLOWS_V6";
+    pub const SNAT_V4: &str = "LB_SNAT_V4";
+    pub const SNAT_V6: &str = "LB_SNAT_V6";
+    pub const SOURCE_RANGES_V4: &str = "LB_SOURCE_RANGES_V4";
+    pub const SOURCE_RANGES_V6: &str = "LB_SOURCE_RANGES_V6";
+    /// This node's address per family (index 0), the source of SNATed flows.
+    pub const NODE_ADDR_V4: &str = "LB_NODE_ADDR_V4";
+    pub const NODE_ADDR_V6: &str = "LB_NODE_ADDR_V6";
     pub const SOCK_REVNAT_V4: &str = "LB_SOCK_REVNAT_V4";
     pub const SOCK_REVNAT_V6: &str = "LB_SOCK_REVNAT_V6";
     pub const STATS: &str = "LB_STATS";
@@ -44,6 +51,8 @@ pub mod program_names {
     pub const TC_POD_INGRESS: &str = "lb_tc_pod_ingress";
     /// TC egress on pod-facing devices: reverse translation of replies towards the client pod.
     pub const TC_POD_EGRESS: &str = "lb_tc_pod_egress";
+    /// TC ingress on the node's external devices: NodePort, ExternalIP and LoadBalancer traffic.
+    pub const TC_EXT_INGRESS: &str = "lb_tc_ext_ingress";
     /// cgroup `connect4`/`connect6`: socket-level translation of TCP and UDP `connect()`.
     pub const SOCK_CONNECT4: &str = "lb_sock_connect4";
     pub const SOCK_CONNECT6: &str = "lb_sock_connect6";
@@ -64,6 +73,10 @@ pub const DEFAULT_MAX_SERVICES: u32 = 65_536;
 pub const DEFAULT_MAX_BACKENDS: u32 = 262_144;
 /// Default number of sockets whose service address is remembered, per family.
 pub const DEFAULT_MAX_SOCKETS: u32 = 262_144;
+/// Default number of SNATed external flows, per family.
+pub const DEFAULT_MAX_SNAT: u32 = 131_072;
+/// Default number of loadBalancerSourceRanges prefixes, per family.
+pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;
 /// Default number of tracked flows (each flow takes a forward and a reply entry), per family.
 pub const DEFAULT_MAX_FLOWS: u32 = 524_288;
 
@@ -83,8 +96,16 @@ pub mod stats {
     pub const UNPARSED_EXT_HEADERS: u32 = 5;
     /// Flow entries that could not be written (map full or update error).
     pub const FLOW_UPDATE_FAILED: u32 = 6;
+    /// External packets dropped by loadBalancerSourceRanges.
+    pub const SOURCE_RANGE_DROPPED: u32 = 7;
+    /// External packets dropped because the service has no (local) endpoint.
+    pub const NO_ENDPOINT_DROPPED: u32 = 8;
+    /// External packets dropped because no SNAT port or route was found.
+    pub const SNAT_FAILED: u32 = 9;
+    /// Packets sent on by FIB lookup and redirect (SNATed flows and their replies).
+    pub const REDIRECTED: u32 = 10;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 11;
 }
 
 /// Key of the service maps, generic over the address bytes (`[u8; 4]` or `[u8; 16]`).
@@ -174,6 +195,9 @@ pub struct FlowValue<A, const PAD: usize> {
     pub nat_port: u16,
     pub rev_nat_id: u16,
     pub backend_id: u32,
+    /// Forward entries of flows from outside sent to a backend on another node: the source port
+    /// of the node address the flow is SNATed to (network byte order); else 0.
+    pub snat_port: u16,
     /// `FLOW_F_*` bits.
     pub flags: u8,
     pub _pad: [u8; PAD],
@@ -182,9 +206,59 @@ pub struct FlowValue<A, const PAD: usize> {
 }
 
 /// Value of the IPv4 flow map.
-pub type Flow4Value = FlowValue<[u8; 4], 3>;
+pub type Flow4Value = FlowValue<[u8; 4], 1>;
 /// Value of the IPv6 flow map.
-pub type Flow6Value = FlowValue<[u8; 16], 7>;
+pub type Flow6Value = FlowValue<[u8; 16], 5>;
+
+/// Key of the SNAT maps: a reply from a backend on another node to this node's address, as seen
+/// on the wire (`dir` is [`FLOW_REPLY`]).
+pub type Snat4Key = FlowKey<[u8; 4]>;
+/// See [`Snat4Key`].
+pub type Snat6Key = FlowKey<[u8; 16]>;
+
+/// Value of the SNAT maps: who the reply goes to, and from which service address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SnatValue<A> {
+    pub client_addr: A,
+    pub service_addr: A,
+    /// Network byte order.
+    pub client_port: u16,
+    /// Network byte order.
+    pub service_port: u16,
+    pub _pad: [u8; 4],
+    pub last_seen_ns: u64,
+}
+
+/// Value of the IPv4 SNAT map.
+pub type Snat4Value = SnatValue<[u8; 4]>;
+/// Value of the IPv6 SNAT map.
+pub type Snat6Value = SnatValue<[u8; 16]>;
+
+/// Data of the source-range LPM keys: the service port (by its rev-NAT ID) and a client
+/// prefix. The LPM prefix length counts 32 bits for `rev_nat_id` and `_pad`, then the prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceRange<A> {
+    /// Network byte order, so the LPM trie compares it bytewise.
+    pub rev_nat_id: u16,
+    pub _pad: u16,
+    pub addr: A,
+}
+
+/// Frontend flag: reachable from outside the node (NodePort, ExternalIP, LoadBalancer IP).
+pub const SVC_F_EXTERNAL: u8 = 1;
+/// Frontend flag: externalTrafficPolicy Local: only local backends, the client address is kept,
+/// and traffic is dropped when there is none.
+pub const SVC_F_LOCAL: u8 = 2;
+/// Frontend flag: loadBalancerSourceRanges apply; other sources are dropped.
+pub const SVC_F_SOURCE_RANGES: u8 = 4;
+
+/// Backend flag: the backend runs on this node.
+pub const BACKEND_F_LOCAL: u8 = 1;
+
+/// Flow flag: the flow is SNATed to this node's address (backend on another node).
+pub const FLOW_F_SNAT: u8 = 2;
 
 /// Key of the socket reverse-translation maps: a socket (by cookie) and the backend it was sent
 /// to. `PAD` makes the trailing padding explicit.
@@ -252,6 +326,10 @@ mod pod {
     unsafe impl aya::Pod for Flow6Key {}
     unsafe impl aya::Pod for Flow4Value {}
     unsafe impl aya::Pod for Flow6Value {}
+    unsafe impl aya::Pod for Snat4Value {}
+    unsafe impl aya::Pod for Snat6Value {}
+    unsafe impl aya::Pod for SourceRange<[u8; 4]> {}
+    unsafe impl aya::Pod for SourceRange<[u8; 16]> {}
     unsafe impl aya::Pod for Sock4Key {}
     unsafe impl aya::Pod for Sock6Key {}
     unsafe impl aya::Pod for Sock4Value {}
@@ -276,6 +354,10 @@ mod tests {
         assert_eq!(size_of::<Flow6Key>(), 40);
         assert_eq!(size_of::<Flow4Value>(), 24);
         assert_eq!(size_of::<Flow6Value>(), 40);
+        assert_eq!(size_of::<Snat4Value>(), 24);
+        assert_eq!(size_of::<Snat6Value>(), 48);
+        assert_eq!(size_of::<SourceRange<[u8; 4]>>(), 8);
+        assert_eq!(size_of::<SourceRange<[u8; 16]>>(), 20);
         assert_eq!(size_of::<Sock4Key>(), 16);
         assert_eq!(size_of::<Sock6Key>(), 32);
         assert_eq!(size_of::<Sock4Value>(), 8);

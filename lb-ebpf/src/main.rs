@@ -13,6 +13,7 @@ mod entry {
     };
 
     use crate::kern::{
+        ext,
         family::{V4, V6},
         lb,
         sock::{reverse, translate},
@@ -31,6 +32,13 @@ mod entry {
     #[classifier]
     pub fn lb_tc_pod_egress(ctx: TcContext) -> i32 {
         verdict(lb::pod_egress(&ctx))
+    }
+
+    /// TC ingress on an external device: NodePort, ExternalIP and LoadBalancer traffic. Replies
+    /// are translated back by `lb_tc_pod_egress` attached to the same device's egress.
+    #[classifier]
+    pub fn lb_tc_ext_ingress(ctx: TcContext) -> i32 {
+        verdict(ext::ext_ingress(&ctx))
     }
 
     /// Node-originated traffic: `connect()` to a service address goes straight to a backend.

@@ -38,6 +38,9 @@ pub trait FlowEntry<A>: Copy {
     fn nat_port(&self) -> u16;
     fn backend_id(&self) -> u32;
     fn flags(&self) -> u8;
+    fn snat_port(&self) -> u16;
+    /// Marks a forward entry as SNATed to `port` of this node's address (0: not SNATed).
+    fn set_snat(&mut self, port: u16);
     fn last_seen_ns(&self) -> u64;
     fn touch(&mut self, now: u64, set_flags: u8);
 }
@@ -50,6 +53,7 @@ impl<A: Copy, const PAD: usize> FlowEntry<A> for FlowValue<A, PAD> {
             nat_port,
             rev_nat_id,
             backend_id,
+            snat_port: 0,
             flags: 0,
             _pad: [0; PAD],
             last_seen_ns: now,
@@ -70,6 +74,17 @@ impl<A: Copy, const PAD: usize> FlowEntry<A> for FlowValue<A, PAD> {
     #[inline(always)]
     fn flags(&self) -> u8 {
         self.flags
+    }
+    #[inline(always)]
+    fn snat_port(&self) -> u16 {
+        self.snat_port
+    }
+    #[inline(always)]
+    fn set_snat(&mut self, port: u16) {
+        self.snat_port = port;
+        if port != 0 {
+            self.flags |= lb_ebpf::FLOW_F_SNAT;
+        }
     }
     #[inline(always)]
     fn last_seen_ns(&self) -> u64 {

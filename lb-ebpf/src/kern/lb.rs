@@ -8,7 +8,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use lb_ebpf::{
     Backend, FLOW_F_CLOSING, FLOW_FORWARD, FLOW_REPLY, FLOW_TCP_CLOSING_NS, FLOW_TCP_LIFETIME_NS,
-    FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, SCOPE_CLUSTER, ServiceKey, stats,
+    FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, SCOPE_CLUSTER, ServiceKey, ServiceValue, stats,
 };
 
 use super::{
@@ -44,7 +44,7 @@ pub fn pod_egress(ctx: &TcContext) -> Result<i32, i64> {
 }
 
 #[inline(always)]
-fn flow_key<F: Family>(pkt: &Packet<F::Addr>, dir: u8) -> FlowKey<F::Addr> {
+pub fn flow_key<F: Family>(pkt: &Packet<F::Addr>, dir: u8) -> FlowKey<F::Addr> {
     FlowKey {
         saddr: pkt.saddr,
         daddr: pkt.daddr,
@@ -56,17 +56,28 @@ fn flow_key<F: Family>(pkt: &Packet<F::Addr>, dir: u8) -> FlowKey<F::Addr> {
     }
 }
 
-/// Whether a flow entry may still carry packets of the same connection.
+/// Whether an entry may still carry packets of the same connection: its last packet is within
+/// the lifetime of the protocol (and of a closing TCP connection).
 #[inline(always)]
-fn is_live<F: Family>(flow: &F::Flow, proto: u8, now: u64) -> bool {
+pub fn within_lifetime(proto: u8, closing: bool, last_seen_ns: u64, now: u64) -> bool {
     let lifetime = if proto != PROTO_TCP {
         FLOW_UDP_LIFETIME_NS
-    } else if flow.flags() & FLOW_F_CLOSING != 0 {
+    } else if closing {
         FLOW_TCP_CLOSING_NS
     } else {
         FLOW_TCP_LIFETIME_NS
     };
-    now.wrapping_sub(flow.last_seen_ns()) < lifetime
+    now.wrapping_sub(last_seen_ns) < lifetime
+}
+
+#[inline(always)]
+fn is_live<F: Family>(flow: &F::Flow, proto: u8, now: u64) -> bool {
+    within_lifetime(
+        proto,
+        flow.flags() & FLOW_F_CLOSING != 0,
+        flow.last_seen_ns(),
+        now,
+    )
 }
 
 /// Whether the backend a flow points at is still programmed at the same address.
@@ -79,61 +90,86 @@ fn backend_present<F: Family>(flow: &F::Flow) -> bool {
     }
 }
 
+/// `FLOW_F_CLOSING` for a packet carrying FIN or RST.
 #[inline(always)]
-fn forward<F: Family>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let key = flow_key::<F>(pkt, FLOW_FORWARD);
-    let closing = if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+pub fn closing_flag<A>(pkt: &Packet<A>) -> u8 {
+    if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         FLOW_F_CLOSING
     } else {
         0
-    };
-
-    if let Some(flow) = F::flows().get_ptr_mut(&key) {
-        // SAFETY: the LRU map hands out a pointer to this entry's value; concurrent updates of
-        // the same flow from two CPUs only race on the timestamp and flags, which is harmless.
-        let flow = unsafe { &mut *flow };
-        let new_connection =
-            pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-        // A TCP SYN may reuse the 4-tuple of a finished connection, and a UDP flow follows its
-        // backend's removal at once (kube-proxy clears UDP conntrack entries for the same reason).
-        let reusable = is_live::<F>(flow, pkt.proto, now)
-            && !(new_connection && flow.flags() & FLOW_F_CLOSING != 0)
-            && ((pkt.proto == PROTO_TCP && !new_connection) || backend_present::<F>(flow));
-        if reusable {
-            flow.touch(now, closing);
-            let (addr, port) = (flow.nat_addr(), flow.nat_port());
-            return dnat::<F>(ctx, pkt, addr, port);
-        }
     }
+}
 
-    // SAFETY: helper without arguments.
-    let pick = unsafe { bpf_get_prandom_u32() };
-    let Some(chosen) = choose_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, pick) else {
-        return Ok(TC_ACT_OK as i32);
-    };
-    let Chosen {
-        rev_nat_id,
-        backend_id,
-        backend,
-    } = chosen;
+/// The established flow of this packet, when it may carry it: `(backend address, backend port,
+/// SNAT port, flow flags)`. The flow's timestamp is refreshed.
+#[inline(always)]
+pub fn established<F: Family>(pkt: &Packet<F::Addr>, now: u64) -> Option<(F::Addr, u16, u16, u8)> {
+    let key = flow_key::<F>(pkt, FLOW_FORWARD);
+    let flow = F::flows().get_ptr_mut(&key)?;
+    // SAFETY: the LRU map hands out a pointer to this entry's value; concurrent updates of the
+    // same flow from two CPUs only race on the timestamp and flags, which is harmless.
+    let flow = unsafe { &mut *flow };
+    let new_connection = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // A TCP SYN may reuse the 4-tuple of a finished connection, and a UDP flow follows its
+    // backend's removal at once (kube-proxy clears UDP conntrack entries for the same reason).
+    let reusable = is_live::<F>(flow, pkt.proto, now)
+        && !(new_connection && flow.flags() & FLOW_F_CLOSING != 0)
+        && ((pkt.proto == PROTO_TCP && !new_connection) || backend_present::<F>(flow));
+    if !reusable {
+        return None;
+    }
+    flow.touch(now, closing_flag(pkt));
+    Some((
+        flow.nat_addr(),
+        flow.nat_port(),
+        flow.snat_port(),
+        flow.flags(),
+    ))
+}
 
-    let mut fwd = F::Flow::new(backend.addr, backend.port, rev_nat_id, backend_id, now);
-    fwd.touch(now, closing);
-    let reply_key = FlowKey {
-        saddr: backend.addr,
-        daddr: pkt.saddr,
-        sport: backend.port,
-        dport: pkt.sport,
-        proto: pkt.proto,
-        dir: FLOW_REPLY,
-        _pad: [0; 2],
+/// Records a new flow. Without SNAT, a reply entry lets the reverse translation restore the
+/// service address; with SNAT (`snat_port != 0`) the caller records the SNAT entry instead.
+/// A subprogram of its own: its keys and values would otherwise crowd the callers' stack frames.
+#[inline(never)]
+pub fn record_flow<F: Family>(
+    ctx: &TcContext,
+    pkt: &Packet<F::Addr>,
+    chosen: &Chosen<F::Addr>,
+    snat_port: u16,
+    now: u64,
+) {
+    let backend = &chosen.backend;
+    let mut fwd = F::Flow::new(
+        backend.addr,
+        backend.port,
+        chosen.rev_nat_id,
+        chosen.backend_id,
+        now,
+    );
+    fwd.set_snat(snat_port);
+    fwd.touch(now, closing_flag(pkt));
+    let reply_ok = snat_port != 0 || {
+        let reply_key = FlowKey {
+            saddr: backend.addr,
+            daddr: pkt.saddr,
+            sport: backend.port,
+            dport: pkt.sport,
+            proto: pkt.proto,
+            dir: FLOW_REPLY,
+            _pad: [0; 2],
+        };
+        let rev = F::Flow::new(
+            pkt.daddr,
+            pkt.dport,
+            chosen.rev_nat_id,
+            chosen.backend_id,
+            now,
+        );
+        // The reply entry goes first: a reply can only exist once the forward packet has left.
+        F::flows().insert(&reply_key, &rev, 0).is_ok()
     };
-    let rev = F::Flow::new(pkt.daddr, pkt.dport, rev_nat_id, backend_id, now);
-    // Write the reply entry first: a reply can only exist once the forward packet has left.
-    if F::flows().insert(&reply_key, &rev, 0).is_err() || F::flows().insert(&key, &fwd, 0).is_err()
-    {
+    let key = flow_key::<F>(pkt, FLOW_FORWARD);
+    if !reply_ok || F::flows().insert(&key, &fwd, 0).is_err() {
         count(stats::FLOW_UPDATE_FAILED);
         warn!(
             ctx,
@@ -142,7 +178,22 @@ fn forward<F: Family>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64
     } else {
         count(stats::NEW_FLOWS);
     }
-    dnat::<F>(ctx, pkt, backend.addr, backend.port)
+}
+
+#[inline(always)]
+fn forward<F: Family>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some((addr, port, _, _)) = established::<F>(pkt, now) {
+        return dnat::<F>(ctx, pkt, addr, port);
+    }
+    // SAFETY: helper without arguments.
+    let pick = unsafe { bpf_get_prandom_u32() };
+    let Some(chosen) = choose_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, pick) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    record_flow::<F>(ctx, pkt, &chosen, 0, now);
+    dnat::<F>(ctx, pkt, chosen.backend.addr, chosen.backend.port)
 }
 
 /// A backend chosen for a service.
@@ -152,17 +203,10 @@ pub struct Chosen<A> {
     pub backend: Backend<A>,
 }
 
-/// Looks up the service `(addr, port, proto)` and picks the backend in slot `1 + pick % count`.
-/// `None` when it is not a service (or it has no usable backend, which is counted): the caller
-/// leaves the traffic alone. Shared by the TC and socket programs, so both balance alike.
+/// The frontend entry of the service `(addr, port, proto)`, if it is one.
 #[inline(always)]
-pub fn choose_backend<F: Family>(
-    addr: F::Addr,
-    port: u16,
-    proto: u8,
-    pick: u32,
-) -> Option<Chosen<F::Addr>> {
-    let frontend_key = ServiceKey {
+pub fn frontend<F: Family>(addr: F::Addr, port: u16, proto: u8) -> Option<ServiceValue> {
+    let key = ServiceKey {
         addr,
         port,
         slot: 0,
@@ -170,16 +214,33 @@ pub fn choose_backend<F: Family>(
         scope: SCOPE_CLUSTER,
         _pad: [0; 2],
     };
-    // SAFETY: read-only copies of map values.
-    let frontend = unsafe { F::services().get(&frontend_key) }.copied()?;
+    // SAFETY: read-only copy of a map value.
+    unsafe { F::services().get(&key) }.copied()
+}
+
+/// Picks the backend in slot `1 + pick % count` of a frontend; `None` (counted) when it has no
+/// usable backend.
+#[inline(always)]
+pub fn pick_backend<F: Family>(
+    addr: F::Addr,
+    port: u16,
+    proto: u8,
+    frontend: &ServiceValue,
+    pick: u32,
+) -> Option<Chosen<F::Addr>> {
     if frontend.count == 0 {
         count(stats::NO_BACKEND);
         return None;
     }
     let slot_key = ServiceKey {
+        addr,
+        port,
         slot: (pick % u32::from(frontend.count)) as u16 + 1,
-        ..frontend_key
+        proto,
+        scope: SCOPE_CLUSTER,
+        _pad: [0; 2],
     };
+    // SAFETY: read-only copies of map values.
     let chosen = unsafe { F::services().get(&slot_key) }
         .copied()
         .and_then(|slot| {
@@ -196,8 +257,22 @@ pub fn choose_backend<F: Family>(
     chosen
 }
 
+/// Looks up the service `(addr, port, proto)` and picks one of its backends. `None` when it is
+/// not a service or has no usable backend: the caller leaves the traffic alone. Shared by the
+/// TC and socket programs, so both balance alike.
 #[inline(always)]
-fn dnat<F: Family>(
+pub fn choose_backend<F: Family>(
+    addr: F::Addr,
+    port: u16,
+    proto: u8,
+    pick: u32,
+) -> Option<Chosen<F::Addr>> {
+    let frontend = frontend::<F>(addr, port, proto)?;
+    pick_backend::<F>(addr, port, proto, &frontend, pick)
+}
+
+#[inline(always)]
+pub fn dnat<F: Family>(
     ctx: &TcContext,
     pkt: &Packet<F::Addr>,
     addr: F::Addr,

@@ -3,12 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_ebpf::{
     Backend4, Backend6, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
-    DEFAULT_MAX_SOCKETS, Flow4Key, Flow4Value, Flow6Key, Flow6Value, Service4Key, Service6Key,
-    ServiceValue, Sock4Key, Sock4Value, Sock6Key, Sock6Value, stats,
+    DEFAULT_MAX_SNAT, DEFAULT_MAX_SOCKETS, DEFAULT_MAX_SOURCE_RANGES, Flow4Key, Flow4Value,
+    Flow6Key, Flow6Value, Service4Key, Service6Key, ServiceValue, Snat4Key, Snat4Value, Snat6Key,
+    Snat6Value, Sock4Key, Sock4Value, Sock6Key, Sock6Value, SourceRange, stats,
 };
 
 #[map]
@@ -25,6 +26,20 @@ pub static LB_BACKENDS_V6: HashMap<u32, Backend6> = HashMap::pinned(DEFAULT_MAX_
 pub static LB_FLOWS_V4: LruHashMap<Flow4Key, Flow4Value> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
 #[map]
 pub static LB_FLOWS_V6: LruHashMap<Flow6Key, Flow6Value> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
+#[map]
+pub static LB_SNAT_V4: LruHashMap<Snat4Key, Snat4Value> = LruHashMap::pinned(DEFAULT_MAX_SNAT, 0);
+#[map]
+pub static LB_SNAT_V6: LruHashMap<Snat6Key, Snat6Value> = LruHashMap::pinned(DEFAULT_MAX_SNAT, 0);
+#[map]
+pub static LB_SOURCE_RANGES_V4: LpmTrie<SourceRange<[u8; 4]>, u8> =
+    LpmTrie::pinned(DEFAULT_MAX_SOURCE_RANGES, 0);
+#[map]
+pub static LB_SOURCE_RANGES_V6: LpmTrie<SourceRange<[u8; 16]>, u8> =
+    LpmTrie::pinned(DEFAULT_MAX_SOURCE_RANGES, 0);
+#[map]
+pub static LB_NODE_ADDR_V4: Array<[u8; 4]> = Array::pinned(1, 0);
+#[map]
+pub static LB_NODE_ADDR_V6: Array<[u8; 16]> = Array::pinned(1, 0);
 #[map]
 pub static LB_SOCK_REVNAT_V4: LruHashMap<Sock4Key, Sock4Value> =
     LruHashMap::pinned(DEFAULT_MAX_SOCKETS, 0);

@@ -1,6 +1,7 @@
 //! Kernel side, split by concern as in katran: packet parsing, address families and their maps,
 //! checksum-correct rewriting, and the load-balancing decision with connection tracking.
 
+pub mod ext;
 pub mod family;
 pub mod lb;
 pub mod maps;

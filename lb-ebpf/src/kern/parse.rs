@@ -6,9 +6,9 @@ use lb_ebpf::{PROTO_TCP, PROTO_UDP, stats};
 
 use super::maps::count;
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
 
 const IPV6_HLEN: usize = 40;
 const NEXTHDR_HOP: u8 = 0;
@@ -103,8 +103,14 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, i64> {
     }
 }
 
+/// The Ethernet protocol of the frame, host order.
 #[inline(always)]
-fn parse_v4(ctx: &TcContext, l3_off: usize) -> Result<Parsed, i64> {
+pub fn eth_proto(ctx: &TcContext) -> Result<u16, i64> {
+    Ok(u16::from_be(ctx.load::<u16>(12)?))
+}
+
+#[inline(always)]
+pub fn parse_v4(ctx: &TcContext, l3_off: usize) -> Result<Parsed, i64> {
     let ip: Ipv4Hdr = ctx.load(l3_off)?;
     let ihl = usize::from(ip.ver_ihl & 0x0f) * 4;
     if ip.ver_ihl >> 4 != 4 || ihl < core::mem::size_of::<Ipv4Hdr>() {
@@ -135,7 +141,7 @@ fn parse_v4(ctx: &TcContext, l3_off: usize) -> Result<Parsed, i64> {
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &TcContext, l3_off: usize) -> Result<Parsed, i64> {
+pub fn parse_v6(ctx: &TcContext, l3_off: usize) -> Result<Parsed, i64> {
     let ip: Ipv6Hdr = ctx.load(l3_off)?;
     if ip.vtc_flow[0] >> 4 != 6 {
         return Ok(Parsed::Other);

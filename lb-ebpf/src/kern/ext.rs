@@ -1,0 +1,360 @@
+//! External traffic: NodePorts, ExternalIPs and LoadBalancer IPs reached through the node's
+//! devices (TC ingress; the reverse translation of replies is the pod egress program, attached to
+//! the external devices' egress too).
+//!
+//! - A backend on this node, or a service with externalTrafficPolicy Local: DNAT only, the client
+//!   address is kept and the kernel delivers to the pod.
+//! - A backend on another node: DNAT and SNAT to this node's address of the family, then out
+//!   through the kernel's FIB (connected and routed next hops; no default route needed), since
+//!   the kernel itself would drop a forwarded packet whose source is one of its own addresses.
+//!   The backend's replies come back to this node and are translated back here.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
+    },
+    helpers::{
+        bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect_neigh,
+    },
+    maps::{Array, LpmTrie, LruHashMap, lpm_trie::Key},
+    programs::TcContext,
+};
+use lb_ebpf::{
+    BACKEND_F_LOCAL, FLOW_REPLY, FlowKey, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_SOURCE_RANGES,
+    SnatValue, SourceRange, stats,
+};
+
+use super::{
+    family::{Family, V4, V6},
+    lb::{self, Chosen},
+    maps::{
+        LB_NODE_ADDR_V4, LB_NODE_ADDR_V6, LB_SNAT_V4, LB_SNAT_V6, LB_SOURCE_RANGES_V4,
+        LB_SOURCE_RANGES_V6, count,
+    },
+    nat::{End, rewrite_port},
+    parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Packet, Parsed, eth_proto, parse_v4, parse_v6},
+    verdict,
+};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// SNAT ports tried when the client's own port is taken towards the same backend.
+const SNAT_ATTEMPTS: u32 = 8;
+/// SNAT ports are chosen in 32768..=65535 when the client's port is taken.
+const SNAT_PORT_BASE: u32 = 32768;
+
+/// Per-family pieces of the external path.
+pub trait ExtFamily: Family {
+    const AF: u8;
+    const PREFIX_BITS: u32;
+    fn snat() -> &'static LruHashMap<FlowKey<Self::Addr>, SnatValue<Self::Addr>>;
+    fn source_ranges() -> &'static LpmTrie<SourceRange<Self::Addr>, u8>;
+    fn node_addr() -> &'static Array<Self::Addr>;
+    fn fill_fib(params: &mut bpf_fib_lookup, src: Self::Addr, dst: Self::Addr);
+    fn is_unset(addr: &Self::Addr) -> bool;
+    /// Parses a frame of this family; `None` for anything not translatable.
+    fn parse(ctx: &TcContext) -> Result<Option<Packet<Self::Addr>>, i64>;
+}
+
+impl ExtFamily for V4 {
+    const AF: u8 = AF_INET;
+    const PREFIX_BITS: u32 = 32;
+    #[inline(always)]
+    fn snat() -> &'static LruHashMap<FlowKey<[u8; 4]>, SnatValue<[u8; 4]>> {
+        &LB_SNAT_V4
+    }
+    #[inline(always)]
+    fn source_ranges() -> &'static LpmTrie<SourceRange<[u8; 4]>, u8> {
+        &LB_SOURCE_RANGES_V4
+    }
+    #[inline(always)]
+    fn node_addr() -> &'static Array<[u8; 4]> {
+        &LB_NODE_ADDR_V4
+    }
+    #[inline(always)]
+    fn fill_fib(params: &mut bpf_fib_lookup, src: [u8; 4], dst: [u8; 4]) {
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    }
+    #[inline(always)]
+    fn is_unset(addr: &[u8; 4]) -> bool {
+        *addr == [0; 4]
+    }
+    #[inline(always)]
+    fn parse(ctx: &TcContext) -> Result<Option<Packet<[u8; 4]>>, i64> {
+        match parse_v4(ctx, ETH_HLEN)? {
+            Parsed::V4(pkt) => Ok(Some(pkt)),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl ExtFamily for V6 {
+    const AF: u8 = AF_INET6;
+    const PREFIX_BITS: u32 = 128;
+    #[inline(always)]
+    fn snat() -> &'static LruHashMap<FlowKey<[u8; 16]>, SnatValue<[u8; 16]>> {
+        &LB_SNAT_V6
+    }
+    #[inline(always)]
+    fn source_ranges() -> &'static LpmTrie<SourceRange<[u8; 16]>, u8> {
+        &LB_SOURCE_RANGES_V6
+    }
+    #[inline(always)]
+    fn node_addr() -> &'static Array<[u8; 16]> {
+        &LB_NODE_ADDR_V6
+    }
+    #[inline(always)]
+    fn fill_fib(params: &mut bpf_fib_lookup, src: [u8; 16], dst: [u8; 16]) {
+        let mut i = 0;
+        while i < 4 {
+            let w = |a: &[u8; 16]| {
+                u32::from_ne_bytes([a[i * 4], a[i * 4 + 1], a[i * 4 + 2], a[i * 4 + 3]])
+            };
+            // SAFETY: writing plain integers into the union's IPv6 arm.
+            unsafe {
+                params.__bindgen_anon_3.ipv6_src[i] = w(&src);
+                params.__bindgen_anon_4.ipv6_dst[i] = w(&dst);
+            }
+            i += 1;
+        }
+    }
+    #[inline(always)]
+    fn is_unset(addr: &[u8; 16]) -> bool {
+        *addr == [0; 16]
+    }
+    #[inline(always)]
+    fn parse(ctx: &TcContext) -> Result<Option<Packet<[u8; 16]>>, i64> {
+        match parse_v6(ctx, ETH_HLEN)? {
+            Parsed::V6(pkt) => Ok(Some(pkt)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// TC ingress on an external device.
+///
+/// The work is split into BPF subprograms (`#[inline(never)]`), one per family and path, so that
+/// no chain of stack frames exceeds the verifier's 512 bytes.
+///
+/// Subprograms return plain integers: the verifier refuses a returned pointer into the caller's
+/// stack, which is how larger return values (`Result<i32, i64>`) would travel.
+#[inline(always)]
+pub fn ext_ingress(ctx: &TcContext) -> Result<i32, i64> {
+    Ok(match eth_proto(ctx)? {
+        ETH_P_IP => external::<V4>(ctx),
+        ETH_P_IPV6 => external::<V6>(ctx),
+        _ => TC_ACT_OK as i32,
+    })
+}
+
+/// Returned by [`snat_reply`] for a packet that is not a reply of a SNATed flow.
+const NOT_A_REPLY: i32 = i32::MIN;
+
+#[inline(never)]
+fn external<F: ExtFamily>(ctx: &TcContext) -> i32 {
+    let Ok(Some(pkt)) = F::parse(ctx) else {
+        return TC_ACT_OK as i32;
+    };
+    match snat_reply::<F>(ctx, &pkt) {
+        NOT_A_REPLY => verdict(ext_forward::<F>(ctx, &pkt)),
+        verdict => verdict,
+    }
+}
+
+/// A backend on another node answering a flow SNATed to this node: [`NOT_A_REPLY`] when the
+/// packet is not one.
+#[inline(never)]
+fn snat_reply<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> i32 {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let reply_key = lb::flow_key::<F>(pkt, FLOW_REPLY);
+    let Some(snat) = F::snat().get_ptr_mut(&reply_key) else {
+        return NOT_A_REPLY;
+    };
+    // SAFETY: see `lb::established`.
+    let snat = unsafe { &mut *snat };
+    if !lb::within_lifetime(pkt.proto, false, snat.last_seen_ns, now) {
+        return NOT_A_REPLY;
+    }
+    snat.last_seen_ns = now;
+    let (client, client_port) = (snat.client_addr, snat.client_port);
+    let (service, service_port) = (snat.service_addr, snat.service_port);
+    let rewritten = (|| {
+        rewrite_port(ctx, pkt, End::Source, service_port)?;
+        F::rewrite_addr(ctx, pkt, End::Source, service)?;
+        rewrite_port(ctx, pkt, End::Destination, client_port)?;
+        F::rewrite_addr(ctx, pkt, End::Destination, client)
+    })();
+    if rewritten.is_err() {
+        // Half rewritten: sending it on would mistranslate.
+        return TC_ACT_SHOT;
+    }
+    count(stats::REVERSED);
+    redirect::<F>(ctx, pkt.proto, &service, &client)
+}
+
+/// Flows from outside towards a service.
+#[inline(never)]
+fn ext_forward<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some((addr, port, snat_port, _)) = lb::established::<F>(pkt, now) {
+        return translate::<F>(ctx, pkt, addr, port, snat_port);
+    }
+
+    let Some(frontend) = lb::frontend::<F>(pkt.daddr, pkt.dport, pkt.proto) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    // ClusterIPs are not served from outside.
+    if frontend.flags & SVC_F_EXTERNAL == 0 {
+        return Ok(TC_ACT_OK as i32);
+    }
+    if frontend.flags & SVC_F_SOURCE_RANGES != 0 {
+        let key = Key::new(
+            32 + F::PREFIX_BITS,
+            SourceRange {
+                rev_nat_id: frontend.rev_nat_id.to_be(),
+                _pad: 0,
+                addr: pkt.saddr,
+            },
+        );
+        if F::source_ranges().get(&key).is_none() {
+            count(stats::SOURCE_RANGE_DROPPED);
+            return Ok(TC_ACT_SHOT);
+        }
+    }
+    // SAFETY: helper without arguments.
+    let pick = unsafe { bpf_get_prandom_u32() };
+    let Some(chosen) = lb::pick_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, &frontend, pick)
+    else {
+        // No endpoint (or, for Local, no local endpoint): drop rather than let the kernel
+        // answer for a port it does not serve.
+        count(stats::NO_ENDPOINT_DROPPED);
+        return Ok(TC_ACT_SHOT);
+    };
+    let local = frontend.flags & SVC_F_LOCAL != 0 || chosen.backend.flags & BACKEND_F_LOCAL != 0;
+    let snat_port = if local {
+        0
+    } else {
+        match snat_port::<F>(pkt, &chosen, now) {
+            Some(port) => port,
+            None => {
+                count(stats::SNAT_FAILED);
+                return Ok(TC_ACT_SHOT);
+            }
+        }
+    };
+    lb::record_flow::<F>(ctx, pkt, &chosen, snat_port, now);
+    translate::<F>(
+        ctx,
+        pkt,
+        chosen.backend.addr,
+        chosen.backend.port,
+        snat_port,
+    )
+}
+
+/// Finds a free source port of this node's address towards the backend and records the SNAT
+/// entry the replies will find. The client's own port is tried first.
+#[inline(never)]
+fn snat_port<F: ExtFamily>(
+    pkt: &Packet<F::Addr>,
+    chosen: &Chosen<F::Addr>,
+    now: u64,
+) -> Option<u16> {
+    let node = F::node_addr().get(0).copied()?;
+    if F::is_unset(&node) {
+        return None;
+    }
+    let value = SnatValue {
+        client_addr: pkt.saddr,
+        service_addr: pkt.daddr,
+        client_port: pkt.sport,
+        service_port: pkt.dport,
+        _pad: [0; 4],
+        last_seen_ns: now,
+    };
+    let mut port = pkt.sport;
+    for attempt in 0..SNAT_ATTEMPTS {
+        if attempt > 0 {
+            // SAFETY: helper without arguments.
+            let r = unsafe { bpf_get_prandom_u32() };
+            port = ((SNAT_PORT_BASE + r % (65536 - SNAT_PORT_BASE)) as u16).to_be();
+        }
+        let key = FlowKey {
+            saddr: chosen.backend.addr,
+            daddr: node,
+            sport: chosen.backend.port,
+            dport: port,
+            proto: pkt.proto,
+            dir: FLOW_REPLY,
+            _pad: [0; 2],
+        };
+        let taken = match F::snat().get_ptr(&key) {
+            // SAFETY: read-only look at a map value.
+            Some(existing) => unsafe {
+                let e = &*existing;
+                !(e.client_addr == pkt.saddr && e.client_port == pkt.sport)
+                    && lb::within_lifetime(pkt.proto, false, e.last_seen_ns, now)
+            },
+            None => false,
+        };
+        if !taken && F::snat().insert(&key, &value, 0).is_ok() {
+            return Some(port);
+        }
+    }
+    None
+}
+
+/// DNAT to the backend, SNAT when the flow is SNATed; packets of SNATed flows leave by FIB.
+#[inline(always)]
+fn translate<F: ExtFamily>(
+    ctx: &TcContext,
+    pkt: &Packet<F::Addr>,
+    backend: F::Addr,
+    backend_port: u16,
+    snat_port: u16,
+) -> Result<i32, i64> {
+    lb::dnat::<F>(ctx, pkt, backend, backend_port)?;
+    if snat_port == 0 {
+        return Ok(TC_ACT_OK as i32);
+    }
+    let Some(node) = F::node_addr().get(0).copied() else {
+        count(stats::SNAT_FAILED);
+        return Ok(TC_ACT_SHOT);
+    };
+    rewrite_port(ctx, pkt, End::Source, snat_port)?;
+    F::rewrite_addr(ctx, pkt, End::Source, node)?;
+    Ok(redirect::<F>(ctx, pkt.proto, &node, &backend))
+}
+
+/// Sends a rewritten packet out through the FIB: the kernel's routing table finds the device
+/// and the neighbour layer the next hop's address.
+#[inline(never)]
+fn redirect<F: ExtFamily>(ctx: &TcContext, proto: u8, src: &F::Addr, dst: &F::Addr) -> i32 {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = F::AF;
+    params.l4_protocol = proto;
+    // SAFETY: the skb of a TC program.
+    params.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    F::fill_fib(&mut params, *src, *dst);
+    // SAFETY: the helper reads and fills `params`, whose size is passed.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && rc != i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        count(stats::SNAT_FAILED);
+        return TC_ACT_SHOT;
+    }
+    count(stats::REDIRECTED);
+    // SAFETY: no neighbour parameters: the kernel resolves the next hop itself.
+    unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
