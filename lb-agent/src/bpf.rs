@@ -9,16 +9,21 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError as AyaMapError, PerCpuArray},
+    maps::{
+        Array, HashMap, MapData, MapError as AyaMapError, PerCpuArray,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, SchedClassifierLinkId},
     },
 };
+use ipnet::IpNet;
 use lb_ebpf::{
-    Backend4, Backend6, Flow4Key, Flow4Value, Flow6Key, Flow6Value, SCOPE_CLUSTER, Service4Key,
-    Service6Key, ServiceKey, ServiceValue, map_names, port_to_map, program_names,
+    BACKEND_F_LOCAL, Backend4, Backend6, Flow4Key, Flow4Value, Flow6Key, Flow6Value, SCOPE_CLUSTER,
+    Service4Key, Service6Key, ServiceKey, ServiceValue, SourceRange, map_names, port_to_map,
+    program_names,
 };
 use thiserror::Error;
 
@@ -571,6 +576,10 @@ pub struct BpfMaps {
     backends_v6: HashMap<MapData, u32, Backend6>,
     flows_v4: HashMap<MapData, Flow4Key, Flow4Value>,
     flows_v6: HashMap<MapData, Flow6Key, Flow6Value>,
+    source_ranges_v4: LpmTrie<MapData, SourceRange<[u8; 4]>, u8>,
+    source_ranges_v6: LpmTrie<MapData, SourceRange<[u8; 16]>, u8>,
+    node_addr_v4: Array<MapData, [u8; 4]>,
+    node_addr_v6: Array<MapData, [u8; 16]>,
     stats: PerCpuArray<MapData, u64>,
 }
 
@@ -591,6 +600,10 @@ impl BpfMaps {
             backends_v6: take_map(ebpf, map_names::BACKENDS_V6)?,
             flows_v4: take_map(ebpf, map_names::FLOWS_V4)?,
             flows_v6: take_map(ebpf, map_names::FLOWS_V6)?,
+            source_ranges_v4: take_map(ebpf, map_names::SOURCE_RANGES_V4)?,
+            source_ranges_v6: take_map(ebpf, map_names::SOURCE_RANGES_V6)?,
+            node_addr_v4: take_map(ebpf, map_names::NODE_ADDR_V4)?,
+            node_addr_v6: take_map(ebpf, map_names::NODE_ADDR_V6)?,
             stats: take_map(ebpf, map_names::STATS)?,
         })
     }
@@ -603,6 +616,22 @@ impl BpfMaps {
     /// Every IPv6 flow entry (forward and reply), for inspection and tests.
     pub fn flows_v6(&self) -> Vec<(Flow6Key, Flow6Value)> {
         self.flows_v6.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Sets the node's address of a family that SNATed external flows leave from; `None` clears
+    /// it (external flows to other nodes' backends are then dropped).
+    pub fn set_node_addr(
+        &mut self,
+        family: IpFamily,
+        addr: Option<IpAddr>,
+    ) -> Result<(), MapError> {
+        match (family, addr) {
+            (IpFamily::V4, Some(IpAddr::V4(a))) => self.node_addr_v4.set(0, a.octets(), 0),
+            (IpFamily::V4, _) => self.node_addr_v4.set(0, [0; 4], 0),
+            (IpFamily::V6, Some(IpAddr::V6(a))) => self.node_addr_v6.set(0, a.octets(), 0),
+            (IpFamily::V6, _) => self.node_addr_v6.set(0, [0; 16], 0),
+        }
+        .map_err(|e| io_err("update", map_names::NODE_ADDR_V4, e))
     }
 
     /// A counter of `lb_ebpf::stats`, summed over CPUs.
@@ -646,6 +675,7 @@ fn service_key<A>(addr: A, frontend: &Frontend, slot: u16) -> ServiceKey<A> {
 impl MapOps for BpfMaps {
     fn put_backend(&mut self, id: BackendId, backend: &BackendKey) -> Result<(), MapError> {
         let (port, proto) = (port_to_map(backend.addr.port()), backend.protocol.number());
+        let flags = if backend.local { BACKEND_F_LOCAL } else { 0 };
         match backend.addr.ip() {
             IpAddr::V4(ip) => self
                 .backends_v4
@@ -655,7 +685,7 @@ impl MapOps for BpfMaps {
                         addr: ip.octets(),
                         port,
                         proto,
-                        flags: 0,
+                        flags,
                     },
                     0,
                 )
@@ -668,7 +698,7 @@ impl MapOps for BpfMaps {
                         addr: ip.octets(),
                         port,
                         proto,
-                        flags: 0,
+                        flags,
                     },
                     0,
                 )
@@ -720,6 +750,87 @@ impl MapOps for BpfMaps {
         }
     }
 
+    fn put_source_range(&mut self, rev_nat_id: u16, range: &IpNet) -> Result<(), MapError> {
+        let id = rev_nat_id.to_be();
+        match range {
+            IpNet::V4(n) => self
+                .source_ranges_v4
+                .insert(
+                    &LpmKey::new(
+                        32 + u32::from(n.prefix_len()),
+                        SourceRange {
+                            rev_nat_id: id,
+                            _pad: 0,
+                            addr: n.addr().octets(),
+                        },
+                    ),
+                    1,
+                    0,
+                )
+                .map_err(|e| io_err("insert", map_names::SOURCE_RANGES_V4, e)),
+            IpNet::V6(n) => self
+                .source_ranges_v6
+                .insert(
+                    &LpmKey::new(
+                        32 + u32::from(n.prefix_len()),
+                        SourceRange {
+                            rev_nat_id: id,
+                            _pad: 0,
+                            addr: n.addr().octets(),
+                        },
+                    ),
+                    1,
+                    0,
+                )
+                .map_err(|e| io_err("insert", map_names::SOURCE_RANGES_V6, e)),
+        }
+    }
+
+    fn delete_source_range(&mut self, rev_nat_id: u16, range: &IpNet) -> Result<(), MapError> {
+        let id = rev_nat_id.to_be();
+        match range {
+            IpNet::V4(n) => ignore_missing(self.source_ranges_v4.remove(&LpmKey::new(
+                32 + u32::from(n.prefix_len()),
+                SourceRange {
+                    rev_nat_id: id,
+                    _pad: 0,
+                    addr: n.addr().octets(),
+                },
+            )))
+            .map_err(|e| io_err("delete", map_names::SOURCE_RANGES_V4, e)),
+            IpNet::V6(n) => ignore_missing(self.source_ranges_v6.remove(&LpmKey::new(
+                32 + u32::from(n.prefix_len()),
+                SourceRange {
+                    rev_nat_id: id,
+                    _pad: 0,
+                    addr: n.addr().octets(),
+                },
+            )))
+            .map_err(|e| io_err("delete", map_names::SOURCE_RANGES_V6, e)),
+        }
+    }
+
+    fn list_source_ranges(&self) -> Result<Vec<(u16, IpNet)>, MapError> {
+        let mut out = Vec::new();
+        for key in self.source_ranges_v4.keys() {
+            let key = key.map_err(|e| io_err("iterate", map_names::SOURCE_RANGES_V4, e))?;
+            let data = key.data();
+            let prefix = key.prefix_len().saturating_sub(32) as u8;
+            if let Ok(net) = ipnet::Ipv4Net::new(data.addr.into(), prefix) {
+                out.push((u16::from_be(data.rev_nat_id), IpNet::V4(net)));
+            }
+        }
+        for key in self.source_ranges_v6.keys() {
+            let key = key.map_err(|e| io_err("iterate", map_names::SOURCE_RANGES_V6, e))?;
+            let data = key.data();
+            let prefix = key.prefix_len().saturating_sub(32) as u8;
+            if let Ok(net) = ipnet::Ipv6Net::new(data.addr.into(), prefix) {
+                out.push((u16::from_be(data.rev_nat_id), IpNet::V6(net)));
+            }
+        }
+        Ok(out)
+    }
+
     fn list_slots(&self) -> Result<Vec<(Frontend, u16, ServiceValue)>, MapError> {
         let mut out = Vec::new();
         for entry in self.services_v4.iter() {
@@ -741,12 +852,12 @@ impl MapOps for BpfMaps {
         let mut out = Vec::new();
         for entry in self.backends_v4.iter() {
             let (id, b) = entry.map_err(|e| io_err("iterate", map_names::BACKENDS_V4, e))?;
-            let key = backend_key(IpAddr::from(b.addr), b.port, b.proto);
+            let key = backend_key(IpAddr::from(b.addr), b.port, b.proto, b.flags);
             out.push((id, IpFamily::V4, key));
         }
         for entry in self.backends_v6.iter() {
             let (id, b) = entry.map_err(|e| io_err("iterate", map_names::BACKENDS_V6, e))?;
-            let key = backend_key(IpAddr::from(b.addr), b.port, b.proto);
+            let key = backend_key(IpAddr::from(b.addr), b.port, b.proto, b.flags);
             out.push((id, IpFamily::V6, key));
         }
         Ok(out)
@@ -761,10 +872,11 @@ fn protocol_of(proto: u8) -> Option<Protocol> {
     }
 }
 
-fn backend_key(addr: IpAddr, port: u16, proto: u8) -> Option<BackendKey> {
+fn backend_key(addr: IpAddr, port: u16, proto: u8, flags: u8) -> Option<BackendKey> {
     Some(BackendKey {
         addr: std::net::SocketAddr::new(addr, lb_ebpf::port_from_map(port)),
         protocol: protocol_of(proto)?,
+        local: flags & BACKEND_F_LOCAL != 0,
     })
 }
 

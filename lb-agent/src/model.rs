@@ -185,10 +185,25 @@ impl fmt::Display for Frontend {
 }
 
 /// Everything the datapath should serve on one frontend.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FrontendState {
     /// `namespace/name:port-name` of the service port, for messages.
     pub service_port: String,
     /// Backends, sorted and without duplicates.
     pub backends: Vec<SocketAddr>,
+    /// The backends that run on this node (reached from outside without SNAT), sorted.
+    pub local_backends: Vec<SocketAddr>,
+    /// Set for frontends that take traffic from outside the node: node ports, external IPs and
+    /// load balancer IPs.
+    pub external: Option<ExternalPolicy>,
+}
+
+/// How traffic from outside the node is served on a frontend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExternalPolicy {
+    /// `externalTrafficPolicy: Local`: the backends are this node's only, the client address is
+    /// kept, and traffic is dropped when there is none.
+    pub local_only: bool,
+    /// `loadBalancerSourceRanges` of the frontend's family; empty: every source.
+    pub source_ranges: Vec<ipnet::IpNet>,
 }

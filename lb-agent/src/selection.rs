@@ -87,6 +87,7 @@ pub fn select(services: &[Service], slices: &[EndpointSlice], node: &NodeContext
                             format!("{}:{}", svc.name, port.name)
                         },
                         backends,
+                        ..Default::default()
                     },
                 );
             }

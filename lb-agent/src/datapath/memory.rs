@@ -12,6 +12,7 @@ use crate::model::{Frontend, IpFamily};
 pub struct MemoryMaps {
     pub services: BTreeMap<(Frontend, u16), ServiceValue>,
     pub backends: BTreeMap<BackendId, BackendKey>,
+    pub source_ranges: std::collections::BTreeSet<(u16, ipnet::IpNet)>,
     /// Number of write and delete operations so far.
     pub ops: usize,
     /// Fail every operation after this many more have succeeded (for error-path tests).
@@ -70,6 +71,26 @@ impl MapOps for MemoryMaps {
         self.step()?;
         self.services.remove(&(*frontend, slot));
         Ok(())
+    }
+
+    fn put_source_range(&mut self, rev_nat_id: u16, range: &ipnet::IpNet) -> Result<(), MapError> {
+        self.step()?;
+        self.source_ranges.insert((rev_nat_id, *range));
+        Ok(())
+    }
+
+    fn delete_source_range(
+        &mut self,
+        rev_nat_id: u16,
+        range: &ipnet::IpNet,
+    ) -> Result<(), MapError> {
+        self.step()?;
+        self.source_ranges.remove(&(rev_nat_id, *range));
+        Ok(())
+    }
+
+    fn list_source_ranges(&self) -> Result<Vec<(u16, ipnet::IpNet)>, MapError> {
+        Ok(self.source_ranges.iter().copied().collect())
     }
 
     fn list_slots(&self) -> Result<Vec<(Frontend, u16, ServiceValue)>, MapError> {

@@ -16,7 +16,8 @@ use std::{
     net::SocketAddr,
 };
 
-use lb_ebpf::ServiceValue;
+use ipnet::IpNet;
+use lb_ebpf::{SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_SOURCE_RANGES, ServiceValue};
 use thiserror::Error;
 
 use crate::model::{Frontend, FrontendState, IpFamily, Protocol};
@@ -29,6 +30,45 @@ pub type BackendId = u32;
 pub struct BackendKey {
     pub addr: SocketAddr,
     pub protocol: Protocol,
+    /// Runs on this node: traffic from outside reaches it without SNAT.
+    pub local: bool,
+}
+
+/// What a frontend entry says besides its backends: `lb_ebpf::SVC_F_*` flags and the source
+/// ranges allowed when `SVC_F_SOURCE_RANGES` is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FrontendPolicy {
+    pub flags: u8,
+    pub source_ranges: Vec<IpNet>,
+}
+
+impl FrontendPolicy {
+    fn of(frontend: &Frontend, state: &FrontendState) -> Self {
+        let Some(ext) = &state.external else {
+            return Self::default();
+        };
+        let family = IpFamily::of(&frontend.addr.ip());
+        let mut source_ranges: Vec<IpNet> = ext
+            .source_ranges
+            .iter()
+            .filter(|n| IpFamily::of(&n.addr()) == family)
+            .map(IpNet::trunc)
+            .collect();
+        source_ranges.sort();
+        source_ranges.dedup();
+        let mut flags = SVC_F_EXTERNAL;
+        if ext.local_only {
+            flags |= SVC_F_LOCAL;
+        }
+        // Ranges given, but none of this family: nothing of this family may pass.
+        if !ext.source_ranges.is_empty() {
+            flags |= SVC_F_SOURCE_RANGES;
+        }
+        Self {
+            flags,
+            source_ranges,
+        }
+    }
 }
 
 /// A failed map operation.
@@ -63,11 +103,18 @@ pub trait MapOps {
     fn list_slots(&self) -> Result<Vec<(Frontend, u16, ServiceValue)>, MapError>;
     /// Every backend map entry present; `None` for an entry the agent cannot read back.
     fn list_backends(&self) -> Result<Vec<(BackendId, IpFamily, Option<BackendKey>)>, MapError>;
+    /// Allows sources in `range` on the frontend with `rev_nat_id`.
+    fn put_source_range(&mut self, rev_nat_id: u16, range: &IpNet) -> Result<(), MapError>;
+    /// Deleting an absent entry succeeds.
+    fn delete_source_range(&mut self, rev_nat_id: u16, range: &IpNet) -> Result<(), MapError>;
+    /// Every source range entry present.
+    fn list_source_ranges(&self) -> Result<Vec<(u16, IpNet)>, MapError>;
 }
 
 #[derive(Clone, Debug)]
 struct Programmed {
     rev_nat_id: u16,
+    policy: FrontendPolicy,
     /// Sorted backends, compared with the desired list to detect changes.
     backends: Vec<BackendKey>,
     /// Backend ID in slot `i + 1`.
@@ -184,16 +231,18 @@ impl<M: MapOps> Writer<M> {
                 .map(|addr| BackendKey {
                     addr: *addr,
                     protocol: frontend.protocol,
+                    local: state.local_backends.binary_search(addr).is_ok(),
                 })
                 .collect();
+            let policy = FrontendPolicy::of(frontend, state);
             if self
                 .frontends
                 .get(frontend)
-                .is_some_and(|p| p.backends == wanted)
+                .is_some_and(|p| p.backends == wanted && p.policy == policy)
             {
                 continue;
             }
-            match self.update_frontend(frontend, wanted) {
+            match self.update_frontend(frontend, wanted, policy) {
                 Ok(()) => report.frontends_changed += 1,
                 Err(e) => report.errors.push(format!(
                     "programming {frontend} of service {}: {e}",
@@ -229,6 +278,10 @@ impl<M: MapOps> Writer<M> {
         }
         self.orphan_backend_ids
             .extend(listed.iter().map(|(id, _, _)| *id));
+        let mut ranges: HashMap<u16, Vec<IpNet>> = HashMap::new();
+        for (rev_nat_id, range) in self.maps.list_source_ranges()? {
+            ranges.entry(rev_nat_id).or_default().push(range);
+        }
         let mut adopted = 0;
         let mut rev_nat_ids = HashSet::new();
         for (frontend, slots) in frontends {
@@ -262,10 +315,16 @@ impl<M: MapOps> Writer<M> {
                 entry.1 += 1;
             }
             self.orphan_rev_nat_ids.remove(&head.rev_nat_id);
+            let mut source_ranges = ranges.remove(&head.rev_nat_id).unwrap_or_default();
+            source_ranges.sort();
             self.frontends.insert(
                 frontend,
                 Programmed {
                     rev_nat_id: head.rev_nat_id,
+                    policy: FrontendPolicy {
+                        flags: head.flags,
+                        source_ranges,
+                    },
                     backends: keys,
                     slots: ids,
                 },
@@ -309,6 +368,17 @@ impl<M: MapOps> Writer<M> {
         for (id, family, _) in self.maps.list_backends()? {
             if !known.contains(&(id, family)) {
                 self.maps.delete_backend(id, family)?;
+                removed += 1;
+            }
+        }
+        let known_ranges: HashSet<(u16, IpNet)> = self
+            .frontends
+            .values()
+            .flat_map(|p| p.policy.source_ranges.iter().map(|r| (p.rev_nat_id, *r)))
+            .collect();
+        for (rev_nat_id, range) in self.maps.list_source_ranges()? {
+            if !known_ranges.contains(&(rev_nat_id, range)) {
+                self.maps.delete_source_range(rev_nat_id, &range)?;
                 removed += 1;
             }
         }
@@ -358,6 +428,7 @@ impl<M: MapOps> Writer<M> {
         &mut self,
         frontend: &Frontend,
         wanted: Vec<BackendKey>,
+        policy: FrontendPolicy,
     ) -> Result<(), MapError> {
         let mut ids = Vec::with_capacity(wanted.len());
         for backend in &wanted {
@@ -383,7 +454,19 @@ impl<M: MapOps> Writer<M> {
         let count = u16::try_from(slots.len())
             .map_err(|_| MapError::Other(format!("{} backends: at most 65535", slots.len())))?;
 
+        let old_ranges: &[IpNet] = old
+            .as_ref()
+            .map(|p| p.policy.source_ranges.as_slice())
+            .unwrap_or(&[]);
+        let old_flags = old.as_ref().map(|p| p.policy.flags);
         let result = (|| {
+            // New ranges are in place before the flag that makes the kernel check them, and old
+            // ones go only after.
+            for range in &policy.source_ranges {
+                if !old_ranges.contains(range) {
+                    self.maps.put_source_range(rev_nat_id, range)?;
+                }
+            }
             for (i, id) in slots.iter().enumerate() {
                 if old_slots.get(i) != Some(id) {
                     let value = ServiceValue {
@@ -396,18 +479,23 @@ impl<M: MapOps> Writer<M> {
                     self.maps.put_slot(frontend, i as u16 + 1, &value)?;
                 }
             }
-            if old.is_none() || old_slots.len() != slots.len() {
+            if old.is_none() || old_slots.len() != slots.len() || old_flags != Some(policy.flags) {
                 let value = ServiceValue {
                     backend_id: 0,
                     count,
                     rev_nat_id,
-                    flags: 0,
+                    flags: policy.flags,
                     _pad: [0; 3],
                 };
                 self.maps.put_slot(frontend, 0, &value)?;
             }
             for slot in slots.len()..old_slots.len() {
                 self.maps.delete_slot(frontend, slot as u16 + 1)?;
+            }
+            for range in old_ranges {
+                if !policy.source_ranges.contains(range) {
+                    self.maps.delete_source_range(rev_nat_id, range)?;
+                }
             }
             Ok(())
         })();
@@ -429,6 +517,7 @@ impl<M: MapOps> Writer<M> {
             *frontend,
             Programmed {
                 rev_nat_id,
+                policy,
                 backends: wanted,
                 slots,
             },
@@ -444,6 +533,9 @@ impl<M: MapOps> Writer<M> {
         self.maps.delete_slot(frontend, 0)?;
         for slot in 1..=old.slots.len() {
             self.maps.delete_slot(frontend, slot as u16)?;
+        }
+        for range in &old.policy.source_ranges {
+            self.maps.delete_source_range(old.rev_nat_id, range)?;
         }
         self.frontends.remove(frontend);
         self.rev_nat_ids.give(u32::from(old.rev_nat_id));

@@ -19,6 +19,7 @@ fn desired(entries: &[(&str, &[&str])]) -> BTreeMap<Frontend, FrontendState> {
                 FrontendState {
                     service_port: format!("default/{f}"),
                     backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+                    ..Default::default()
                 },
             )
         })
@@ -266,4 +267,76 @@ fn inconsistent_frontends_are_not_adopted_and_get_repaired() {
         ["10.0.0.1:80", "10.0.0.2:80"]
     );
     assert_eq!(w.maps().backends.len(), 2);
+}
+
+#[test]
+fn external_frontends_carry_flags_source_ranges_and_local_backends() {
+    use crate::model::ExternalPolicy;
+    let f = fe("10.0.0.5:30080");
+    let state = |local_only: bool, ranges: &[&str]| FrontendState {
+        service_port: "default/web".into(),
+        backends: vec![
+            "10.1.0.1:80".parse().unwrap(),
+            "10.2.0.1:80".parse().unwrap(),
+        ],
+        local_backends: vec!["10.1.0.1:80".parse().unwrap()],
+        external: Some(ExternalPolicy {
+            local_only,
+            source_ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
+        }),
+    };
+    let mut w = writer();
+    w.apply(&BTreeMap::from([(
+        f,
+        state(false, &["192.0.2.0/24", "2001:db8::/32"]),
+    )]));
+    let head = w.maps().services[&(f, 0)];
+    assert_eq!(
+        head.flags,
+        lb_ebpf::SVC_F_EXTERNAL | lb_ebpf::SVC_F_SOURCE_RANGES
+    );
+    // Only the range of the frontend's family is programmed.
+    let ranges: Vec<String> = w
+        .maps()
+        .source_ranges
+        .iter()
+        .map(|(_, n)| n.to_string())
+        .collect();
+    assert_eq!(ranges, ["192.0.2.0/24"]);
+    let local: Vec<bool> = w.maps().backends.values().map(|b| b.local).collect();
+    assert_eq!(local, [true, false]);
+
+    // Policy changes alone rewrite the frontend entry and the ranges, nothing else.
+    let ops = w.maps().ops;
+    w.apply(&BTreeMap::from([(f, state(true, &["198.51.100.0/24"]))]));
+    assert_eq!(
+        w.maps().ops - ops,
+        3,
+        "one range added, the head, one range removed"
+    );
+    assert_eq!(
+        w.maps().services[&(f, 0)].flags,
+        lb_ebpf::SVC_F_EXTERNAL | lb_ebpf::SVC_F_LOCAL | lb_ebpf::SVC_F_SOURCE_RANGES
+    );
+    let ranges: Vec<String> = w
+        .maps()
+        .source_ranges
+        .iter()
+        .map(|(_, n)| n.to_string())
+        .collect();
+    assert_eq!(ranges, ["198.51.100.0/24"]);
+
+    // A restarted writer adopts flags and ranges and rewrites nothing.
+    let maps = std::mem::take(w.maps_mut());
+    let mut again = Writer::new(maps, 1000);
+    assert_eq!(again.adopt().unwrap(), 1);
+    let ops = again.maps().ops;
+    again.apply(&BTreeMap::from([(f, state(true, &["198.51.100.0/24"]))]));
+    assert_eq!(again.maps().ops, ops);
+    assert_eq!(again.sweep().unwrap(), 0);
+
+    // Removing the frontend removes its ranges.
+    again.apply(&BTreeMap::new());
+    assert!(again.maps().source_ranges.is_empty());
+    assert!(again.maps().services.is_empty());
 }

@@ -98,6 +98,7 @@ impl Lb {
                 let state = FrontendState {
                     service_port: format!("test/{frontend}"),
                     backends,
+                    ..Default::default()
                 };
                 (*frontend, state)
             })
