@@ -246,6 +246,23 @@ pub fn service(
                 "spec.externalTrafficPolicy",
                 spec.external_traffic_policy.as_deref(),
             )?,
+            health_check_node_port: spec
+                .health_check_node_port
+                .map(|p| parse_port("spec.healthCheckNodePort", p))
+                .transpose()?,
+            load_balancer_source_ranges: spec
+                .load_balancer_source_ranges
+                .iter()
+                .flatten()
+                .map(|r| {
+                    r.trim()
+                        .parse::<ipnet::IpNet>()
+                        .map(|n| n.trunc())
+                        .map_err(|_| {
+                            format!("spec.loadBalancerSourceRanges entry {r:?} is not a CIDR")
+                        })
+                })
+                .collect::<Result<_, _>>()?,
         },
         warnings,
     })

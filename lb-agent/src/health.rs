@@ -1,6 +1,15 @@
 //! `/healthz` and `/livez` with kube-proxy's contract (`pkg/proxy/healthcheck/proxy_health.go`):
-//! 503 until the first full sync has programmed the maps, then 200 while no update has been
-//! pending longer than the health timeout; JSON bodies with `lastUpdated` and `currentTime`.
+//! status 200 or 503, `Content-Type: application/json` and `X-Content-Type-Options: nosniff`,
+//! JSON bodies with `lastUpdated` (the current time while healthy, as kube-proxy reports it for
+//! compatibility), `currentTime`, `healthy` and the per-family `status`; `/healthz` adds
+//! `nodeEligible` and answers 503 when this node's Node object is being deleted (or tainted for
+//! deletion by the cluster autoscaler), so load balancers stop sending to the node first.
+//!
+//! One deliberate difference: kube-proxy counts itself healthy while starting, before it has
+//! programmed anything; `/healthz` here answers 503 until the first full sync, so a DaemonSet
+//! pod turns Ready only once its maps serve the cluster's services (a rolling update then never
+//! moves on to the next node too early). `/livez` keeps kube-proxy's rule, so an agent waiting
+//! for an unreachable API server is not restarted for it.
 
 use std::{
     net::SocketAddr,
@@ -21,6 +30,21 @@ struct Inner {
     last_updated: Option<SystemTime>,
     /// When the oldest change not yet programmed was seen.
     pending_since: Option<Instant>,
+    node_eligible: bool,
+}
+
+/// A snapshot of the health state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// Everything is programmed, and no change has waited longer than the health timeout.
+    pub synced: bool,
+    /// No change has waited longer than the health timeout (kube-proxy's "healthy"; true while
+    /// starting).
+    pub live: bool,
+    /// This node may receive traffic (its Node object is not being deleted).
+    pub node_eligible: bool,
+    /// When everything seen was last programmed.
+    pub last_updated: Option<SystemTime>,
 }
 
 /// Shared health state: the sync loop writes it, the HTTP server reads it.
@@ -31,11 +55,14 @@ pub struct Health {
 }
 
 impl Health {
+    /// Health that turns 503 when a change waits longer than `timeout` to be programmed.
     pub fn new(timeout: Duration) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 last_updated: None,
                 pending_since: None,
+                // Eligible until a Node object says otherwise, as kube-proxy while starting.
+                node_eligible: true,
             })),
             timeout,
         }
@@ -57,31 +84,72 @@ impl Health {
         inner.pending_since = None;
     }
 
-    /// `(healthy, lastUpdated)`.
+    /// Whether this node may receive traffic: false while its Node object is being deleted.
+    pub fn set_node_eligible(&self, eligible: bool) {
+        self.lock().node_eligible = eligible;
+    }
+
+    /// `(synced and no update overdue, lastUpdated)`: what `/healthz` reports, node aside.
     pub fn status(&self) -> (bool, Option<SystemTime>) {
+        let s = self.snapshot();
+        (s.synced, s.last_updated)
+    }
+
+    /// The whole health state now.
+    pub fn snapshot(&self) -> Status {
         let inner = self.lock();
-        let stale = inner
+        let overdue = inner
             .pending_since
             .is_some_and(|since| since.elapsed() > self.timeout);
-        (inner.last_updated.is_some() && !stale, inner.last_updated)
+        Status {
+            synced: inner.last_updated.is_some() && !overdue,
+            live: !overdue,
+            node_eligible: inner.node_eligible,
+            last_updated: inner.last_updated,
+        }
     }
 }
 
+/// RFC 3339 with nanoseconds, as Go marshals a `time.Time`.
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_nanos(t).to_string()
 }
 
+/// Go's zero `time.Time`, which kube-proxy reports before its first update.
+const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
 fn respond(health: &Health, with_node: bool) -> impl IntoResponse + use<> {
-    let (healthy, last) = health.status();
+    let status = health.snapshot();
+    let now = SystemTime::now();
+    let (ok, proxier_healthy) = if with_node {
+        (status.synced && status.node_eligible, status.synced)
+    } else {
+        (status.live, status.live)
+    };
+    // While healthy kube-proxy reports the current time as lastUpdated, for clients of releases
+    // where it was the time of the last sync loop run.
+    let last_updated = if ok {
+        rfc3339(now)
+    } else {
+        status
+            .last_updated
+            .map_or_else(|| ZERO_TIME.to_owned(), rfc3339)
+    };
+    let family = serde_json::json!({
+        "lastUpdated": status.last_updated.map_or_else(|| ZERO_TIME.to_owned(), rfc3339),
+        "healthy": proxier_healthy,
+    });
     let mut body = serde_json::json!({
-        "lastUpdated": last.map(rfc3339).unwrap_or_default(),
-        "currentTime": rfc3339(SystemTime::now()),
+        "lastUpdated": last_updated,
+        "currentTime": rfc3339(now),
+        "healthy": proxier_healthy,
+        // One sync loop programs both families.
+        "status": { "IPv4": family.clone(), "IPv6": family },
     });
     if with_node {
-        // Standalone mode has no Node object that could be marked for deletion.
-        body["nodeEligible"] = serde_json::Value::Bool(true);
+        body["nodeEligible"] = serde_json::Value::Bool(status.node_eligible);
     }
-    let code = if healthy {
+    let code = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -141,6 +209,64 @@ mod tests {
         assert!(!h.status().0);
         h.updated();
         assert!(h.status().0);
+    }
+
+    #[test]
+    fn live_while_starting_until_an_update_is_overdue() {
+        let h = Health::new(Duration::from_millis(0));
+        let s = h.snapshot();
+        assert!(s.live && !s.synced, "{s:?}");
+        h.queued();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!h.snapshot().live);
+        h.updated();
+        assert!(h.snapshot().live && h.snapshot().synced);
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    fn body(resp: &str) -> serde_json::Value {
+        serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_node_being_deleted_fails_healthz_but_not_livez() {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let h = Health::new(Duration::from_secs(60));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::spawn(axum::serve(listener, router(h.clone())).into_future());
+            // Live while starting, not ready until the first sync.
+            assert!(get(addr, "/livez").await.starts_with("HTTP/1.1 200"));
+            let resp = get(addr, "/healthz").await;
+            assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+            assert_eq!(body(&resp)["lastUpdated"], ZERO_TIME);
+            h.updated();
+            h.set_node_eligible(false);
+            let resp = get(addr, "/healthz").await;
+            assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+            let b = body(&resp);
+            assert_eq!(b["nodeEligible"], false);
+            assert_eq!(b["healthy"], true, "the proxy itself is healthy: {b}");
+            assert_eq!(b["status"]["IPv6"]["healthy"], true, "{b}");
+            assert!(get(addr, "/livez").await.starts_with("HTTP/1.1 200"));
+            h.set_node_eligible(true);
+            assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+            server.abort();
+        })
+        .await
+        .expect("timed out");
     }
 
     #[tokio::test]

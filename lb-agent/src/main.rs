@@ -7,8 +7,10 @@ use lb_agent::{
     agent::{self, RunOptions},
     bpf::{LoadOptions, SocketLb},
     devices::DevicePatterns,
+    k8s::KubeOptions,
     manifest::ManifestSource,
     selection::{self, NodeContext},
+    source::SourceOptions,
 };
 use lb_ebpf::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOCKETS};
 
@@ -48,15 +50,30 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Directory of Service and EndpointSlice manifests (`*.yaml`, `*.yml`, `*.json`), watched
-    /// for changes.
-    #[arg(long, value_name = "DIR")]
-    manifests: PathBuf,
+    /// Standalone mode: a directory of Service and EndpointSlice manifests (`*.yaml`, `*.yml`,
+    /// `*.json`), watched for changes, instead of the Kubernetes API.
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API with this kubeconfig. Without it and without --manifests, the
+    /// configuration is found as kubectl finds it (KUBECONFIG, ~/.kube/config), then in-cluster
+    /// (the pod's service account).
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
     /// Comma-separated names or globs of pod-facing devices; programs attach to matching
     /// devices now and as they appear.
     #[arg(long, value_name = "LIST", default_value = "")]
     pod_devices: String,
-    /// This node's name, for endpoint locality.
+    /// Comma-separated names or globs of the node's devices for external traffic (node ports,
+    /// external IPs, load balancer IPs). Default: every device with a non-link-local address
+    /// that is neither loopback nor a pod device.
+    #[arg(long, value_name = "LIST")]
+    devices: Option<String>,
+    /// Comma-separated CIDRs: node ports answer only on node addresses inside them (both
+    /// families may be given). Default: every usable address of the devices.
+    #[arg(long, value_name = "CIDRS", default_value = "")]
+    nodeport_addresses: String,
+    /// This node's name, for endpoint locality and its Node object (the Kubernetes source
+    /// defaults to the host name, as kube-proxy does).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
     /// Directory on a BPF filesystem where maps are pinned; agents with different directories
@@ -160,8 +177,22 @@ fn main() -> ExitCode {
         Command::Run(args) => (|| {
             let pod_devices = DevicePatterns::parse(&args.pod_devices)
                 .map_err(|e| anyhow::anyhow!("--pod-devices: {e}"))?;
+            let devices = args
+                .devices
+                .as_deref()
+                .map(DevicePatterns::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--devices: {e}"))?;
+            let nodeport_addresses = lb_agent::nodeaddr::parse_cidrs(&args.nodeport_addresses)
+                .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?;
+            let source = match args.manifests {
+                Some(dir) => SourceOptions::Manifests(dir),
+                None => SourceOptions::Kubernetes(KubeOptions {
+                    kubeconfig: args.kubeconfig,
+                }),
+            };
             let opts = RunOptions {
-                manifests: args.manifests,
+                source,
                 pod_devices,
                 node_name: args.node_name,
                 load: LoadOptions {
@@ -177,6 +208,8 @@ fn main() -> ExitCode {
                     },
                 },
                 healthz_bind_address: args.healthz_bind_address,
+                devices,
+                nodeport_addresses,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

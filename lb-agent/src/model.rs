@@ -124,6 +124,10 @@ pub struct Service {
     pub load_balancer_ips: Vec<IpAddr>,
     pub internal_traffic_policy: TrafficPolicy,
     pub external_traffic_policy: TrafficPolicy,
+    /// `spec.healthCheckNodePort` (externalTrafficPolicy Local).
+    pub health_check_node_port: Option<u16>,
+    /// `spec.loadBalancerSourceRanges`: only these clients may use the external addresses.
+    pub load_balancer_source_ranges: Vec<ipnet::IpNet>,
 }
 
 impl Service {

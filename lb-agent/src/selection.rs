@@ -1,15 +1,37 @@
-//! Endpoint selection with kube-proxy's rules (`pkg/proxy/endpointslicecache.go`,
-//! `pkg/proxy/topology.go`): from services and their slices to what each frontend serves.
-//! Pure: no I/O, no clock, so every rule is a table-driven unit test.
+//! Endpoint selection with kube-proxy's rules: from services and their slices to the endpoints
+//! of every service port, per traffic policy scope, and to what each ClusterIP frontend serves.
+//!
+//! The rules, each with a table-driven test named after it below:
+//! - slices of a service are merged, endpoints deduplicated by `ip:port` with a local copy
+//!   winning a disagreement, and sorted (`pkg/proxy/endpointslicecache.go`);
+//! - a service port (namespace/name, port name, protocol) takes its endpoints' port from the
+//!   slice port of the same name and protocol;
+//! - a family is served only where the service has a cluster IP of that family, from slices of
+//!   that family;
+//! - skipped services: headless (no cluster IP) and ExternalName (`pkg/proxy/util`);
+//! - scopes: Cluster endpoints are needed when `internalTrafficPolicy` is Cluster or the port is
+//!   externally accessible; Local endpoints when `internalTrafficPolicy` is Local, or
+//!   `externalTrafficPolicy` is Local and the port is externally accessible
+//!   (`pkg/proxy/serviceport.go`);
+//! - Cluster set: ready endpoints after topology filtering, else serving and terminating ones
+//!   from anywhere; Local set: local ready endpoints, else local serving and terminating ones;
+//! - topology (`spec.trafficDistribution` and topology-aware routing produce the hints):
+//!   PreferSameNode when every ready endpoint has node hints and one names this node, else
+//!   PreferSameZone when every ready endpoint has zone hints and one names this node's zone
+//!   (its `topology.kubernetes.io/zone` label), else no filtering; only the Cluster set is
+//!   filtered (`pkg/proxy/topology.go`).
+//!
+//! Pure: no I/O, no clock.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    net::SocketAddr,
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt,
+    net::{IpAddr, SocketAddr},
 };
 
 use crate::model::{
     EndpointSlice, Frontend, FrontendState, IpFamily, Protocol, Service, ServiceName, ServicePort,
-    TrafficPolicy,
+    ServiceType, TrafficPolicy,
 };
 
 /// What selection needs to know about this node.
@@ -18,6 +40,125 @@ pub struct NodeContext {
     pub node_name: Option<String>,
     /// This Node's `topology.kubernetes.io/zone` label.
     pub zone: Option<String>,
+}
+
+/// One service port in one IP family: kube-proxy's `ServicePortName`, one per proxier family.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServicePortName {
+    /// The Service's `namespace/name`.
+    pub service: ServiceName,
+    /// The port's name; empty for a single unnamed port.
+    pub port: String,
+    /// The port's protocol; with the name, what EndpointSlice ports are matched by.
+    pub protocol: Protocol,
+    /// The family of the cluster IP (and of the endpoints) this entry is for.
+    pub family: IpFamily,
+}
+
+impl fmt::Display for ServicePortName {
+    /// `namespace/name:port/PROTO (family)`, the port part left out when unnamed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.service)?;
+        if !self.port.is_empty() {
+            write!(f, ":{}", self.port)?;
+        }
+        write!(f, "/{} ({})", self.protocol, self.family)
+    }
+}
+
+/// The endpoints of one service port, per scope (kube-proxy's `CategorizeEndpoints`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortEndpoints {
+    /// Endpoints for traffic under the Cluster policy, after topology filtering and the
+    /// terminating fallback; `None` when the port never uses the Cluster policy.
+    pub cluster: Option<Vec<SocketAddr>>,
+    /// Local endpoints for traffic under the Local policy (ready, else serving and
+    /// terminating); `None` when the port never uses the Local policy.
+    pub local: Option<Vec<SocketAddr>>,
+    /// Every endpoint this node may send to: the union of both sets, sorted.
+    pub all_reachable: Vec<SocketAddr>,
+    /// A usable endpoint exists somewhere in the cluster. With no endpoint at all the
+    /// datapath rejects; with endpoints but none in the scope asked for, it drops.
+    pub has_any_endpoints: bool,
+    /// Local endpoints that are ready: what a health check node port reports (terminating
+    /// ones do not count there, although traffic still goes to them).
+    pub local_ready: usize,
+}
+
+/// Everything the datapath needs for one service port in one family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePortInfo {
+    /// The Service's cluster IP of this family.
+    pub cluster_ip: IpAddr,
+    /// The service port number.
+    pub port: u16,
+    /// The node port, for NodePort and LoadBalancer services that have one.
+    pub node_port: Option<u16>,
+    /// External IPs of this family.
+    pub external_ips: Vec<IpAddr>,
+    /// Load balancer ingress IPs (VIP mode) of this family.
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_policy_local: bool,
+    /// `externalTrafficPolicy: Local` on a service that can take external traffic.
+    pub external_policy_local: bool,
+    /// The endpoints of each scope.
+    pub endpoints: PortEndpoints,
+}
+
+impl ServicePortInfo {
+    /// Reachable other than through the cluster IP: a node port, external IPs or load balancer
+    /// IPs of this family.
+    pub fn externally_accessible(&self) -> bool {
+        self.node_port.is_some()
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+    }
+
+    /// The port ever sends traffic under the Cluster policy. External traffic with a Local
+    /// policy still needs the Cluster set: traffic from inside the cluster to an external
+    /// address is short-circuited to it.
+    pub fn uses_cluster_endpoints(&self) -> bool {
+        !self.internal_policy_local || self.externally_accessible()
+    }
+
+    /// The port ever sends traffic under the Local policy.
+    pub fn uses_local_endpoints(&self) -> bool {
+        self.internal_policy_local || (self.external_policy_local && self.externally_accessible())
+    }
+
+    /// Endpoints for traffic to the cluster IP (`internalTrafficPolicy`).
+    pub fn internal_endpoints(&self) -> &[SocketAddr] {
+        let set = if self.internal_policy_local {
+            &self.endpoints.local
+        } else {
+            &self.endpoints.cluster
+        };
+        set.as_deref().unwrap_or_default()
+    }
+
+    /// Endpoints for traffic from outside to a node port, external IP or load balancer IP
+    /// (`externalTrafficPolicy`); none when the port takes no external traffic in this family.
+    pub fn external_endpoints(&self) -> &[SocketAddr] {
+        if !self.externally_accessible() {
+            return &[];
+        }
+        let set = if self.external_policy_local {
+            &self.endpoints.local
+        } else {
+            &self.endpoints.cluster
+        };
+        set.as_deref().unwrap_or_default()
+    }
+}
+
+/// Why a service programs nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// `clusterIP: None`, or no cluster IP at all.
+    Headless,
+    /// `type: ExternalName`: answered by DNS, not by the proxy.
+    ExternalName,
 }
 
 /// One endpoint of one service port, after merging all slices of the service.
@@ -35,9 +176,32 @@ struct Candidate {
 /// The desired datapath state, plus what could not be served and why.
 #[derive(Debug, Default)]
 pub struct Selection {
+    /// ClusterIP frontends and the endpoints their `internalTrafficPolicy` chooses.
     pub frontends: BTreeMap<Frontend, FrontendState>,
+    /// Every service port per family, with both scopes' endpoints.
+    pub ports: BTreeMap<ServicePortName, ServicePortInfo>,
+    /// Services that program nothing, by rule.
+    pub skipped: BTreeMap<ServiceName, SkipReason>,
     /// Messages naming the service (`namespace/name`) and the reason.
     pub problems: Vec<String>,
+}
+
+/// Why a service is not proxied at all, if it is not.
+pub fn skip_reason(svc: &Service) -> Option<SkipReason> {
+    if svc.service_type == ServiceType::ExternalName {
+        Some(SkipReason::ExternalName)
+    } else if svc.cluster_ips.is_empty() {
+        Some(SkipReason::Headless)
+    } else {
+        None
+    }
+}
+
+fn of_family(ips: &[IpAddr], family: IpFamily) -> Vec<IpAddr> {
+    ips.iter()
+        .filter(|ip| IpFamily::of(ip) == family)
+        .copied()
+        .collect()
 }
 
 /// Builds the desired state from every service and slice known.
@@ -46,14 +210,30 @@ pub fn select(services: &[Service], slices: &[EndpointSlice], node: &NodeContext
     for slice in slices {
         by_service.entry(&slice.service).or_default().push(slice);
     }
-    let mut services: Vec<&Service> = services.iter().filter(|s| s.is_proxied()).collect();
-    // Deterministic winner when two services claim one frontend.
-    services.sort_by(|a, b| a.name.cmp(&b.name));
-
     let mut out = Selection::default();
-    let mut owners: HashMap<Frontend, &ServiceName> = HashMap::new();
+    let mut proxied = Vec::new();
     for svc in services {
+        match skip_reason(svc) {
+            Some(reason) => {
+                out.skipped.insert(svc.name.clone(), reason);
+            }
+            None => proxied.push(svc),
+        }
+    }
+    // Deterministic winner when two services claim one frontend.
+    proxied.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let mut owners: HashMap<Frontend, &ServiceName> = HashMap::new();
+    for svc in proxied {
         let slices = by_service.get(&svc.name).map(Vec::as_slice).unwrap_or(&[]);
+        // kube-proxy's ExternalPolicyLocal: only a service that takes external traffic has an
+        // external policy at all.
+        let takes_external = matches!(
+            svc.service_type,
+            ServiceType::NodePort | ServiceType::LoadBalancer
+        ) || !svc.external_ips.is_empty();
+        let external_policy_local =
+            takes_external && svc.external_traffic_policy == TrafficPolicy::Local;
         for port in &svc.ports {
             if port.protocol == Protocol::Sctp {
                 out.problems.push(format!(
@@ -64,6 +244,19 @@ pub fn select(services: &[Service], slices: &[EndpointSlice], node: &NodeContext
             }
             for ip in &svc.cluster_ips {
                 let family = IpFamily::of(ip);
+                let mut info = ServicePortInfo {
+                    cluster_ip: *ip,
+                    port: port.port,
+                    node_port: port.node_port,
+                    external_ips: of_family(&svc.external_ips, family),
+                    load_balancer_ips: of_family(&svc.load_balancer_ips, family),
+                    internal_policy_local: svc.internal_traffic_policy == TrafficPolicy::Local,
+                    external_policy_local,
+                    endpoints: PortEndpoints::default(),
+                };
+                let candidates = merge(slices, family, port, node);
+                info.endpoints = categorize(&candidates, &info, node);
+
                 let frontend = Frontend {
                     addr: SocketAddr::new(*ip, port.port),
                     protocol: port.protocol,
@@ -73,22 +266,29 @@ pub fn select(services: &[Service], slices: &[EndpointSlice], node: &NodeContext
                         "service {}: {frontend} is already served for service {owner}; skipped",
                         svc.name
                     ));
-                    continue;
-                }
-                owners.insert(frontend, &svc.name);
-                let candidates = merge(slices, family, port, node);
-                let backends = choose(&candidates, svc.internal_traffic_policy, node);
-                out.frontends.insert(
-                    frontend,
-                    FrontendState {
-                        service_port: if port.name.is_empty() {
-                            svc.name.to_string()
-                        } else {
-                            format!("{}:{}", svc.name, port.name)
+                } else {
+                    owners.insert(frontend, &svc.name);
+                    out.frontends.insert(
+                        frontend,
+                        FrontendState {
+                            service_port: if port.name.is_empty() {
+                                svc.name.to_string()
+                            } else {
+                                format!("{}:{}", svc.name, port.name)
+                            },
+                            backends: info.internal_endpoints().to_vec(),
+                            ..Default::default()
                         },
-                        backends,
-                        ..Default::default()
+                    );
+                }
+                out.ports.insert(
+                    ServicePortName {
+                        service: svc.name.clone(),
+                        port: port.name.clone(),
+                        protocol: port.protocol,
+                        family,
                     },
+                    info,
                 );
             }
         }
@@ -136,64 +336,105 @@ fn merge(
     merged.into_values().collect()
 }
 
-/// Chooses the endpoints for ClusterIP traffic under `internalTrafficPolicy`.
-fn choose(candidates: &[Candidate], policy: TrafficPolicy, node: &NodeContext) -> Vec<SocketAddr> {
-    let chosen: Vec<&Candidate> = match policy {
-        TrafficPolicy::Cluster => {
-            let ready: Vec<&Candidate> = candidates.iter().filter(|c| c.ready).collect();
-            if ready.is_empty() {
-                fallback(candidates.iter())
-            } else {
-                topology_filter(ready, node)
-            }
-        }
-        // Local policy ignores topology hints.
-        TrafficPolicy::Local => {
-            let local = candidates.iter().filter(|c| c.is_local);
-            let ready: Vec<&Candidate> = local.clone().filter(|c| c.ready).collect();
-            if ready.is_empty() {
-                fallback(local)
-            } else {
-                ready
-            }
-        }
-    };
-    chosen.into_iter().map(|c| c.addr).collect()
-}
-
-/// With no ready endpoint, kube-proxy falls back to endpoints that are serving and terminating.
-fn fallback<'a>(candidates: impl Iterator<Item = &'a Candidate>) -> Vec<&'a Candidate> {
-    candidates.filter(|c| c.serving && c.terminating).collect()
+/// Which hints filter the Cluster set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topology {
+    Any,
+    SameNode,
+    SameZone,
 }
 
 /// Topology-aware routing: prefer the endpoints hinted for this node, then for this zone, but
-/// only when every ready endpoint carries hints (otherwise hints are being rolled out).
-fn topology_filter<'a>(ready: Vec<&'a Candidate>, node: &NodeContext) -> Vec<&'a Candidate> {
-    if let Some(name) = &node.node_name
-        && ready.iter().all(|c| !c.node_hints.is_empty())
-        && ready.iter().any(|c| c.node_hints.contains(name))
-    {
-        return ready
-            .into_iter()
-            .filter(|c| c.node_hints.contains(name))
-            .collect();
+/// only when every ready endpoint carries hints of that kind (otherwise hints are being rolled
+/// out) and at least one is meant for us.
+fn topology_mode(candidates: &[Candidate], node: &NodeContext) -> Topology {
+    let ready: Vec<&Candidate> = candidates.iter().filter(|c| c.ready).collect();
+    if ready.is_empty() {
+        return Topology::Any;
     }
-    if let Some(zone) = &node.zone
-        && ready.iter().all(|c| !c.zone_hints.is_empty())
-        && ready.iter().any(|c| c.zone_hints.contains(zone))
+    let names =
+        |hints: &[String], ours: &Option<String>| ours.as_ref().is_some_and(|o| hints.contains(o));
+    if ready.iter().all(|c| !c.node_hints.is_empty())
+        && ready.iter().any(|c| names(&c.node_hints, &node.node_name))
     {
-        return ready
-            .into_iter()
-            .filter(|c| c.zone_hints.contains(zone))
-            .collect();
+        return Topology::SameNode;
     }
-    ready
+    if ready.iter().all(|c| !c.zone_hints.is_empty())
+        && ready.iter().any(|c| names(&c.zone_hints, &node.zone))
+    {
+        return Topology::SameZone;
+    }
+    Topology::Any
+}
+
+fn addrs<'a>(it: impl Iterator<Item = &'a Candidate>) -> Vec<SocketAddr> {
+    it.map(|c| c.addr).collect()
+}
+
+/// kube-proxy's `CategorizeEndpoints` for one service port.
+fn categorize(
+    candidates: &[Candidate],
+    info: &ServicePortInfo,
+    node: &NodeContext,
+) -> PortEndpoints {
+    let mut out = PortEndpoints {
+        local_ready: candidates.iter().filter(|c| c.is_local && c.ready).count(),
+        ..PortEndpoints::default()
+    };
+    if info.uses_cluster_endpoints() {
+        let mode = topology_mode(candidates, node);
+        let available = |c: &&Candidate| match mode {
+            Topology::Any => true,
+            Topology::SameNode => node
+                .node_name
+                .as_ref()
+                .is_some_and(|n| c.node_hints.contains(n)),
+            Topology::SameZone => node.zone.as_ref().is_some_and(|z| c.zone_hints.contains(z)),
+        };
+        let mut cluster = addrs(candidates.iter().filter(|c| c.ready).filter(available));
+        // No ready endpoint anywhere (a topology mode is only chosen when one of ours is ready).
+        if cluster.is_empty() {
+            cluster = addrs(candidates.iter().filter(|c| c.serving && c.terminating));
+        }
+        out.has_any_endpoints = !cluster.is_empty();
+        out.cluster = Some(cluster);
+    }
+    if info.uses_local_endpoints() {
+        out.has_any_endpoints |= candidates
+            .iter()
+            .any(|c| c.ready || (c.serving && c.terminating));
+        let local = candidates.iter().filter(|c| c.is_local);
+        let mut chosen = addrs(local.clone().filter(|c| c.ready));
+        if chosen.is_empty() {
+            chosen = addrs(local.filter(|c| c.serving && c.terminating));
+        }
+        out.local = Some(chosen);
+    }
+    let all: BTreeSet<SocketAddr> = out
+        .cluster
+        .iter()
+        .chain(out.local.iter())
+        .flatten()
+        .copied()
+        .collect();
+    out.all_reachable = all.into_iter().collect();
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    //! One table-driven test per rule of the module documentation, named after the rule.
+
     use super::*;
-    use crate::model::{Endpoint, EndpointPort, ServiceType};
+    use crate::model::{Endpoint, EndpointPort};
+
+    const TCP: Protocol = Protocol::Tcp;
+    const UDP: Protocol = Protocol::Udp;
+
+    /// Ports of a slice: name, number, protocol.
+    type Ports = &'static [(&'static str, u16, Protocol)];
+    /// Expected endpoints, `ip:port`.
+    type Addrs = &'static [&'static str];
 
     fn name(n: &str) -> ServiceName {
         ServiceName {
@@ -220,23 +461,71 @@ mod tests {
             load_balancer_ips: vec![],
             internal_traffic_policy: TrafficPolicy::Cluster,
             external_traffic_policy: TrafficPolicy::Cluster,
+            health_check_node_port: None,
+            load_balancer_source_ranges: vec![],
         }
     }
 
-    fn ep(addr: &str, ready: bool, serving: bool, terminating: bool, node: &str) -> Endpoint {
+    /// The usual service of these tests: `web`, 10.96.0.1 and fd00::1, one unnamed TCP port 80.
+    fn web() -> Service {
+        svc("web", &["10.96.0.1", "fd00::1"], &[("", 80, TCP)])
+    }
+
+    /// A ready endpoint on node `n2` (not this node).
+    fn ep(addr: &str) -> Endpoint {
         Endpoint {
             addr: addr.parse().unwrap(),
-            ready,
-            serving,
-            terminating,
-            node_name: Some(node.into()),
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: Some("n2".into()),
             zone: None,
             zone_hints: vec![],
             node_hints: vec![],
         }
     }
 
-    fn slice(
+    /// Builders for endpoint conditions, locality and hints.
+    trait EpExt {
+        fn local(self) -> Self;
+        fn on(self, node: &str) -> Self;
+        fn unready(self) -> Self;
+        /// Terminating, still serving or not.
+        fn terminating(self, serving: bool) -> Self;
+        fn zones(self, zones: &[&str]) -> Self;
+        fn for_nodes(self, nodes: &[&str]) -> Self;
+    }
+
+    impl EpExt for Endpoint {
+        fn local(self) -> Self {
+            self.on("n1")
+        }
+        fn on(mut self, node: &str) -> Self {
+            self.node_name = Some(node.into());
+            self
+        }
+        fn unready(mut self) -> Self {
+            self.ready = false;
+            self.serving = false;
+            self
+        }
+        fn terminating(mut self, serving: bool) -> Self {
+            self.ready = false;
+            self.serving = serving;
+            self.terminating = true;
+            self
+        }
+        fn zones(mut self, zones: &[&str]) -> Self {
+            self.zone_hints = zones.iter().map(|z| (*z).into()).collect();
+            self
+        }
+        fn for_nodes(mut self, nodes: &[&str]) -> Self {
+            self.node_hints = nodes.iter().map(|n| (*n).into()).collect();
+            self
+        }
+    }
+
+    fn slice_of(
         slice_name: &str,
         svc: &str,
         family: IpFamily,
@@ -259,19 +548,12 @@ mod tests {
         }
     }
 
-    fn fe(addr: &str, proto: Protocol) -> Frontend {
-        Frontend {
-            addr: addr.parse().unwrap(),
-            protocol: proto,
-        }
-    }
-
-    fn backends(sel: &Selection, f: &str, proto: Protocol) -> Vec<String> {
-        sel.frontends[&fe(f, proto)]
-            .backends
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+    /// A slice of `web` with one unnamed TCP port 8080; the family follows the first endpoint.
+    fn slice(slice_name: &str, endpoints: Vec<Endpoint>) -> EndpointSlice {
+        let family = endpoints
+            .first()
+            .map_or(IpFamily::V4, |e| IpFamily::of(&e.addr));
+        slice_of(slice_name, "web", family, &[("", 8080, TCP)], endpoints)
     }
 
     fn node() -> NodeContext {
@@ -281,276 +563,800 @@ mod tests {
         }
     }
 
+    fn port_name(svc: &str, port: &str, protocol: Protocol, family: IpFamily) -> ServicePortName {
+        ServicePortName {
+            service: name(svc),
+            port: port.into(),
+            protocol,
+            family,
+        }
+    }
+
+    fn strings(addrs: &[SocketAddr]) -> Vec<String> {
+        addrs.iter().map(ToString::to_string).collect()
+    }
+
+    /// The port `web` unnamed TCP of the given family.
+    fn web_port(sel: &Selection, family: IpFamily) -> &ServicePortInfo {
+        &sel.ports[&port_name("web", "", TCP, family)]
+    }
+
+    fn frontend_backends(sel: &Selection, frontend: &str, protocol: Protocol) -> Vec<String> {
+        let fe = Frontend {
+            addr: frontend.parse().unwrap(),
+            protocol,
+        };
+        strings(&sel.frontends[&fe].backends)
+    }
+
+    /// Checks the Cluster and Local sets (`None`: the scope is not used) of `web`'s IPv4 port.
+    struct Case {
+        rule: &'static str,
+        service: Service,
+        slices: Vec<EndpointSlice>,
+        node: NodeContext,
+        cluster: Option<&'static [&'static str]>,
+        local: Option<&'static [&'static str]>,
+    }
+
+    fn check(cases: Vec<Case>) {
+        for c in cases {
+            let sel = select(std::slice::from_ref(&c.service), &c.slices, &c.node);
+            let info = web_port(&sel, IpFamily::V4);
+            let cluster = info.endpoints.cluster.as_deref().map(strings);
+            let local = info.endpoints.local.as_deref().map(strings);
+            let want = |w: Option<&[&str]>| w.map(|w| w.iter().map(|s| s.to_string()).collect());
+            assert_eq!(cluster, want(c.cluster), "{}: Cluster set", c.rule);
+            assert_eq!(local, want(c.local), "{}: Local set", c.rule);
+            // The ClusterIP frontend serves the set of its internal policy.
+            assert_eq!(
+                frontend_backends(&sel, "10.96.0.1:80", TCP),
+                strings(info.internal_endpoints()),
+                "{}: frontend",
+                c.rule
+            );
+            assert!(info.all_reachable_is_union(), "{}: all reachable", c.rule);
+        }
+    }
+
+    impl ServicePortInfo {
+        fn all_reachable_is_union(&self) -> bool {
+            let mut union: Vec<SocketAddr> = self
+                .endpoints
+                .cluster
+                .iter()
+                .chain(self.endpoints.local.iter())
+                .flatten()
+                .copied()
+                .collect();
+            union.sort();
+            union.dedup();
+            union == self.endpoints.all_reachable
+        }
+    }
+
+    fn local_itp(s: Service) -> Service {
+        Service {
+            internal_traffic_policy: TrafficPolicy::Local,
+            ..s
+        }
+    }
+
     #[test]
-    fn ports_match_by_name_and_protocol() {
-        let s = svc(
+    fn rule_slices_are_merged_deduplicated_and_sorted() {
+        check(vec![
+            Case {
+                rule: "endpoints of every slice of the service, sorted",
+                service: web(),
+                slices: vec![
+                    slice("a", vec![ep("10.0.0.3"), ep("10.0.0.1")]),
+                    slice("b", vec![ep("10.0.0.2")]),
+                ],
+                node: node(),
+                cluster: Some(&["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"]),
+                local: None,
+            },
+            Case {
+                rule: "an endpoint in two slices (moving between them) counts once",
+                service: web(),
+                slices: vec![
+                    slice("a", vec![ep("10.0.0.1"), ep("10.0.0.2")]),
+                    slice("b", vec![ep("10.0.0.2"), ep("10.0.0.3")]),
+                ],
+                node: node(),
+                cluster: Some(&["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"]),
+                local: None,
+            },
+            Case {
+                rule: "slices of other services are ignored",
+                service: web(),
+                slices: vec![slice_of(
+                    "x",
+                    "other",
+                    IpFamily::V4,
+                    &[("", 8080, TCP)],
+                    vec![ep("10.0.0.9")],
+                )],
+                node: node(),
+                cluster: Some(&[]),
+                local: None,
+            },
+            Case {
+                rule: "no slice at all",
+                service: web(),
+                slices: vec![],
+                node: node(),
+                cluster: Some(&[]),
+                local: None,
+            },
+        ]);
+    }
+
+    #[test]
+    fn rule_a_local_copy_wins_a_disagreement() {
+        check(vec![
+            Case {
+                rule: "remote copy first, local copy second",
+                service: local_itp(web()),
+                slices: vec![
+                    slice("a", vec![ep("10.0.0.1")]),
+                    slice("b", vec![ep("10.0.0.1").local()]),
+                ],
+                node: node(),
+                cluster: None,
+                local: Some(&["10.0.0.1:8080"]),
+            },
+            Case {
+                rule: "local copy first, remote copy second",
+                service: local_itp(web()),
+                slices: vec![
+                    slice("a", vec![ep("10.0.0.1").local()]),
+                    slice("b", vec![ep("10.0.0.1")]),
+                ],
+                node: node(),
+                cluster: None,
+                local: Some(&["10.0.0.1:8080"]),
+            },
+        ]);
+    }
+
+    #[test]
+    fn rule_ports_match_by_name_and_protocol() {
+        let two_ports = svc(
             "web",
             &["10.96.0.1"],
-            &[("http", 80, Protocol::Tcp), ("dns", 53, Protocol::Udp)],
+            &[("http", 80, TCP), ("dns", 53, UDP)],
         );
-        let sl = slice(
-            "web-1",
-            "web",
-            IpFamily::V4,
-            &[("http", 8080, Protocol::Tcp), ("dns", 5353, Protocol::Udp)],
-            vec![ep("10.0.0.1", true, true, false, "n1")],
-        );
-        let sel = select(&[s], &[sl], &node());
-        assert_eq!(
-            backends(&sel, "10.96.0.1:80", Protocol::Tcp),
-            ["10.0.0.1:8080"]
-        );
-        assert_eq!(
-            backends(&sel, "10.96.0.1:53", Protocol::Udp),
-            ["10.0.0.1:5353"]
-        );
+        let cases: &[(&str, Ports, Addrs, Addrs)] = &[
+            (
+                "both ports by name",
+                &[("http", 8080, TCP), ("dns", 5353, UDP)],
+                &["10.0.0.1:8080"],
+                &["10.0.0.1:5353"],
+            ),
+            (
+                "same name, other protocol: no match",
+                &[("http", 8080, UDP), ("dns", 5353, TCP)],
+                &[],
+                &[],
+            ),
+            (
+                "a port missing from the slice",
+                &[("http", 8080, TCP)],
+                &["10.0.0.1:8080"],
+                &[],
+            ),
+            (
+                "unnamed slice port does not match a named one",
+                &[("", 8080, TCP)],
+                &[],
+                &[],
+            ),
+        ];
+        for (rule, slice_ports, http, dns) in cases {
+            let sl = slice_of("a", "web", IpFamily::V4, slice_ports, vec![ep("10.0.0.1")]);
+            let sel = select(std::slice::from_ref(&two_ports), &[sl], &node());
+            assert_eq!(
+                frontend_backends(&sel, "10.96.0.1:80", TCP),
+                *http,
+                "{rule}: http"
+            );
+            assert_eq!(
+                frontend_backends(&sel, "10.96.0.1:53", UDP),
+                *dns,
+                "{rule}: dns"
+            );
+            let info = &sel.ports[&port_name("web", "dns", UDP, IpFamily::V4)];
+            assert_eq!(strings(info.internal_endpoints()), *dns, "{rule}: dns port");
+        }
     }
 
     #[test]
-    fn dual_stack_service_uses_the_slice_of_each_family() {
-        let s = svc("web", &["10.96.0.1", "fd00::1"], &[("", 80, Protocol::Tcp)]);
-        let v4 = slice(
-            "a",
-            "web",
-            IpFamily::V4,
-            &[("", 8080, Protocol::Tcp)],
-            vec![ep("10.0.0.1", true, true, false, "n1")],
+    fn rule_one_family_per_cluster_ip() {
+        let v4 = || slice("a", vec![ep("10.0.0.1")]);
+        let v6 = || slice("b", vec![ep("fd01::1")]);
+        // (rule, service, slices, IPv4 backends, IPv6 backends if the family is served)
+        type Row = (
+            &'static str,
+            Service,
+            Vec<EndpointSlice>,
+            Addrs,
+            Option<Addrs>,
         );
-        let v6 = slice(
-            "b",
-            "web",
-            IpFamily::V6,
-            &[("", 8080, Protocol::Tcp)],
-            vec![ep("fd01::1", true, true, false, "n1")],
-        );
-        let sel = select(&[s], &[v4, v6], &node());
-        assert_eq!(
-            backends(&sel, "10.96.0.1:80", Protocol::Tcp),
-            ["10.0.0.1:8080"]
-        );
-        // IPv6 endpoints are written with brackets wherever a person reads them.
-        assert_eq!(
-            backends(&sel, "[fd00::1]:80", Protocol::Tcp),
-            ["[fd01::1]:8080"]
-        );
+        let cases: Vec<Row> = vec![
+            (
+                "dual-stack: each family from its own slices",
+                web(),
+                vec![v4(), v6()],
+                &["10.0.0.1:8080"],
+                Some(&["[fd01::1]:8080"]),
+            ),
+            (
+                "IPv4-only service: IPv6 slices are not served",
+                svc("web", &["10.96.0.1"], &[("", 80, TCP)]),
+                vec![v4(), v6()],
+                &["10.0.0.1:8080"],
+                None,
+            ),
+            (
+                "a family without slices has no endpoints",
+                web(),
+                vec![v4()],
+                &["10.0.0.1:8080"],
+                Some(&[]),
+            ),
+        ];
+        for (rule, service, slices, want_v4, want_v6) in cases {
+            let sel = select(std::slice::from_ref(&service), &slices, &node());
+            assert_eq!(
+                frontend_backends(&sel, "10.96.0.1:80", TCP),
+                want_v4,
+                "{rule}"
+            );
+            let v6_port = sel.ports.get(&port_name("web", "", TCP, IpFamily::V6));
+            match want_v6 {
+                Some(want) => {
+                    // IPv6 endpoints are written with brackets wherever a person reads them.
+                    assert_eq!(frontend_backends(&sel, "[fd00::1]:80", TCP), want, "{rule}");
+                    assert!(v6_port.is_some(), "{rule}");
+                }
+                None => {
+                    assert!(v6_port.is_none(), "{rule}");
+                    assert_eq!(sel.frontends.len(), 1, "{rule}");
+                }
+            }
+        }
     }
 
     #[test]
-    fn family_without_cluster_ip_is_not_served() {
-        let s = svc("web", &["10.96.0.1"], &[("", 80, Protocol::Tcp)]);
-        let v6 = slice(
-            "b",
-            "web",
-            IpFamily::V6,
-            &[("", 8080, Protocol::Tcp)],
-            vec![ep("fd01::1", true, true, false, "n1")],
-        );
-        let sel = select(&[s], &[v6], &node());
-        assert_eq!(sel.frontends.len(), 1);
-        assert!(backends(&sel, "10.96.0.1:80", Protocol::Tcp).is_empty());
+    fn rule_skipped_services() {
+        let cases: Vec<(&str, Service, Option<SkipReason>)> = vec![
+            (
+                "headless (no cluster IP)",
+                svc("h", &[], &[("", 80, TCP)]),
+                Some(SkipReason::Headless),
+            ),
+            (
+                "ExternalName, even with a cluster IP left over",
+                Service {
+                    service_type: ServiceType::ExternalName,
+                    ..svc("e", &["10.96.0.9"], &[("", 80, TCP)])
+                },
+                Some(SkipReason::ExternalName),
+            ),
+            (
+                "ClusterIP",
+                svc("c", &["10.96.0.9"], &[("", 80, TCP)]),
+                None,
+            ),
+            (
+                "NodePort",
+                Service {
+                    service_type: ServiceType::NodePort,
+                    ..svc("n", &["10.96.0.9"], &[("", 80, TCP)])
+                },
+                None,
+            ),
+        ];
+        for (rule, service, want) in cases {
+            let slices = [slice_of(
+                "s",
+                &service.name.name,
+                IpFamily::V4,
+                &[("", 8080, TCP)],
+                vec![ep("10.0.0.1")],
+            )];
+            let sel = select(std::slice::from_ref(&service), &slices, &node());
+            assert_eq!(skip_reason(&service), want, "{rule}");
+            assert_eq!(sel.skipped.get(&service.name).copied(), want, "{rule}");
+            assert_eq!(sel.frontends.is_empty(), want.is_some(), "{rule}");
+            assert_eq!(sel.ports.is_empty(), want.is_some(), "{rule}");
+        }
     }
 
     #[test]
-    fn unready_endpoints_get_no_traffic() {
-        let s = svc("web", &["10.96.0.1"], &[("", 80, Protocol::Tcp)]);
-        let sl = slice(
-            "a",
-            "web",
-            IpFamily::V4,
-            &[("", 80, Protocol::Tcp)],
-            vec![
-                ep("10.0.0.1", true, true, false, "n1"),
-                ep("10.0.0.2", false, false, false, "n1"),
-                ep("10.0.0.3", false, true, false, "n1"),
-            ],
-        );
-        let sel = select(&[s], &[sl], &node());
-        assert_eq!(
-            backends(&sel, "10.96.0.1:80", Protocol::Tcp),
-            ["10.0.0.1:80"]
-        );
+    fn rule_only_ready_endpoints_are_used() {
+        check(vec![
+            Case {
+                rule: "not ready and not serving: no traffic",
+                service: web(),
+                slices: vec![slice("a", vec![ep("10.0.0.1"), ep("10.0.0.2").unready()])],
+                node: node(),
+                cluster: Some(&["10.0.0.1:8080"]),
+                local: None,
+            },
+            Case {
+                rule: "serving but not ready (and not terminating): no traffic",
+                service: web(),
+                slices: vec![slice(
+                    "a",
+                    vec![
+                        ep("10.0.0.1"),
+                        Endpoint {
+                            ready: false,
+                            ..ep("10.0.0.2")
+                        },
+                    ],
+                )],
+                node: node(),
+                cluster: Some(&["10.0.0.1:8080"]),
+                local: None,
+            },
+            Case {
+                rule: "terminating endpoints are not used while some are ready",
+                service: web(),
+                slices: vec![slice(
+                    "a",
+                    vec![ep("10.0.0.1"), ep("10.0.0.2").terminating(true)],
+                )],
+                node: node(),
+                cluster: Some(&["10.0.0.1:8080"]),
+                local: None,
+            },
+        ]);
     }
 
     #[test]
-    fn terminating_fallback_when_nothing_is_ready() {
-        let s = svc("web", &["10.96.0.1"], &[("", 80, Protocol::Tcp)]);
-        let sl = slice(
-            "a",
-            "web",
-            IpFamily::V4,
-            &[("", 80, Protocol::Tcp)],
-            vec![
-                ep("10.0.0.1", false, true, true, "n2"),
-                ep("10.0.0.2", false, false, true, "n1"),
-            ],
-        );
-        let sel = select(&[s], &[sl], &node());
-        assert_eq!(
-            backends(&sel, "10.96.0.1:80", Protocol::Tcp),
-            ["10.0.0.1:80"]
-        );
+    fn rule_terminating_fallback() {
+        check(vec![
+            Case {
+                rule: "Cluster: nothing ready, serving+terminating from anywhere",
+                service: web(),
+                slices: vec![slice(
+                    "a",
+                    vec![
+                        ep("10.0.0.1").terminating(true),
+                        ep("10.0.0.2").terminating(false),
+                        ep("10.0.0.3").unready(),
+                        ep("10.0.0.4").terminating(true).local(),
+                    ],
+                )],
+                node: node(),
+                cluster: Some(&["10.0.0.1:8080", "10.0.0.4:8080"]),
+                local: None,
+            },
+            Case {
+                rule: "Local: no local ready endpoint, local serving+terminating ones",
+                service: local_itp(web()),
+                slices: vec![slice(
+                    "a",
+                    vec![
+                        ep("10.0.0.1"),
+                        ep("10.0.0.2").terminating(true).local(),
+                        ep("10.0.0.3").terminating(false).local(),
+                    ],
+                )],
+                node: node(),
+                cluster: None,
+                local: Some(&["10.0.0.2:8080"]),
+            },
+            Case {
+                rule: "Local: a local ready endpoint beats local terminating ones",
+                service: local_itp(web()),
+                slices: vec![slice(
+                    "a",
+                    vec![
+                        ep("10.0.0.1").local(),
+                        ep("10.0.0.2").terminating(true).local(),
+                    ],
+                )],
+                node: node(),
+                cluster: None,
+                local: Some(&["10.0.0.1:8080"]),
+            },
+        ]);
     }
 
     #[test]
-    fn endpoints_are_merged_across_slices_and_deduplicated() {
-        let s = svc("web", &["10.96.0.1"], &[("", 80, Protocol::Tcp)]);
-        let a = slice(
-            "a",
-            "web",
-            IpFamily::V4,
-            &[("", 80, Protocol::Tcp)],
-            vec![
-                ep("10.0.0.2", true, true, false, "n2"),
-                ep("10.0.0.1", true, true, false, "n2"),
-            ],
-        );
-        let b = slice(
-            "b",
-            "web",
-            IpFamily::V4,
-            &[("", 80, Protocol::Tcp)],
-            vec![
-                ep("10.0.0.1", true, true, false, "n2"),
-                ep("10.0.0.3", true, true, false, "n2"),
-            ],
-        );
-        let sel = select(&[s], &[a, b], &node());
-        assert_eq!(
-            backends(&sel, "10.96.0.1:80", Protocol::Tcp),
-            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
-        );
-    }
-
-    #[test]
-    fn local_copy_wins_a_disagreement() {
-        let s = Service {
-            internal_traffic_policy: TrafficPolicy::Local,
-            ..svc("web", &["10.96.0.1"], &[("", 80, Protocol::Tcp)])
+    fn rule_internal_traffic_policy() {
+        let eps = || {
+            vec![slice(
+                "a",
+                vec![
+                    ep("10.0.0.1").local(),
+                    ep("10.0.0.2"),
+                    ep("10.0.0.3").on("n3"),
+                ],
+            )]
         };
-        let a = slice(
-            "a",
-            "web",
-            IpFamily::V4,
-            &[("", 80, Protocol::Tcp)],
-            vec![ep("10.0.0.1", true, true, false, "n2")],
-        );
-        let b = slice(
-            "b",
-            "web",
-            IpFamily::V4,
-            &[("", 80, Protocol::Tcp)],
-            vec![ep("10.0.0.1", true, true, false, "n1")],
-        );
-        let sel = select(&[s], &[a, b], &node());
-        assert_eq!(
-            backends(&sel, "10.96.0.1:80", Protocol::Tcp),
-            ["10.0.0.1:80"]
-        );
+        check(vec![
+            Case {
+                rule: "Cluster: every ready endpoint",
+                service: web(),
+                slices: eps(),
+                node: node(),
+                cluster: Some(&["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"]),
+                local: None,
+            },
+            Case {
+                rule: "Local: only this node's endpoints",
+                service: local_itp(web()),
+                slices: eps(),
+                node: node(),
+                cluster: None,
+                local: Some(&["10.0.0.1:8080"]),
+            },
+            Case {
+                rule: "Local on a node without endpoints: none (the datapath drops)",
+                service: local_itp(web()),
+                slices: eps(),
+                node: NodeContext {
+                    node_name: Some("n9".into()),
+                    zone: None,
+                },
+                cluster: None,
+                local: Some(&[]),
+            },
+            Case {
+                rule: "Local without a node name: nothing is local",
+                service: local_itp(web()),
+                slices: eps(),
+                node: NodeContext::default(),
+                cluster: None,
+                local: Some(&[]),
+            },
+        ]);
     }
 
     #[test]
-    fn internal_traffic_policy_local_uses_only_local_endpoints() {
-        let s = Service {
-            internal_traffic_policy: TrafficPolicy::Local,
-            ..svc("web", &["10.96.0.1"], &[("", 80, Protocol::Tcp)])
+    fn rule_external_traffic_policy_scopes() {
+        let eps = || vec![slice("a", vec![ep("10.0.0.1").local(), ep("10.0.0.2")])];
+        let both: &[&str] = &["10.0.0.1:8080", "10.0.0.2:8080"];
+        let local: &[&str] = &["10.0.0.1:8080"];
+        let node_port = |s: Service, etp: TrafficPolicy| {
+            let mut s = Service {
+                service_type: ServiceType::NodePort,
+                external_traffic_policy: etp,
+                health_check_node_port: None,
+                load_balancer_source_ranges: vec![],
+                ..s
+            };
+            s.ports[0].node_port = Some(30080);
+            s
         };
-        let sl = slice(
-            "a",
-            "web",
-            IpFamily::V4,
-            &[("", 80, Protocol::Tcp)],
-            vec![
-                ep("10.0.0.1", true, true, false, "n1"),
-                ep("10.0.0.2", true, true, false, "n2"),
-            ],
-        );
-        let sel = select(std::slice::from_ref(&s), std::slice::from_ref(&sl), &node());
-        assert_eq!(
-            backends(&sel, "10.96.0.1:80", Protocol::Tcp),
-            ["10.0.0.1:80"]
-        );
-        let other = NodeContext {
-            node_name: Some("n3".into()),
-            zone: None,
+        // (rule, service, Cluster set, Local set, endpoints for external traffic)
+        type Row = (&'static str, Service, Option<Addrs>, Option<Addrs>, Addrs);
+        let cases: Vec<Row> = vec![
+            (
+                "ClusterIP with externalTrafficPolicy Local: no external traffic, Cluster only",
+                Service {
+                    external_traffic_policy: TrafficPolicy::Local,
+                    health_check_node_port: None,
+                    load_balancer_source_ranges: vec![],
+                    ..web()
+                },
+                Some(both),
+                None,
+                &[],
+            ),
+            (
+                "NodePort, Cluster: Cluster only",
+                node_port(web(), TrafficPolicy::Cluster),
+                Some(both),
+                None,
+                both,
+            ),
+            (
+                "NodePort, Local: both sets (Cluster for short-circuited internal traffic)",
+                node_port(web(), TrafficPolicy::Local),
+                Some(both),
+                Some(local),
+                local,
+            ),
+            (
+                "NodePort, Cluster, internal Local: both sets",
+                node_port(local_itp(web()), TrafficPolicy::Cluster),
+                Some(both),
+                Some(local),
+                both,
+            ),
+            (
+                "ClusterIP with external IPs, Local: both sets",
+                Service {
+                    external_ips: vec!["192.0.2.1".parse().unwrap()],
+                    external_traffic_policy: TrafficPolicy::Local,
+                    health_check_node_port: None,
+                    load_balancer_source_ranges: vec![],
+                    ..web()
+                },
+                Some(both),
+                Some(local),
+                local,
+            ),
+            (
+                "LoadBalancer IPs of the other family only: no external IPv4 traffic, Cluster only",
+                Service {
+                    service_type: ServiceType::LoadBalancer,
+                    load_balancer_ips: vec!["2001:db8::1".parse().unwrap()],
+                    external_traffic_policy: TrafficPolicy::Local,
+                    health_check_node_port: None,
+                    load_balancer_source_ranges: vec![],
+                    ..web()
+                },
+                Some(both),
+                None,
+                &[],
+            ),
+            (
+                "LoadBalancer with an IPv4 ingress IP, Local: both sets",
+                Service {
+                    service_type: ServiceType::LoadBalancer,
+                    load_balancer_ips: vec!["192.0.2.1".parse().unwrap()],
+                    external_traffic_policy: TrafficPolicy::Local,
+                    health_check_node_port: None,
+                    load_balancer_source_ranges: vec![],
+                    ..web()
+                },
+                Some(both),
+                Some(local),
+                local,
+            ),
+        ];
+        for (rule, service, cluster, want_local, external) in cases {
+            let sel = select(std::slice::from_ref(&service), &eps(), &node());
+            let info = web_port(&sel, IpFamily::V4);
+            let want = |w: Option<&[&str]>| w.map(|w| w.iter().map(|s| s.to_string()).collect());
+            assert_eq!(
+                info.endpoints.cluster.as_deref().map(strings),
+                want(cluster),
+                "{rule}"
+            );
+            assert_eq!(
+                info.endpoints.local.as_deref().map(strings),
+                want(want_local),
+                "{rule}"
+            );
+            assert_eq!(
+                strings(info.external_endpoints()),
+                *external,
+                "{rule}: external"
+            );
+            assert!(info.all_reachable_is_union(), "{rule}");
+        }
+    }
+
+    #[test]
+    fn rule_topology_hints() {
+        let z = |a: &str, zones: &[&str]| ep(a).zones(zones);
+        check(vec![
+            Case {
+                rule: "PreferSameZone: every ready endpoint hinted, one for our zone",
+                service: web(),
+                slices: vec![slice(
+                    "a",
+                    vec![
+                        z("10.0.0.1", &["z1"]),
+                        z("10.0.0.2", &["z2"]),
+                        z("10.0.0.3", &["z1", "z2"]),
+                    ],
+                )],
+                node: node(),
+                cluster: Some(&["10.0.0.1:8080", "10.0.0.3:8080"]),
+                local: None,
+            },
+            Case {
+                rule: "an endpoint without hints disables zone filtering",
+                service: web(),
+                slices: vec![slice("a", vec![z("10.0.0.1", &["z1"]), ep("10.0.0.2")])],
+                node: node(),
+                cluster: Some(&["10.0.0.1:8080", "10.0.0.2:8080"]),
+                local: None,
+            },
+            Case {
+                rule: "no endpoint hinted for our zone: no filtering",
+                service: web(),
+                slices: vec![slice(
+                    "a",
+                    vec![z("10.0.0.1", &["z2"]), z("10.0.0.2", &["z3"])],
+                )],
+                node: node(),
+                cluster: Some(&["10.0.0.1:8080", "10.0.0.2:8080"]),
+                local: None,
+            },
+            Case {
+                rule: "the node has no zone label: no filtering",
+                service: web(),
+                slices: vec![slice(
+                    "a",
+                    vec![z("10.0.0.1", &["z1"]), z("10.0.0.2", &["z2"])],
+                )],
+                node: NodeContext {
+                    node_name: Some("n1".into()),
+                    zone: None,
+                },
+                cluster: Some(&["10.0.0.1:8080", "10.0.0.2:8080"]),
+                local: None,
+            },
+            Case {
+                rule: "hints of unready endpoints do not count",
+                service: web(),
+                slices: vec![slice(
+                    "a",
+                    vec![
+                        z("10.0.0.1", &["z1"]),
+                        z("10.0.0.2", &["z2"]),
+                        ep("10.0.0.3").unready(),
+                    ],
+                )],
+                node: node(),
+                cluster: Some(&["10.0.0.1:8080"]),
+                local: None,
+            },
+            Case {
+                rule: "PreferSameNode: every ready endpoint has node hints, one for this node",
+                service: web(),
+                slices: vec![slice(
+                    "a",
+                    vec![
+                        ep("10.0.0.1").local().for_nodes(&["n1"]).zones(&["z1"]),
+                        ep("10.0.0.2").for_nodes(&["n2"]).zones(&["z1"]),
+                    ],
+                )],
+                node: node(),
+                cluster: Some(&["10.0.0.1:8080"]),
+                local: None,
+            },
+            Case {
+                rule: "node hints for other nodes only: fall back to zone hints",
+                service: web(),
+                slices: vec![slice(
+                    "a",
+                    vec![
+                        ep("10.0.0.1").for_nodes(&["n2"]).zones(&["z1"]),
+                        ep("10.0.0.2").for_nodes(&["n3"]).zones(&["z2"]),
+                    ],
+                )],
+                node: node(),
+                cluster: Some(&["10.0.0.1:8080"]),
+                local: None,
+            },
+            Case {
+                rule: "Local policy ignores hints",
+                service: local_itp(web()),
+                slices: vec![slice(
+                    "a",
+                    vec![
+                        ep("10.0.0.1").local().zones(&["z2"]),
+                        z("10.0.0.2", &["z1"]),
+                    ],
+                )],
+                node: node(),
+                cluster: None,
+                local: Some(&["10.0.0.1:8080"]),
+            },
+            Case {
+                rule: "the terminating fallback ignores hints",
+                service: web(),
+                slices: vec![slice(
+                    "a",
+                    vec![
+                        ep("10.0.0.1").terminating(true).zones(&["z2"]),
+                        ep("10.0.0.2").terminating(true).zones(&["z1"]),
+                    ],
+                )],
+                node: node(),
+                cluster: Some(&["10.0.0.1:8080", "10.0.0.2:8080"]),
+                local: None,
+            },
+        ]);
+    }
+
+    #[test]
+    fn rule_any_endpoints_and_local_ready_count() {
+        let node_port_local = || {
+            let mut s = Service {
+                service_type: ServiceType::NodePort,
+                external_traffic_policy: TrafficPolicy::Local,
+                health_check_node_port: None,
+                load_balancer_source_ranges: vec![],
+                ..web()
+            };
+            s.ports[0].node_port = Some(30080);
+            s
         };
-        assert!(backends(&select(&[s], &[sl], &other), "10.96.0.1:80", Protocol::Tcp).is_empty());
+        // (rule, service, endpoints, has any endpoints, local ready)
+        let cases: Vec<(&str, Service, Vec<Endpoint>, bool, usize)> = vec![
+            ("no endpoints: reject", web(), vec![], false, 0),
+            (
+                "only unready endpoints: reject",
+                web(),
+                vec![ep("10.0.0.1").unready()],
+                false,
+                0,
+            ),
+            (
+                "only terminating serving ones: still served",
+                web(),
+                vec![ep("10.0.0.1").terminating(true)],
+                true,
+                0,
+            ),
+            (
+                "Local with remote endpoints only: endpoints exist (drop, not reject)",
+                local_itp(web()),
+                vec![ep("10.0.0.1")],
+                true,
+                0,
+            ),
+            (
+                "local ready endpoints are counted for health checks",
+                node_port_local(),
+                vec![
+                    ep("10.0.0.1").local(),
+                    ep("10.0.0.2").local(),
+                    ep("10.0.0.3"),
+                ],
+                true,
+                2,
+            ),
+            (
+                "local terminating endpoints do not count as ready",
+                node_port_local(),
+                vec![ep("10.0.0.1").local().terminating(true)],
+                true,
+                0,
+            ),
+        ];
+        for (rule, service, eps, any, local_ready) in cases {
+            let sel = select(std::slice::from_ref(&service), &[slice("a", eps)], &node());
+            let info = web_port(&sel, IpFamily::V4);
+            assert_eq!(info.endpoints.has_any_endpoints, any, "{rule}");
+            assert_eq!(info.endpoints.local_ready, local_ready, "{rule}");
+        }
     }
 
     #[test]
-    fn topology_prefers_same_zone_when_every_endpoint_has_hints() {
-        let s = svc("web", &["10.96.0.1"], &[("", 80, Protocol::Tcp)]);
-        let mut a = ep("10.0.0.1", true, true, false, "n2");
-        a.zone_hints = vec!["z1".into()];
-        let mut b = ep("10.0.0.2", true, true, false, "n3");
-        b.zone_hints = vec!["z2".into()];
-        let sl = slice(
-            "a",
-            "web",
-            IpFamily::V4,
-            &[("", 80, Protocol::Tcp)],
-            vec![a.clone(), b],
-        );
-        let sel = select(std::slice::from_ref(&s), &[sl], &node());
-        assert_eq!(
-            backends(&sel, "10.96.0.1:80", Protocol::Tcp),
-            ["10.0.0.1:80"]
-        );
-        // One endpoint without hints disables the filter.
-        let c = ep("10.0.0.3", true, true, false, "n3");
-        let sl = slice(
-            "a",
-            "web",
-            IpFamily::V4,
-            &[("", 80, Protocol::Tcp)],
-            vec![a, c],
-        );
-        let sel = select(&[s], &[sl], &node());
-        assert_eq!(backends(&sel, "10.96.0.1:80", Protocol::Tcp).len(), 2);
-    }
-
-    #[test]
-    fn headless_and_external_name_program_nothing() {
-        let headless = svc("h", &[], &[("", 80, Protocol::Tcp)]);
-        let ext = Service {
-            service_type: ServiceType::ExternalName,
-            ..svc("e", &["10.96.0.9"], &[("", 80, Protocol::Tcp)])
-        };
-        let sel = select(&[headless, ext], &[], &node());
-        assert!(sel.frontends.is_empty());
-    }
-
-    #[test]
-    fn two_services_on_one_frontend_keep_the_first_and_report_the_second() {
-        let a = svc("a", &["10.96.0.1"], &[("", 80, Protocol::Tcp)]);
-        let b = svc("b", &["10.96.0.1"], &[("", 80, Protocol::Tcp)]);
+    fn rule_one_service_per_frontend() {
+        let a = svc("a", &["10.96.0.1"], &[("", 80, TCP)]);
+        let b = svc("b", &["10.96.0.1"], &[("", 80, TCP)]);
         let sel = select(&[b, a], &[], &node());
-        assert_eq!(
-            sel.frontends[&fe("10.96.0.1:80", Protocol::Tcp)].service_port,
-            "default/a"
-        );
+        let fe = Frontend {
+            addr: "10.96.0.1:80".parse().unwrap(),
+            protocol: TCP,
+        };
+        assert_eq!(sel.frontends[&fe].service_port, "default/a");
         assert_eq!(sel.problems.len(), 1);
         assert!(sel.problems[0].contains("default/b"), "{:?}", sel.problems);
     }
 
     #[test]
-    fn sctp_ports_are_reported_not_served() {
+    fn rule_sctp_ports_are_reported_not_served() {
         let s = svc("s", &["10.96.0.1"], &[("", 80, Protocol::Sctp)]);
         let sel = select(&[s], &[], &node());
         assert!(sel.frontends.is_empty());
+        assert!(sel.ports.is_empty());
         assert!(sel.problems[0].contains("SCTP"));
     }
 
     #[test]
-    fn slices_of_other_services_are_ignored() {
-        let s = svc("web", &["10.96.0.1"], &[("", 80, Protocol::Tcp)]);
-        let sl = slice(
-            "x",
-            "other",
-            IpFamily::V4,
-            &[("", 80, Protocol::Tcp)],
-            vec![ep("10.0.0.1", true, true, false, "n1")],
+    fn service_port_names_read_well() {
+        assert_eq!(
+            port_name("web", "http", TCP, IpFamily::V6).to_string(),
+            "default/web:http/TCP (IPv6)"
         );
-        let sel = select(&[s], &[sl], &node());
-        assert!(backends(&sel, "10.96.0.1:80", Protocol::Tcp).is_empty());
+        assert_eq!(
+            port_name("web", "", UDP, IpFamily::V4).to_string(),
+            "default/web/UDP (IPv4)"
+        );
     }
 }

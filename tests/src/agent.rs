@@ -1,6 +1,7 @@
 //! Runs `lb-agent` inside a node namespace, with its own pin directory and log file.
 
 use std::{
+    ffi::OsStr,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Stdio},
@@ -49,6 +50,51 @@ impl Agent {
         pin_dir: &Path,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
+        let source = [OsStr::new("--manifests"), manifests.path().as_os_str()];
+        Self::spawn(
+            binary,
+            node,
+            &source,
+            pod_devices,
+            pin_dir,
+            "node-a",
+            extra_args,
+        )
+    }
+
+    /// Like [`Agent::start`], for the node named `node_name` (endpoint locality).
+    pub fn start_on_node(
+        binary: &Path,
+        node: &Netns,
+        node_name: &str,
+        manifests: &ManifestDir,
+        pod_devices: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(crate::unique_name("lbt"));
+        let source = [OsStr::new("--manifests"), manifests.path().as_os_str()];
+        Self::spawn(
+            binary,
+            node,
+            &source,
+            pod_devices,
+            &pin_dir,
+            node_name,
+            extra_args,
+        )
+    }
+
+    /// Starts the agent with `source` (`--manifests DIR` or `--kubeconfig FILE`), its own cgroup
+    /// and log file; `KUBECONFIG` is not passed on, so only the given source counts.
+    fn spawn(
+        binary: &Path,
+        node: &Netns,
+        source: &[&OsStr],
+        pod_devices: &str,
+        pin_dir: &Path,
+        node_name: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let pin_dir = pin_dir.to_path_buf();
         let cgroup = TestCgroup::new()?;
         let log = std::env::temp_dir().join(format!("{}.log", crate::unique_name("lb-agent-")));
@@ -56,19 +102,19 @@ impl Agent {
         let child = node
             .command(binary)
             .arg("run")
-            .arg("--manifests")
-            .arg(manifests.path())
+            .args(source)
             .arg("--pod-devices")
             .arg(pod_devices)
             .arg("--bpffs")
             .arg(&pin_dir)
             .arg("--healthz-bind-address")
             .arg(HEALTHZ)
-            .args(["--node-name", "node-a"])
+            .args(["--node-name", node_name])
             .arg("--cgroup")
             .arg(cgroup.path())
             .args(extra_args)
             .env("RUST_LOG", "info,aya::bpf=error")
+            .env_remove("KUBECONFIG")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
@@ -169,5 +215,29 @@ impl Drop for Agent {
         } else {
             eprintln!("agent log kept at {}", self.log.display());
         }
+    }
+}
+
+impl Agent {
+    /// Starts `binary run --kubeconfig KUBECONFIG --pod-devices DEVICES --bpffs <unique>` in
+    /// `node`: the agent with the Kubernetes source, otherwise set up as [`Agent::start`] does.
+    pub fn start_kube(
+        binary: &Path,
+        node: &Netns,
+        kubeconfig: &Path,
+        pod_devices: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(crate::unique_name("lbt"));
+        let source = [OsStr::new("--kubeconfig"), kubeconfig.as_os_str()];
+        Self::spawn(
+            binary,
+            node,
+            &source,
+            pod_devices,
+            &pin_dir,
+            "node-a",
+            extra_args,
+        )
     }
 }

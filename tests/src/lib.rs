@@ -8,6 +8,8 @@
 //! is attached to, or routed in, the machine's own namespace.
 
 pub mod agent;
+#[cfg(feature = "apiserver")]
+pub mod apiserver;
 pub mod cgroup;
 pub mod manifests;
 pub mod netns;

@@ -132,3 +132,227 @@ impl Topology {
             .unwrap_or_else(|| panic!("no pod {name}"))
     }
 }
+
+/// Name of each node's LAN device on the two-node topology (its external device).
+pub const NODE_DEVICE: &str = "eth0";
+
+/// A node of [`TwoNodes`]: its namespace, its LAN addresses and its pods.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub ns: Netns,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+    pub pods: Vec<Pod>,
+}
+
+impl Node {
+    /// The node's LAN address of the given family.
+    pub fn addr(&self, v6: bool) -> IpAddr {
+        if v6 { self.v6.into() } else { self.v4.into() }
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name} on {}", self.name))
+    }
+}
+
+/// Two nodes and an external client on one LAN (a bridge in a namespace of its own), both
+/// families everywhere.
+///
+/// - LAN: `10.250.0.0/24`, `fd00:250::/64`; node `a` is `.1`/`::1`, node `b` `.2`/`::2`, the
+///   client `.100`/`::100`. Each node's LAN device is [`NODE_DEVICE`].
+/// - Node `a`'s pod `i` has `10.201.i.2`/`fd00:201:i::2`, node `b`'s `10.202.i.2`/`fd00:202:i::2`;
+///   each node routes the other's pod ranges via the other's LAN address (connected next hops:
+///   no default route anywhere).
+/// - The client has only its LAN addresses: it reaches pods through node ports, external IPs
+///   and load balancer IPs only, routed to node `a` by [`TwoNodes::route_from_client`].
+#[derive(Debug)]
+pub struct TwoNodes {
+    pub client: Netns,
+    pub client_v4: Ipv4Addr,
+    pub client_v6: Ipv6Addr,
+    pub nodes: Vec<Node>,
+    pub lan: Netns,
+}
+
+impl TwoNodes {
+    /// Creates the LAN, the client, and nodes `a` and `b` with the named pods.
+    pub fn new(pods_a: &[&str], pods_b: &[&str]) -> anyhow::Result<Self> {
+        let lan = Netns::new("lbl")?;
+        lan.ip(&["link", "add", "br0", "type", "bridge"])?;
+        lan.ip(&["link", "set", "br0", "up"])?;
+        let attach = |ns: &Netns, port: &str, v4: &str, v6: &str| -> anyhow::Result<()> {
+            lan.ip(&[
+                "link",
+                "add",
+                port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                NODE_DEVICE,
+                "netns",
+                ns.name(),
+            ])?;
+            lan.ip(&["link", "set", port, "master", "br0"])?;
+            lan.ip(&["link", "set", port, "up"])?;
+            ns.ip(&["addr", "add", v4, "dev", NODE_DEVICE])?;
+            ns.ip(&["addr", "add", v6, "dev", NODE_DEVICE, "nodad"])?;
+            ns.ip(&["link", "set", NODE_DEVICE, "up"])?;
+            Ok(())
+        };
+        let no_dad = [
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ];
+        lan.sysctl(&no_dad)?;
+        let client = Netns::new("lbc")?;
+        client.sysctl(&no_dad)?;
+        attach(&client, "lanc", "10.250.0.100/24", "fd00:250::100/64")?;
+        let mut nodes = Vec::new();
+        for (i, (name, pods)) in [("a", pods_a), ("b", pods_b)].into_iter().enumerate() {
+            let n = i + 1;
+            let ns = Netns::new("lbn")?;
+            ns.sysctl(&[
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+                no_dad[0],
+                no_dad[1],
+            ])?;
+            attach(
+                &ns,
+                &format!("lan{n}"),
+                &format!("10.250.0.{n}/24"),
+                &format!("fd00:250::{n}/64"),
+            )?;
+            let mut node = Node {
+                name: name.to_owned(),
+                ns,
+                v4: format!("10.250.0.{n}").parse()?,
+                v6: format!("fd00:250::{n}").parse()?,
+                pods: Vec::new(),
+            };
+            for (j, pod) in pods.iter().enumerate() {
+                let j = j + 1;
+                let pod_ns = Netns::new("lbq")?;
+                pod_ns.sysctl(&no_dad)?;
+                let host_device = format!("lbp{j}");
+                let (v4, v6): (Ipv4Addr, Ipv6Addr) = (
+                    format!("10.20{n}.{j}.2").parse()?,
+                    format!("fd00:20{n}:{j}::2").parse()?,
+                );
+                let node_ns = &node.ns;
+                node_ns.ip(&[
+                    "link",
+                    "add",
+                    &host_device,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    pod_ns.name(),
+                ])?;
+                node_ns.ip(&[
+                    "addr",
+                    "add",
+                    &format!("10.20{n}.{j}.1/24"),
+                    "dev",
+                    &host_device,
+                ])?;
+                node_ns.ip(&[
+                    "addr",
+                    "add",
+                    &format!("fd00:20{n}:{j}::1/64"),
+                    "dev",
+                    &host_device,
+                    "nodad",
+                ])?;
+                node_ns.ip(&["link", "set", &host_device, "up"])?;
+                pod_ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+                pod_ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
+                pod_ns.ip(&["link", "set", "eth0", "up"])?;
+                pod_ns.ip(&["route", "add", "default", "via", &format!("10.20{n}.{j}.1")])?;
+                pod_ns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("fd00:20{n}:{j}::1"),
+                ])?;
+                node.pods.push(Pod {
+                    name: (*pod).to_owned(),
+                    ns: pod_ns,
+                    v4,
+                    v6,
+                    host_device,
+                });
+            }
+            nodes.push(node);
+        }
+        // Each node reaches the other's pods through the other's LAN address.
+        for (this, other_n) in [(0, 2), (1, 1)] {
+            let ns = &nodes[this].ns;
+            ns.ip(&[
+                "route",
+                "add",
+                &format!("10.20{other_n}.0.0/16"),
+                "via",
+                &format!("10.250.0.{other_n}"),
+            ])?;
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                &format!("fd00:20{other_n}::/32"),
+                "via",
+                &format!("fd00:250::{other_n}"),
+            ])?;
+        }
+        Ok(Self {
+            client,
+            client_v4: "10.250.0.100".parse()?,
+            client_v6: "fd00:250::100".parse()?,
+            nodes,
+            lan,
+        })
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// Routes `addr` (an external IP or load balancer IP) from the client to node `node`.
+    pub fn route_from_client(&self, addr: IpAddr, node: &str) -> anyhow::Result<()> {
+        let via = self.node(node).addr(addr.is_ipv6());
+        let prefix = if addr.is_ipv6() { 128 } else { 32 };
+        self.client.ip(&[
+            "route",
+            "add",
+            &format!("{addr}/{prefix}"),
+            "via",
+            &via.to_string(),
+        ])?;
+        Ok(())
+    }
+
+    /// The client's address of the given family.
+    pub fn client_addr(&self, v6: bool) -> IpAddr {
+        if v6 {
+            self.client_v6.into()
+        } else {
+            self.client_v4.into()
+        }
+    }
+}

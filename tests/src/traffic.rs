@@ -91,6 +91,37 @@ fn serve_tcp(stream: TcpStream, name: &str, stop: &AtomicBool) {
     }
 }
 
+/// Starts a TCP server on `[::]:port` in `ns` that answers each connection with `name peer\n`,
+/// `peer` being the client address it sees (IPv4-mapped addresses shown as IPv4): tells
+/// whether a proxy kept the client's address or replaced it (SNAT).
+pub fn tcp_whoami_server(ns: &Netns, name: &str, port: u16) -> anyhow::Result<Server> {
+    let listener = ns.run(|| TcpListener::bind(("::", port)))??;
+    listener.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (flag, name) = (stop.clone(), name.to_owned());
+    let thread = std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut stream, peer)) => {
+                    let ip = match peer.ip() {
+                        std::net::IpAddr::V6(v6) => v6
+                            .to_ipv4_mapped()
+                            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+                        v4 => v4,
+                    };
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.write_all(format!("{name} {ip}\n").as_bytes());
+                }
+                Err(_) => std::thread::sleep(POLL),
+            }
+        }
+    });
+    Ok(Server {
+        stop,
+        thread: Some(thread),
+    })
+}
+
 /// Starts a UDP server named `name` on `[::]:port` in `ns`.
 pub fn udp_server(ns: &Netns, name: &str, port: u16) -> anyhow::Result<Server> {
     let socket = ns.run(|| UdpSocket::bind(("::", port)))??;

@@ -15,7 +15,17 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("util-linux", "nsenter"),
     ("procps", "sysctl"),
+    // `cargo xtask bench`: kube-proxy's two modes and the throughput client.
+    ("iptables", "iptables-restore"),
+    ("nftables", "nft"),
+    ("iperf3", "iperf3"),
 ];
+
+/// Debian packages and a file each provides: the font of the benchmark charts.
+const PACKAGE_FILES: &[(&str, &str)] = &[(
+    "fonts-dejavu-core",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+)];
 
 fn has_command(cmd: &str) -> bool {
     Command::new("sh")
@@ -64,6 +74,12 @@ fn packages() -> anyhow::Result<()> {
         .iter()
         .filter(|(_, cmd)| !has_command(cmd))
         .map(|(pkg, _)| *pkg)
+        .chain(
+            PACKAGE_FILES
+                .iter()
+                .filter(|(_, file)| !std::path::Path::new(file).exists())
+                .map(|(pkg, _)| *pkg),
+        )
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -75,8 +91,37 @@ fn packages() -> anyhow::Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+fn python_has(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// kubernetes-validate (PyPI) ships the Kubernetes schemas the manifest test validates against.
+fn kubernetes_validate() -> anyhow::Result<()> {
+    if python_has("kubernetes_validate") {
+        return Ok(());
+    }
+    if !python_has("pip") {
+        run(Command::new("apt-get").arg("update"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(["python3", "python3-pip"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let pip = || {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "pip", "install", "--quiet", "kubernetes-validate"]);
+        cmd
+    };
+    // Debian's own Python refuses installs outside a virtualenv (PEP 668).
+    run(&mut pip()).or_else(|_| run(pip().arg("--break-system-packages")))
+}
+
 pub fn all() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
-    packages()
+    packages()?;
+    kubernetes_validate()
 }

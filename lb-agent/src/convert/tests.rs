@@ -118,6 +118,8 @@ fn dual_stack_node_port_service_converts_every_field() {
             load_balancer_ips: vec![ip("203.0.113.10"), ip("2001:db8:1::10")],
             internal_traffic_policy: TrafficPolicy::Local,
             external_traffic_policy: TrafficPolicy::Local,
+            health_check_node_port: None,
+            load_balancer_source_ranges: vec![],
         }
     );
 }
@@ -141,6 +143,8 @@ fn omitted_fields_take_the_api_defaults() {
             load_balancer_ips: vec![],
             internal_traffic_policy: TrafficPolicy::Cluster,
             external_traffic_policy: TrafficPolicy::Cluster,
+            health_check_node_port: None,
+            load_balancer_source_ranges: vec![],
         }
     );
 }

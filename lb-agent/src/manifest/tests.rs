@@ -198,6 +198,8 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
             load_balancer_ips: vec![],
             internal_traffic_policy: TrafficPolicy::Cluster,
             external_traffic_policy: TrafficPolicy::Local,
+            health_check_node_port: None,
+            load_balancer_source_ranges: vec![],
         },
         Service {
             name: name("shop", "db"),
@@ -208,6 +210,8 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
             load_balancer_ips: vec![],
             internal_traffic_policy: TrafficPolicy::Cluster,
             external_traffic_policy: TrafficPolicy::Cluster,
+            health_check_node_port: None,
+            load_balancer_source_ranges: vec![],
         },
         Service {
             name: name("shop", "front"),
@@ -218,6 +222,8 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
             load_balancer_ips: ips(&["203.0.113.10"]),
             internal_traffic_policy: TrafficPolicy::Cluster,
             external_traffic_policy: TrafficPolicy::Local,
+            health_check_node_port: Some(31999),
+            load_balancer_source_ranges: vec![],
         },
         Service {
             name: name("shop", "payments"),
@@ -228,6 +234,8 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
             load_balancer_ips: vec![],
             internal_traffic_policy: TrafficPolicy::Cluster,
             external_traffic_policy: TrafficPolicy::Cluster,
+            health_check_node_port: None,
+            load_balancer_source_ranges: vec![],
         },
         Service {
             name: name("shop", "web"),
@@ -241,6 +249,8 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
             load_balancer_ips: vec![],
             internal_traffic_policy: TrafficPolicy::Cluster,
             external_traffic_policy: TrafficPolicy::Cluster,
+            health_check_node_port: None,
+            load_balancer_source_ranges: vec![],
         },
     ];
     assert_eq!(services, want_services);
@@ -315,6 +325,8 @@ fn kubectl_get_json_list_loads() {
             load_balancer_ips: vec![],
             internal_traffic_policy: TrafficPolicy::Local,
             external_traffic_policy: TrafficPolicy::Cluster,
+            health_check_node_port: None,
+            load_balancer_source_ranges: vec![],
         }]
     );
     assert_eq!(
