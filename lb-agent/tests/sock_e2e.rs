@@ -244,3 +244,76 @@ fn pod_traffic_keeps_working_through_tc_with_socket_programs_attached() {
         );
     }
 }
+
+#[test]
+fn node_processes_reach_node_ports_on_the_nodes_own_addresses() {
+    let node = Node::new();
+    // A device holding the node's own addresses, as a host's uplink would (a veth: this kernel
+    // has no dummy devices).
+    let ns = &node.topo.node;
+    ns.ip(&[
+        "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p",
+    ])
+    .unwrap();
+    ns.ip(&["link", "set", "uplink0p", "up"]).unwrap();
+    ns.ip(&["addr", "add", "10.250.9.1/32", "dev", "uplink0"])
+        .unwrap();
+    ns.ip(&[
+        "addr",
+        "add",
+        "fd00:250:9::1/128",
+        "dev",
+        "uplink0",
+        "nodad",
+    ])
+    .unwrap();
+    ns.ip(&["link", "set", "uplink0", "up"]).unwrap();
+    let svc = lb_tests::manifests::ServiceSpec {
+        name: "np",
+        service_type: "NodePort",
+        cluster_ips: vec![ip("10.96.1.60"), ip("fd00:96::1:60")],
+        ports: vec![
+            ("http", 80, "TCP", Some(30080)),
+            ("dns", 53, "UDP", Some(30053)),
+        ],
+        ..Default::default()
+    };
+    node.manifests.write("np.yaml", &svc.to_yaml()).unwrap();
+    for v6 in [false, true] {
+        let eps: Vec<(IpAddr, bool)> = ["b1", "b2", "b3"]
+            .iter()
+            .map(|b| (node.topo.pod(b).addr(v6), true))
+            .collect();
+        let name = format!("np-{}", if v6 { "v6" } else { "v4" });
+        node.manifests
+            .write(
+                &format!("{name}.yaml"),
+                &endpoint_slice(&name, "np", TARGET_PORTS, &eps),
+            )
+            .unwrap();
+    }
+    let mut agent = Agent::start(
+        Path::new(AGENT),
+        &node.topo.node,
+        &node.manifests,
+        POD_DEVICE_GLOB,
+        &["--devices", "uplink0"],
+    )
+    .unwrap();
+    agent
+        .wait_healthy(&node.topo.node, Duration::from_secs(20))
+        .unwrap();
+    let all = names(&["b1", "b2", "b3"]);
+    for addr in [ip("10.250.9.1"), ip("fd00:250:9::1")] {
+        assert_eq!(
+            answers(&node, &agent, Mode::Tcp, sa(addr, 30080), 30),
+            all,
+            "TCP to {addr}"
+        );
+        assert_eq!(
+            answers(&node, &agent, Mode::Udp, sa(addr, 30053), 30),
+            all,
+            "UDP to {addr}"
+        );
+    }
+}
