@@ -64,64 +64,14 @@ impl Topology {
     /// Adds a pod; its device appears on the node while the agent may be running.
     pub fn add_pod(&mut self, name: &str) -> anyhow::Result<&Pod> {
         let i = self.pods.len() + 1;
-        let ns = Netns::new("lbq")?;
-        ns.sysctl(&[
-            "net.ipv6.conf.all.accept_dad=0",
-            "net.ipv6.conf.default.accept_dad=0",
-        ])?;
-        let host_device = format!("lbp{i}");
-        let (v4, v6): (Ipv4Addr, Ipv6Addr) = (
-            format!("10.200.{i}.2").parse()?,
-            format!("fd00:200:{i}::2").parse()?,
-        );
-        let node = &self.node;
-        node.ip(&[
-            "link",
-            "add",
-            &host_device,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
-        node.ip(&[
-            "addr",
-            "add",
-            &format!("10.200.{i}.1/24"),
-            "dev",
-            &host_device,
-        ])?;
-        node.ip(&[
-            "addr",
-            "add",
-            &format!("fd00:200:{i}::1/64"),
-            "dev",
-            &host_device,
-            "nodad",
-        ])?;
-        node.ip(&["link", "set", &host_device, "up"])?;
-        ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
-        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
-        ns.ip(&["link", "set", "eth0", "up"])?;
-        ns.ip(&["route", "add", "default", "via", &format!("10.200.{i}.1")])?;
-        ns.ip(&[
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("fd00:200:{i}::1"),
-        ])?;
-        self.pods.push(Pod {
-            name: (*name).to_owned(),
-            ns,
-            v4,
-            v6,
-            host_device,
-        });
+        let pod = create_pod(
+            &self.node,
+            name,
+            i,
+            &format!("10.200.{i}"),
+            &format!("fd00:200:{i}"),
+        )?;
+        self.pods.push(pod);
         Ok(self.pods.last().expect("just pushed"))
     }
 
@@ -131,6 +81,75 @@ impl Topology {
             .find(|p| p.name == name)
             .unwrap_or_else(|| panic!("no pod {name}"))
     }
+}
+
+/// Creates pod `name` attached to `node` by the veth `lbp{index}`: the pod gets
+/// `{v4_prefix}.2/24` and `{v6_prefix}::2/64`, the node side `.1` and `::1`, and the pod's default
+/// routes of both families point at the node side.
+fn create_pod(
+    node: &Netns,
+    name: &str,
+    index: usize,
+    v4_prefix: &str,
+    v6_prefix: &str,
+) -> anyhow::Result<Pod> {
+    let ns = Netns::new("lbq")?;
+    ns.sysctl(&[
+        "net.ipv6.conf.all.accept_dad=0",
+        "net.ipv6.conf.default.accept_dad=0",
+    ])?;
+    let host_device = format!("lbp{index}");
+    let (v4, v6): (Ipv4Addr, Ipv6Addr) = (
+        format!("{v4_prefix}.2").parse()?,
+        format!("{v6_prefix}::2").parse()?,
+    );
+    node.ip(&[
+        "link",
+        "add",
+        &host_device,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])?;
+    node.ip(&[
+        "addr",
+        "add",
+        &format!("{v4_prefix}.1/24"),
+        "dev",
+        &host_device,
+    ])?;
+    node.ip(&[
+        "addr",
+        "add",
+        &format!("{v6_prefix}::1/64"),
+        "dev",
+        &host_device,
+        "nodad",
+    ])?;
+    node.ip(&["link", "set", &host_device, "up"])?;
+    ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+    ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    ns.ip(&["route", "add", "default", "via", &format!("{v4_prefix}.1")])?;
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("{v6_prefix}::1"),
+    ])?;
+    Ok(Pod {
+        name: name.to_owned(),
+        ns,
+        v4,
+        v6,
+        host_device,
+    })
 }
 
 /// Name of each node's LAN device on the two-node topology (its external device).
@@ -240,61 +259,14 @@ impl TwoNodes {
             };
             for (j, pod) in pods.iter().enumerate() {
                 let j = j + 1;
-                let pod_ns = Netns::new("lbq")?;
-                pod_ns.sysctl(&no_dad)?;
-                let host_device = format!("lbp{j}");
-                let (v4, v6): (Ipv4Addr, Ipv6Addr) = (
-                    format!("10.20{n}.{j}.2").parse()?,
-                    format!("fd00:20{n}:{j}::2").parse()?,
-                );
-                let node_ns = &node.ns;
-                node_ns.ip(&[
-                    "link",
-                    "add",
-                    &host_device,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    pod_ns.name(),
-                ])?;
-                node_ns.ip(&[
-                    "addr",
-                    "add",
-                    &format!("10.20{n}.{j}.1/24"),
-                    "dev",
-                    &host_device,
-                ])?;
-                node_ns.ip(&[
-                    "addr",
-                    "add",
-                    &format!("fd00:20{n}:{j}::1/64"),
-                    "dev",
-                    &host_device,
-                    "nodad",
-                ])?;
-                node_ns.ip(&["link", "set", &host_device, "up"])?;
-                pod_ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
-                pod_ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
-                pod_ns.ip(&["link", "set", "eth0", "up"])?;
-                pod_ns.ip(&["route", "add", "default", "via", &format!("10.20{n}.{j}.1")])?;
-                pod_ns.ip(&[
-                    "-6",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("fd00:20{n}:{j}::1"),
-                ])?;
-                node.pods.push(Pod {
-                    name: (*pod).to_owned(),
-                    ns: pod_ns,
-                    v4,
-                    v6,
-                    host_device,
-                });
+                let pod = create_pod(
+                    &node.ns,
+                    pod,
+                    j,
+                    &format!("10.20{n}.{j}"),
+                    &format!("fd00:20{n}:{j}"),
+                )?;
+                node.pods.push(pod);
             }
             nodes.push(node);
         }

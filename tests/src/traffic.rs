@@ -36,20 +36,20 @@ impl Drop for Server {
 
 const POLL: Duration = Duration::from_millis(5);
 
-/// Starts a TCP server named `name` on `[::]:port` in `ns`.
-pub fn tcp_server(ns: &Netns, name: &str, port: u16) -> anyhow::Result<Server> {
+/// Listens on `[::]:port` in `ns` and hands every connection to `handle` until dropped.
+fn tcp_listen(
+    ns: &Netns,
+    port: u16,
+    handle: impl Fn(TcpStream, SocketAddr, &Arc<AtomicBool>) + Send + 'static,
+) -> anyhow::Result<Server> {
     let listener = ns.run(|| TcpListener::bind(("::", port)))??;
     listener.set_nonblocking(true)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let (flag, name) = (stop.clone(), name.to_owned());
+    let flag = stop.clone();
     let thread = std::thread::spawn(move || {
         while !flag.load(Ordering::Relaxed) {
             match listener.accept() {
-                Ok((stream, _)) => {
-                    let (name, flag) = (name.clone(), flag.clone());
-                    std::thread::spawn(move || serve_tcp(stream, &name, &flag));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
+                Ok((stream, peer)) => handle(stream, peer, &flag),
                 Err(_) => std::thread::sleep(POLL),
             }
         }
@@ -57,6 +57,15 @@ pub fn tcp_server(ns: &Netns, name: &str, port: u16) -> anyhow::Result<Server> {
     Ok(Server {
         stop,
         thread: Some(thread),
+    })
+}
+
+/// Starts a TCP server named `name` on `[::]:port` in `ns`.
+pub fn tcp_server(ns: &Netns, name: &str, port: u16) -> anyhow::Result<Server> {
+    let name = name.to_owned();
+    tcp_listen(ns, port, move |stream, _, stop| {
+        let (name, stop) = (name.clone(), stop.clone());
+        std::thread::spawn(move || serve_tcp(stream, &name, &stop));
     })
 }
 
@@ -95,30 +104,16 @@ fn serve_tcp(stream: TcpStream, name: &str, stop: &AtomicBool) {
 /// `peer` being the client address it sees (IPv4-mapped addresses shown as IPv4): tells
 /// whether a proxy kept the client's address or replaced it (SNAT).
 pub fn tcp_whoami_server(ns: &Netns, name: &str, port: u16) -> anyhow::Result<Server> {
-    let listener = ns.run(|| TcpListener::bind(("::", port)))??;
-    listener.set_nonblocking(true)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (flag, name) = (stop.clone(), name.to_owned());
-    let thread = std::thread::spawn(move || {
-        while !flag.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((mut stream, peer)) => {
-                    let ip = match peer.ip() {
-                        std::net::IpAddr::V6(v6) => v6
-                            .to_ipv4_mapped()
-                            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-                        v4 => v4,
-                    };
-                    let _ = stream.set_nonblocking(false);
-                    let _ = stream.write_all(format!("{name} {ip}\n").as_bytes());
-                }
-                Err(_) => std::thread::sleep(POLL),
-            }
-        }
-    });
-    Ok(Server {
-        stop,
-        thread: Some(thread),
+    let name = name.to_owned();
+    tcp_listen(ns, port, move |mut stream, peer, _| {
+        let ip = match peer.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.write_all(format!("{name} {ip}\n").as_bytes());
     })
 }
 
