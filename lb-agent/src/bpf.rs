@@ -751,19 +751,11 @@ impl MapOps for BpfMaps {
     }
 
     fn put_source_range(&mut self, rev_nat_id: u16, range: &IpNet) -> Result<(), MapError> {
-        let id = rev_nat_id.to_be();
         match range {
             IpNet::V4(n) => self
                 .source_ranges_v4
                 .insert(
-                    &LpmKey::new(
-                        32 + u32::from(n.prefix_len()),
-                        SourceRange {
-                            rev_nat_id: id,
-                            _pad: 0,
-                            addr: n.addr().octets(),
-                        },
-                    ),
+                    &range_key(rev_nat_id, n.prefix_len(), n.addr().octets()),
                     1,
                     0,
                 )
@@ -771,14 +763,7 @@ impl MapOps for BpfMaps {
             IpNet::V6(n) => self
                 .source_ranges_v6
                 .insert(
-                    &LpmKey::new(
-                        32 + u32::from(n.prefix_len()),
-                        SourceRange {
-                            rev_nat_id: id,
-                            _pad: 0,
-                            addr: n.addr().octets(),
-                        },
-                    ),
+                    &range_key(rev_nat_id, n.prefix_len(), n.addr().octets()),
                     1,
                     0,
                 )
@@ -787,24 +772,17 @@ impl MapOps for BpfMaps {
     }
 
     fn delete_source_range(&mut self, rev_nat_id: u16, range: &IpNet) -> Result<(), MapError> {
-        let id = rev_nat_id.to_be();
         match range {
-            IpNet::V4(n) => ignore_missing(self.source_ranges_v4.remove(&LpmKey::new(
-                32 + u32::from(n.prefix_len()),
-                SourceRange {
-                    rev_nat_id: id,
-                    _pad: 0,
-                    addr: n.addr().octets(),
-                },
+            IpNet::V4(n) => ignore_missing(self.source_ranges_v4.remove(&range_key(
+                rev_nat_id,
+                n.prefix_len(),
+                n.addr().octets(),
             )))
             .map_err(|e| io_err("delete", map_names::SOURCE_RANGES_V4, e)),
-            IpNet::V6(n) => ignore_missing(self.source_ranges_v6.remove(&LpmKey::new(
-                32 + u32::from(n.prefix_len()),
-                SourceRange {
-                    rev_nat_id: id,
-                    _pad: 0,
-                    addr: n.addr().octets(),
-                },
+            IpNet::V6(n) => ignore_missing(self.source_ranges_v6.remove(&range_key(
+                rev_nat_id,
+                n.prefix_len(),
+                n.addr().octets(),
             )))
             .map_err(|e| io_err("delete", map_names::SOURCE_RANGES_V6, e)),
         }
@@ -862,6 +840,21 @@ impl MapOps for BpfMaps {
         }
         Ok(out)
     }
+}
+
+/// The LPM key of a source range: 32 bits of rev-NAT ID and padding, then the prefix.
+fn range_key<A>(rev_nat_id: u16, prefix_len: u8, addr: A) -> LpmKey<SourceRange<A>>
+where
+    SourceRange<A>: aya::Pod,
+{
+    LpmKey::new(
+        32 + u32::from(prefix_len),
+        SourceRange {
+            rev_nat_id: rev_nat_id.to_be(),
+            _pad: 0,
+            addr,
+        },
+    )
 }
 
 fn protocol_of(proto: u8) -> Option<Protocol> {
