@@ -187,10 +187,12 @@ impl Syncer {
             match self.writer.sweep() {
                 Ok(0) => {}
                 Ok(n) if !self.synced_once => {
-                    info!("removed {n} map entries left by an earlier run")
+                    info!("repaired or removed {n} map entries left by an earlier run")
                 }
-                Ok(n) => warn!("removed {n} map entries the agent did not program"),
-                Err(e) => warn!("removing map entries the agent did not program: {e}"),
+                Ok(n) => {
+                    warn!("repaired {n} map entries that drifted from what the agent programmed")
+                }
+                Err(e) => warn!("repairing map drift: {e}"),
             }
             self.synced_once = true;
             self.last_sweep = Instant::now();

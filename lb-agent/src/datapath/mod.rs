@@ -346,9 +346,12 @@ impl<M: MapOps> Writer<M> {
         Ok(adopted)
     }
 
-    /// Deletes every map entry the writer did not program: entries left in pinned maps by an
-    /// earlier run of the agent for services that are gone now. Call after the first apply.
+    /// Makes the maps exactly what the writer programmed: entries that went missing or were
+    /// changed behind its back are written again, entries it did not program (left by an earlier
+    /// run, or by anyone else) are deleted. Call after the first apply, and periodically to
+    /// repair drift. Returns the number of entries written or deleted.
     pub fn sweep(&mut self) -> Result<usize, MapError> {
+        let mut repaired = self.rewrite_drifted()?;
         let mut removed = 0;
         for (frontend, slot, _) in self.maps.list_slots()? {
             let known = self
@@ -389,7 +392,55 @@ impl<M: MapOps> Writer<M> {
         for id in std::mem::take(&mut self.orphan_rev_nat_ids) {
             self.rev_nat_ids.give(u32::from(id));
         }
-        Ok(removed)
+        repaired += removed;
+        Ok(repaired)
+    }
+
+    /// Writes again every programmed entry that is missing or differs: backends first, then
+    /// ranges and slots, frontend entries last, as [`Writer::apply`] orders them.
+    fn rewrite_drifted(&mut self) -> Result<usize, MapError> {
+        let mut written = 0;
+        let backends: HashMap<BackendId, Option<BackendKey>> = self
+            .maps
+            .list_backends()?
+            .into_iter()
+            .map(|(id, _, key)| (id, key))
+            .collect();
+        for (key, (id, _)) in &self.backends {
+            if backends.get(id) != Some(&Some(*key)) {
+                self.maps.put_backend(*id, key)?;
+                written += 1;
+            }
+        }
+        let ranges: HashSet<(u16, IpNet)> = self.maps.list_source_ranges()?.into_iter().collect();
+        let slots: HashMap<(Frontend, u16), ServiceValue> = self
+            .maps
+            .list_slots()?
+            .into_iter()
+            .map(|(f, slot, v)| ((f, slot), v))
+            .collect();
+        for (frontend, p) in &self.frontends {
+            for range in &p.policy.source_ranges {
+                if !ranges.contains(&(p.rev_nat_id, *range)) {
+                    self.maps.put_source_range(p.rev_nat_id, range)?;
+                    written += 1;
+                }
+            }
+            for (i, id) in p.slots.iter().enumerate() {
+                let want = slot_value(*id);
+                let slot = i as u16 + 1;
+                if slots.get(&(*frontend, slot)) != Some(&want) {
+                    self.maps.put_slot(frontend, slot, &want)?;
+                    written += 1;
+                }
+            }
+            let head = head_value(p.slots.len() as u16, p.rev_nat_id, p.policy.flags);
+            if slots.get(&(*frontend, 0)) != Some(&head) {
+                self.maps.put_slot(frontend, 0, &head)?;
+                written += 1;
+            }
+        }
+        Ok(written)
     }
 
     fn acquire(&mut self, backend: &BackendKey) -> Result<BackendId, MapError> {
@@ -469,25 +520,13 @@ impl<M: MapOps> Writer<M> {
             }
             for (i, id) in slots.iter().enumerate() {
                 if old_slots.get(i) != Some(id) {
-                    let value = ServiceValue {
-                        backend_id: *id,
-                        count: 0,
-                        rev_nat_id: 0,
-                        flags: 0,
-                        _pad: [0; 3],
-                    };
-                    self.maps.put_slot(frontend, i as u16 + 1, &value)?;
+                    self.maps
+                        .put_slot(frontend, i as u16 + 1, &slot_value(*id))?;
                 }
             }
             if old.is_none() || old_slots.len() != slots.len() || old_flags != Some(policy.flags) {
-                let value = ServiceValue {
-                    backend_id: 0,
-                    count,
-                    rev_nat_id,
-                    flags: policy.flags,
-                    _pad: [0; 3],
-                };
-                self.maps.put_slot(frontend, 0, &value)?;
+                self.maps
+                    .put_slot(frontend, 0, &head_value(count, rev_nat_id, policy.flags))?;
             }
             for slot in slots.len()..old_slots.len() {
                 self.maps.delete_slot(frontend, slot as u16 + 1)?;
@@ -543,6 +582,28 @@ impl<M: MapOps> Writer<M> {
             self.release(b)?;
         }
         Ok(())
+    }
+}
+
+/// The service map value of a backend slot.
+fn slot_value(backend_id: BackendId) -> ServiceValue {
+    ServiceValue {
+        backend_id,
+        count: 0,
+        rev_nat_id: 0,
+        flags: 0,
+        _pad: [0; 3],
+    }
+}
+
+/// The service map value of a frontend entry (slot 0).
+fn head_value(count: u16, rev_nat_id: u16, flags: u8) -> ServiceValue {
+    ServiceValue {
+        backend_id: 0,
+        count,
+        rev_nat_id,
+        flags,
+        _pad: [0; 3],
     }
 }
 

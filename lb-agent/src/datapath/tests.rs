@@ -340,3 +340,25 @@ fn external_frontends_carry_flags_source_ranges_and_local_backends() {
     assert!(again.maps().source_ranges.is_empty());
     assert!(again.maps().services.is_empty());
 }
+
+#[test]
+fn sweep_repairs_entries_changed_or_deleted_behind_the_writer() {
+    let d = desired(&[("10.96.0.1:80", &["10.0.0.1:80", "10.0.0.2:80"])]);
+    let mut w = writer();
+    w.apply(&d);
+    let good_services = w.maps().services.clone();
+    let good_backends = w.maps().backends.clone();
+    // Someone rewrites a slot, deletes the frontend entry and changes a backend.
+    let maps = w.maps_mut();
+    maps.services
+        .get_mut(&(fe("10.96.0.1:80"), 1))
+        .unwrap()
+        .backend_id = 999;
+    maps.services.remove(&(fe("10.96.0.1:80"), 0));
+    let first = *maps.backends.keys().next().unwrap();
+    maps.backends.get_mut(&first).unwrap().addr = "10.9.9.9:80".parse().unwrap();
+    assert_eq!(w.sweep().unwrap(), 3);
+    assert_eq!(w.maps().services, good_services);
+    assert_eq!(w.maps().backends, good_backends);
+    assert_eq!(w.sweep().unwrap(), 0, "nothing left to repair");
+}
