@@ -6,6 +6,10 @@
 //! maps pinned in a directory of its own. Needs root and bpffs: a test that cannot load the
 //! programs fails, it never skips.
 
+#[allow(
+    dead_code,
+    reason = "the helpers shared with packet_ext.rs are not all used here"
+)]
 mod common;
 
 use std::{

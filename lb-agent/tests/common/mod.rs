@@ -108,6 +108,39 @@ impl Lb {
         Ok(())
     }
 
+    /// Makes the maps serve exactly these frontends with their whole state (external policy,
+    /// local backends), through the agent's writer.
+    #[allow(
+        dead_code,
+        reason = "used by some of the test binaries sharing this module"
+    )]
+    pub fn apply_states(&mut self, states: &[(Frontend, FrontendState)]) -> anyhow::Result<()> {
+        let desired: BTreeMap<Frontend, FrontendState> = states.iter().cloned().collect();
+        let report = self.writer.apply(&desired);
+        ensure!(report.errors.is_empty(), "apply: {:?}", report.errors);
+        Ok(())
+    }
+
+    /// Runs `lb_tc_ext_ingress` (external traffic) on a frame: the verdict and the frame.
+    #[allow(
+        dead_code,
+        reason = "used by some of the test binaries sharing this module"
+    )]
+    pub fn ext_ingress(&mut self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        let name = lb_ebpf::program_names::TC_EXT_INGRESS;
+        let program = self.classifier(name)?;
+        let mut out = vec![0; DATA_OUT_LEN];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
     pub fn maps(&self) -> &BpfMaps {
         self.writer.maps()
     }

@@ -1,0 +1,188 @@
+//! Packet tests through BPF_PROG_TEST_RUN for `lb_tc_ext_ingress`, the program on the node's
+//! external devices: node ports, external IPs and load balancer IPs, both families.
+//! (The SNAT path to other nodes' backends needs a FIB to route with; the two-node end-to-end
+//! tests in `external_e2e.rs` cover it.)
+
+#[allow(
+    dead_code,
+    reason = "the helpers shared with packet.rs are not all used here"
+)]
+mod common;
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use common::{
+    Lb,
+    frame::{Packet, TCP_SYN, assert_frame_eq, summary, verify_checksums},
+};
+use lb_agent::model::{ExternalPolicy, Frontend, FrontendState, Protocol};
+use lb_ebpf::stats;
+
+type TestResult = anyhow::Result<()>;
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+
+fn sock(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// An external frontend (node port) with local backends.
+fn external(
+    frontend: &str,
+    backends: &[&str],
+    policy: ExternalPolicy,
+) -> (Frontend, FrontendState) {
+    let backends: Vec<SocketAddr> = backends.iter().map(|b| sock(b)).collect();
+    (
+        Frontend {
+            addr: sock(frontend),
+            protocol: Protocol::Tcp,
+        },
+        FrontendState {
+            service_port: format!("test/{frontend}"),
+            local_backends: backends.clone(),
+            backends,
+            external: Some(policy),
+        },
+    )
+}
+
+fn lb_with(states: &[(Frontend, FrontendState)]) -> anyhow::Result<Lb> {
+    let mut lb = Lb::load()?;
+    lb.apply_states(states)?;
+    Ok(lb)
+}
+
+/// Client addresses on the node's LAN.
+const CLIENT4: &str = "192.0.2.100:40000";
+const CLIENT6: &str = "[2001:db8::100]:40000";
+
+#[test]
+fn node_port_to_a_local_backend_is_translated_with_valid_checksums_for_both_families() -> TestResult
+{
+    for (node_port, backend, client) in [
+        ("192.0.2.1:30080", "10.201.1.2:8080", CLIENT4),
+        ("[2001:db8::1]:30080", "[fd00:201:1::2]:8080", CLIENT6),
+    ] {
+        let mut lb = lb_with(&[external(node_port, &[backend], ExternalPolicy::default())])?;
+        let input = Packet::tcp(sock(client), sock(node_port), TCP_SYN);
+        let (verdict, out) = lb.ext_ingress(&input.frame())?;
+        assert_eq!(verdict, TC_ACT_OK, "{node_port}");
+        // DNAT only: the client address is kept, the kernel delivers to the local pod.
+        assert_frame_eq(&out, &input.clone().to(sock(backend)).frame(), node_port);
+        verify_checksums(&out).map_err(anyhow::Error::msg)?;
+        assert_eq!(lb.stat(stats::TRANSLATED), 1);
+    }
+    Ok(())
+}
+
+#[test]
+fn cluster_ips_are_not_served_from_outside() -> TestResult {
+    for (vip, backend, client) in [
+        ("10.96.0.10:80", "10.201.1.2:8080", CLIENT4),
+        ("[fd00:96::10]:80", "[fd00:201:1::2]:8080", CLIENT6),
+    ] {
+        let mut lb = Lb::load()?;
+        lb.apply(&[(
+            Frontend {
+                addr: sock(vip),
+                protocol: Protocol::Tcp,
+            },
+            &[sock(backend)],
+        )])?;
+        let frame = Packet::tcp(sock(client), sock(vip), TCP_SYN).frame();
+        let (verdict, out) = lb.ext_ingress(&frame)?;
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_frame_eq(
+            &out,
+            &frame,
+            "a ClusterIP reached from outside passes untouched",
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn source_ranges_let_listed_clients_in_and_drop_the_others() -> TestResult {
+    for (lb_ip, backend, inside, outside, ranges) in [
+        (
+            "203.0.113.10:443",
+            "10.201.1.2:8443",
+            "192.0.2.7:40000",
+            "198.51.100.7:40000",
+            ["192.0.2.0/24", "2001:db8::/32"],
+        ),
+        (
+            "[2001:db8:1::10]:443",
+            "[fd00:201:1::2]:8443",
+            "[2001:db8::7]:40000",
+            "[2001:db9::7]:40000",
+            ["192.0.2.0/24", "2001:db8::/32"],
+        ),
+    ] {
+        let policy = ExternalPolicy {
+            local_only: false,
+            source_ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
+        };
+        let mut lb = lb_with(&[external(lb_ip, &[backend], policy)])?;
+        let allowed = Packet::tcp(sock(inside), sock(lb_ip), TCP_SYN);
+        let (verdict, out) = lb.ext_ingress(&allowed.frame())?;
+        assert_eq!(verdict, TC_ACT_OK, "{inside} is inside the ranges");
+        let to = summary(&out)
+            .map_err(anyhow::Error::msg)
+            .context("output")?
+            .dst;
+        assert_eq!(to, sock(backend));
+        let denied = Packet::tcp(sock(outside), sock(lb_ip), TCP_SYN);
+        let (verdict, _) = lb.ext_ingress(&denied.frame())?;
+        assert_eq!(verdict, TC_ACT_SHOT, "{outside} is outside the ranges");
+        assert_eq!(lb.stat(stats::SOURCE_RANGE_DROPPED), 1);
+    }
+    Ok(())
+}
+
+#[test]
+fn local_policy_without_local_endpoints_drops() -> TestResult {
+    for (node_port, client) in [
+        ("192.0.2.1:30081", CLIENT4),
+        ("[2001:db8::1]:30081", CLIENT6),
+    ] {
+        let policy = ExternalPolicy {
+            local_only: true,
+            source_ranges: vec![],
+        };
+        let mut lb = lb_with(&[external(node_port, &[], policy)])?;
+        let frame = Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame();
+        let (verdict, _) = lb.ext_ingress(&frame)?;
+        assert_eq!(verdict, TC_ACT_SHOT, "{node_port}: no local endpoint");
+        assert_eq!(lb.stat(stats::NO_ENDPOINT_DROPPED), 1);
+    }
+    Ok(())
+}
+
+#[test]
+fn established_external_flows_keep_their_backend() -> TestResult {
+    let backends = ["10.201.1.2:8080", "10.201.2.2:8080", "10.201.3.2:8080"];
+    let mut lb = lb_with(&[external(
+        "192.0.2.1:30080",
+        &backends,
+        ExternalPolicy::default(),
+    )])?;
+    for port in 40000..40020u16 {
+        let client = SocketAddr::new("192.0.2.100".parse()?, port);
+        let syn = Packet::tcp(client, sock("192.0.2.1:30080"), TCP_SYN);
+        let first = summary(&lb.ext_ingress(&syn.frame())?.1)
+            .map_err(anyhow::Error::msg)?
+            .dst;
+        for _ in 0..5 {
+            let ack = Packet::tcp(client, sock("192.0.2.1:30080"), common::frame::TCP_ACK);
+            let again = summary(&lb.ext_ingress(&ack.frame())?.1)
+                .map_err(anyhow::Error::msg)?
+                .dst;
+            assert_eq!(again, first, "flow from {client}");
+        }
+    }
+    Ok(())
+}
