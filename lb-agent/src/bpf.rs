@@ -160,24 +160,11 @@ pub fn resolve_cgroup(socket_lb: &SocketLb) -> Result<Option<PathBuf>, BpfError>
                     path: OWN_CGROUP2.to_owned(),
                     source,
                 })?;
-                let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
-                let (src, target, fstype) = (c("none"), c(OWN_CGROUP2), c("cgroup2"));
-                // SAFETY: plain mount(2) with NUL-terminated strings and no data.
-                let rc = unsafe {
-                    libc::mount(
-                        src.as_ptr(),
-                        target.as_ptr(),
-                        fstype.as_ptr(),
-                        0,
-                        std::ptr::null(),
-                    )
-                };
-                if rc != 0 {
+                if let Err(e) = mount_fs("none", OWN_CGROUP2, "cgroup2") {
                     return Err(BpfError::NotCgroup2 {
                         path: format!(
                             "{OWN_CGROUP2} (the host has no cgroup2 hierarchy and mounting one \
-                             failed: {})",
-                            std::io::Error::last_os_error()
+                             failed: {e})"
                         ),
                     });
                 }
@@ -224,13 +211,28 @@ fn is_bpffs(dir: &Path) -> bool {
         .ancestors()
         .find(|p| p.exists())
         .unwrap_or_else(|| Path::new("/"));
-    let Ok(c_path) = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes()) else {
-        return false;
+    fs_magic(probe) == Some(BPF_FS_MAGIC)
+}
+
+/// `mount -t FSTYPE SOURCE TARGET`.
+fn mount_fs(source: &str, target: &str, fstype: &str) -> std::io::Result<()> {
+    let c = |s: &str| std::ffi::CString::new(s).map_err(std::io::Error::other);
+    let (source, target, fstype) = (c(source)?, c(target)?, c(fstype)?);
+    // SAFETY: plain mount(2) with NUL-terminated strings and no data.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
-    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
-    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Makes sure `dir` is on a BPF filesystem, mounting one at /sys/fs/bpf when `dir` is below it
@@ -240,19 +242,7 @@ fn ensure_bpffs(dir: &Path) -> Result<(), BpfError> {
         return Ok(());
     }
     if dir.starts_with(DEFAULT_BPFFS) && Path::new(DEFAULT_BPFFS).is_dir() {
-        let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
-        let (src, target, fstype) = (c("bpf"), c(DEFAULT_BPFFS), c("bpf"));
-        // SAFETY: plain mount(2) with NUL-terminated strings and no data.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc == 0 {
+        if mount_fs("bpf", DEFAULT_BPFFS, "bpf").is_ok() {
             tracing::info!("mounted a BPF filesystem at {DEFAULT_BPFFS}");
         }
         if is_bpffs(dir) {
