@@ -11,6 +11,7 @@ pub mod agent;
 #[cfg(feature = "apiserver")]
 pub mod apiserver;
 pub mod cgroup;
+pub mod http;
 pub mod manifests;
 pub mod netns;
 pub mod probe;

@@ -1,6 +1,7 @@
-//! `cargo xtask setup | demo | test`: the project's entry points. Each installs what it needs
-//! first, so both README commands work on a fresh machine.
+//! `cargo xtask setup | demo | test | bench`: the project's entry points. Each installs what it
+//! needs first, so the README commands work on a fresh machine.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -28,6 +29,14 @@ enum Task {
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Benchmarks against kube-proxy's iptables and nftables modes, side by side in one run;
+    /// writes BENCHMARKS.md and docs/bench/*.png (needs root).
+    Bench {
+        /// Small N and short runs (a few minutes): a smoke test that the benchmark works;
+        /// results go to target/bench/quick/ instead of BENCHMARKS.md.
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -77,7 +86,15 @@ fn main() -> anyhow::Result<()> {
             setup::all()?;
             run(cargo()
                 .args(["test", "--workspace", "--all-targets"])
-                .args(&args))
+                .args(&args))?;
+            // The benchmark's smoke test: it must still run end to end (no performance checks).
+            eprintln!("\n== cargo xtask bench --quick (smoke test) ==");
+            bench::run(&workspace_root(), true)
+        }
+        Task::Bench { quick } => {
+            require_root("the benchmark")?;
+            setup::all()?;
+            bench::run(&workspace_root(), quick)
         }
     }
 }
