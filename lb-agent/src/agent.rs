@@ -18,7 +18,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    bpf::{BpfMaps, Datapath, LoadOptions},
+    bpf::{BpfMaps, Datapath, DatapathMode, LoadOptions},
     datapath::Writer,
     devices::{self, DevicePatterns},
     external,
@@ -60,6 +60,8 @@ pub struct RunOptions {
     pub devices: Option<DevicePatterns>,
     /// `--nodeport-addresses`: node ports answer only on node addresses in these CIDRs.
     pub nodeport_addresses: Vec<IpNet>,
+    /// XDP, TC or a choice per device for external traffic.
+    pub datapath_mode: DatapathMode,
 }
 
 /// Which devices are external: the `--devices` patterns, or by default every device with a
@@ -244,6 +246,7 @@ fn scan_ext_devices(
     dp: &mut Datapath,
     devices: Option<&DevicePatterns>,
     pod_devices: &DevicePatterns,
+    mode: DatapathMode,
     failed: &mut HashMap<String, u32>,
 ) {
     let (Ok(present), Ok(addrs)) = (devices::list(), nodeaddr::list()) else {
@@ -262,9 +265,22 @@ fn scan_ext_devices(
         {
             continue;
         }
-        match dp.attach_ext_device(&name, ifindex) {
-            Ok(()) => {
-                info!("attached to external device {name} (ifindex {ifindex})");
+        match dp.attach_ext_device(&name, ifindex, mode) {
+            Ok(None) => {
+                info!(
+                    "attached to external device {name} (ifindex {ifindex}): XDP (native) and TC"
+                );
+                failed.remove(&name);
+            }
+            Ok(Some(why)) => {
+                let line = format!(
+                    "attached to external device {name} (ifindex {ifindex}): TC only, no XDP: {why}"
+                );
+                if mode == DatapathMode::Xdp {
+                    warn!("{line}");
+                } else {
+                    info!("{line}");
+                }
                 failed.remove(&name);
             }
             Err(e) => {
@@ -373,6 +389,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             dp,
             opts.devices.as_ref(),
             &opts.pod_devices,
+            opts.datapath_mode,
             &mut failed_ext,
         );
     };

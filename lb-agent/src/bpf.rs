@@ -9,14 +9,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::DevMapHash,
     maps::{
         Array, HashMap, MapData, MapError as AyaMapError, PerCpuArray,
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, SchedClassifierLinkId},
+        xdp::{XdpLink, XdpLinkId},
     },
 };
 use ipnet::IpNet;
@@ -96,6 +98,21 @@ pub enum SocketLb {
     HostRoot,
     /// A given cgroup2 directory: only processes below it are affected.
     Cgroup(PathBuf),
+}
+
+/// How external traffic (node ports, external IPs, load balancer IPs) is served on a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatapathMode {
+    /// XDP in native (driver) mode on every external device, before the kernel allocates an
+    /// skb, with the TC programs finishing what XDP leaves to them; TC alone where XDP cannot
+    /// attach.
+    Xdp,
+    /// The TC programs only.
+    Tc,
+    /// XDP where the driver serves it without conditions on the other end, TC elsewhere. veth
+    /// devices get TC: XDP can only send frames into a veth whose peer runs XDP or GRO, which
+    /// this side cannot check.
+    Auto,
 }
 
 /// Map sizes, where to pin, and where socket programs attach.
@@ -185,11 +202,28 @@ pub struct Datapath {
     pin_dir: PathBuf,
     /// Device name -> its ifindex and the links of the two pod programs.
     pod_devices: StdHashMap<String, (u32, [AttachedLink; 2])>,
-    /// External device name -> its ifindex and the links of its ingress and egress programs.
-    ext_devices: StdHashMap<String, (u32, [AttachedLink; 2])>,
+    /// External device name -> its ifindex, the links of its TC ingress and egress programs, and
+    /// of its XDP program when it runs one.
+    ext_devices: StdHashMap<String, ExtDevice>,
+    /// `LB_XDP_DEVICES`: the devices running the XDP program, where XDP may redirect frames.
+    xdp_devices: DevMapHash<MapData>,
     cgroup: Option<PathBuf>,
     /// Links of the socket programs, pinned; held so they stay attached while the agent runs.
     _cgroup_links: Vec<PinnedLink>,
+}
+
+/// The programs on an external device.
+struct ExtDevice {
+    ifindex: u32,
+    tc: [AttachedLink; 2],
+    xdp: Option<AttachedXdp>,
+}
+
+/// The XDP program's attachment; pinned as the TC links are.
+enum AttachedXdp {
+    Pinned(PinnedLink),
+    /// Netlink attachment (kernels before 5.9 have no XDP links): detached with the program.
+    Owned(XdpLinkId),
 }
 
 /// A program's attachment. Pinned links outlive the agent, so the datapath keeps serving while
@@ -274,6 +308,16 @@ impl Datapath {
             .map_max_entries(map_names::SOCK_REVNAT_V4, opts.max_sockets)
             .map_max_entries(map_names::SOCK_REVNAT_V6, opts.max_sockets)
             .load(EBPF_OBJECT)?;
+        {
+            let name = program_names::XDP_EXT;
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(BpfError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| BpfError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| BpfError::Program { name, source })?;
+        }
         for name in [
             program_names::TC_POD_INGRESS,
             program_names::TC_POD_EGRESS,
@@ -337,12 +381,14 @@ impl Datapath {
             remove_older_pins(&links_dir, "cgroup-", Path::new(""));
         }
         let maps = BpfMaps::take(&mut ebpf)?;
+        let xdp_devices = take_map(&mut ebpf, map_names::XDP_DEVICES)?;
         Ok((
             Self {
                 ebpf,
                 pin_dir: opts.pin_dir.clone(),
                 pod_devices: StdHashMap::new(),
                 ext_devices: StdHashMap::new(),
+                xdp_devices,
                 cgroup,
                 _cgroup_links: cgroup_links,
             },
@@ -475,12 +521,28 @@ impl Datapath {
 
     /// Names of the external devices programs are attached to.
     pub fn ext_devices(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.ext_devices.iter().map(|(n, (i, _))| (n.as_str(), *i))
+        self.ext_devices
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.ifindex))
     }
 
-    /// Attaches the external programs to a device of the node: ingress translates NodePort,
-    /// ExternalIP and LoadBalancer traffic, egress restores the service address on replies.
-    pub fn attach_ext_device(&mut self, device: &str, ifindex: u32) -> Result<(), BpfError> {
+    /// Whether the XDP program runs on an external device.
+    pub fn ext_device_has_xdp(&self, device: &str) -> bool {
+        self.ext_devices
+            .get(device)
+            .is_some_and(|d| d.xdp.is_some())
+    }
+
+    /// Attaches the external programs to a device of the node: TC ingress translates NodePort,
+    /// ExternalIP and LoadBalancer traffic, TC egress restores the service address on replies,
+    /// and with `mode` allowing it, XDP takes the same traffic first. Returns why XDP does not
+    /// run on the device, if it does not.
+    pub fn attach_ext_device(
+        &mut self,
+        device: &str,
+        ifindex: u32,
+        mode: DatapathMode,
+    ) -> Result<Option<String>, BpfError> {
         let _ = aya::programs::tc::qdisc_add_clsact(device);
         let ingress = self.attach_tc(
             program_names::TC_EXT_INGRESS,
@@ -507,14 +569,130 @@ impl Datapath {
                 return Err(e);
             }
         };
-        self.ext_devices
-            .insert(device.to_owned(), (ifindex, [ingress, egress]));
-        Ok(())
+        // XDP goes on only once TC is in place: XDP leaves to TC what it cannot finish.
+        let (xdp, without_xdp) = match xdp_refusal(device, mode) {
+            Some(reason) => (None, Some(reason)),
+            None => match self.attach_xdp(ifindex) {
+                Ok(link) => (Some(link), None),
+                Err(e) => (None, Some(format!("XDP did not attach: {e}"))),
+            },
+        };
+        let (xdp, without_xdp) = match xdp {
+            Some(link) => match self.xdp_devices.insert(ifindex, ifindex, None, 0) {
+                Ok(()) => (Some(link), None),
+                Err(e) => {
+                    self.release_xdp(link, ifindex);
+                    (
+                        None,
+                        Some(format!("adding it to the XDP redirect targets failed: {e}")),
+                    )
+                }
+            },
+            None => {
+                // An earlier run's XDP program on this device goes, as the mode says.
+                self.release_xdp_pin(ifindex);
+                (None, without_xdp)
+            }
+        };
+        self.ext_devices.insert(
+            device.to_owned(),
+            ExtDevice {
+                ifindex,
+                tc: [ingress, egress],
+                xdp,
+            },
+        );
+        Ok(without_xdp)
+    }
+
+    fn xdp_pin_path(&self, ifindex: u32) -> PathBuf {
+        self.pin_dir.join(LINKS_DIR).join(format!("xdp-{ifindex}"))
+    }
+
+    /// Attaches the XDP program in native mode, replacing an earlier run's program on the same
+    /// device in one atomic link update when its pinned link is there.
+    fn attach_xdp(&mut self, ifindex: u32) -> Result<AttachedXdp, BpfError> {
+        let name = program_names::XDP_EXT;
+        let path = self.xdp_pin_path(ifindex);
+        let earlier = path
+            .exists()
+            .then(|| PinnedLink::from_pin(&path).ok())
+            .flatten()
+            .and_then(|pinned| pinned.unpin().ok())
+            .and_then(|fd| XdpLink::try_from(fd).ok());
+        let _ = std::fs::remove_file(&path);
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(BpfError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| BpfError::Program { name, source })?;
+        let id = match earlier.map(|link| prog.attach_to_link(link)) {
+            Some(Ok(id)) => id,
+            _ => prog
+                .attach_to_if_index(ifindex, XdpMode::Driver)
+                .map_err(|source| BpfError::Program { name, source })?,
+        };
+        let link = prog
+            .take_link(id)
+            .map_err(|source| BpfError::Program { name, source })?;
+        match FdLink::try_from(link) {
+            Ok(fd) => fd
+                .pin(&path)
+                .map(AttachedXdp::Pinned)
+                .map_err(|source| BpfError::Pin {
+                    path: path.display().to_string(),
+                    source: std::io::Error::other(source.to_string()),
+                }),
+            Err(_) => {
+                tracing::warn!(
+                    "ifindex {ifindex}: XDP attached through netlink (no XDP links before Linux \
+                     5.9); the program goes away with the agent instead of surviving a restart"
+                );
+                let id = prog
+                    .attach_to_if_index(ifindex, XdpMode::Driver)
+                    .map_err(|source| BpfError::Program { name, source })?;
+                Ok(AttachedXdp::Owned(id))
+            }
+        }
+    }
+
+    fn release_xdp(&mut self, link: AttachedXdp, ifindex: u32) {
+        match link {
+            AttachedXdp::Pinned(pinned) => {
+                let _ = pinned.unpin();
+            }
+            AttachedXdp::Owned(id) => {
+                let prog: Option<&mut Xdp> = self
+                    .ebpf
+                    .program_mut(program_names::XDP_EXT)
+                    .and_then(|p| p.try_into().ok());
+                if let Some(prog) = prog {
+                    let _ = prog.detach(id);
+                }
+            }
+        }
+        self.release_xdp_pin(ifindex);
+    }
+
+    /// Removes the device from the redirect targets and an XDP link pinned for it, which
+    /// detaches an earlier run's program.
+    fn release_xdp_pin(&mut self, ifindex: u32) {
+        let _ = self.xdp_devices.remove(ifindex);
+        let _ = std::fs::remove_file(self.xdp_pin_path(ifindex));
     }
 
     /// Detaches from an external device, or forgets one that went away.
     pub fn detach_ext_device(&mut self, device: &str) {
-        if let Some((ifindex, [ingress, egress])) = self.ext_devices.remove(device) {
+        if let Some(ExtDevice {
+            ifindex,
+            tc: [ingress, egress],
+            xdp,
+        }) = self.ext_devices.remove(device)
+        {
+            if let Some(link) = xdp {
+                self.release_xdp(link, ifindex);
+            }
             self.release(
                 program_names::TC_EXT_INGRESS,
                 ingress,
@@ -532,6 +710,22 @@ impl Datapath {
             self.release(program_names::TC_POD_INGRESS, ingress, ifindex, "ingress");
             self.release(program_names::TC_POD_EGRESS, egress, ifindex, "egress");
         }
+    }
+}
+
+/// Why `mode` keeps XDP off `device`, if it does.
+fn xdp_refusal(device: &str, mode: DatapathMode) -> Option<String> {
+    match mode {
+        DatapathMode::Tc => Some("--datapath-mode tc".to_owned()),
+        DatapathMode::Xdp => None,
+        DatapathMode::Auto => match crate::devices::driver(device).as_deref() {
+            Some("veth") => Some(
+                "a veth device (XDP could only send frames into it when its peer runs XDP or \
+                 GRO; --datapath-mode xdp forces it)"
+                    .to_owned(),
+            ),
+            _ => None,
+        },
     }
 }
 

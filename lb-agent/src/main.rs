@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use lb_agent::{
     agent::{self, RunOptions},
-    bpf::{LoadOptions, SocketLb},
+    bpf::{DatapathMode, LoadOptions, SocketLb},
     devices::DevicePatterns,
     k8s::KubeOptions,
     manifest::ManifestSource,
@@ -72,6 +72,12 @@ struct RunArgs {
     /// families may be given). Default: every usable address of the devices.
     #[arg(long, value_name = "CIDRS", default_value = "")]
     nodeport_addresses: String,
+    /// How the external devices serve node ports, external IPs and load balancer IPs: `xdp`
+    /// (XDP in native mode, TC finishing what XDP leaves, TC alone where XDP cannot attach),
+    /// `tc`, or `auto` (XDP except on veth devices, whose peer must run XDP or GRO to take
+    /// frames from XDP).
+    #[arg(long, value_enum, default_value_t = DatapathMode::Auto)]
+    datapath_mode: DatapathMode,
     /// This node's name, for endpoint locality and its Node object (the Kubernetes source
     /// defaults to the host name, as kube-proxy does).
     #[arg(long, env = "NODE_NAME")]
@@ -210,6 +216,7 @@ fn main() -> ExitCode {
                 healthz_bind_address: args.healthz_bind_address,
                 devices,
                 nodeport_addresses,
+                datapath_mode: args.datapath_mode,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

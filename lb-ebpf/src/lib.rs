@@ -43,6 +43,8 @@ pub mod map_names {
     pub const SOCK_REVNAT_V4: &str = "LB_SOCK_REVNAT_V4";
     pub const SOCK_REVNAT_V6: &str = "LB_SOCK_REVNAT_V6";
     pub const STATS: &str = "LB_STATS";
+    /// Devices running the XDP program (ifindex -> ifindex), the targets of XDP redirects.
+    pub const XDP_DEVICES: &str = "LB_XDP_DEVICES";
 }
 
 /// Names of the programs in the object file.
@@ -53,6 +55,8 @@ pub mod program_names {
     pub const TC_POD_EGRESS: &str = "lb_tc_pod_egress";
     /// TC ingress on the node's external devices: NodePort, ExternalIP and LoadBalancer traffic.
     pub const TC_EXT_INGRESS: &str = "lb_tc_ext_ingress";
+    /// XDP on the node's external devices: the fast path of `lb_tc_ext_ingress`.
+    pub const XDP_EXT: &str = "lb_xdp_ext";
     /// cgroup `connect4`/`connect6`: socket-level translation of TCP and UDP `connect()`.
     pub const SOCK_CONNECT4: &str = "lb_sock_connect4";
     pub const SOCK_CONNECT6: &str = "lb_sock_connect6";
@@ -77,6 +81,8 @@ pub const DEFAULT_MAX_SOCKETS: u32 = 262_144;
 pub const DEFAULT_MAX_SNAT: u32 = 131_072;
 /// Default number of loadBalancerSourceRanges prefixes, per family.
 pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;
+/// Devices the XDP program can run on at once (entries of `LB_XDP_DEVICES`).
+pub const MAX_XDP_DEVICES: u32 = 1_024;
 /// Default number of tracked flows (each flow takes a forward and a reply entry), per family.
 pub const DEFAULT_MAX_FLOWS: u32 = 524_288;
 

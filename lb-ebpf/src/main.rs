@@ -8,8 +8,8 @@ mod kern;
 #[cfg(target_arch = "bpf")]
 mod entry {
     use aya_ebpf::{
-        macros::{cgroup_sock_addr, classifier},
-        programs::{SockAddrContext, TcContext},
+        macros::{cgroup_sock_addr, classifier, xdp},
+        programs::{SockAddrContext, TcContext, XdpContext},
     };
 
     use crate::kern::{
@@ -17,7 +17,7 @@ mod entry {
         family::{V4, V6},
         lb,
         sock::{reverse, translate},
-        verdict,
+        verdict, xdp as xdp_path,
     };
 
     /// TC ingress on a pod-facing device: packets leaving a pod. Translates service addresses to
@@ -39,6 +39,13 @@ mod entry {
     #[classifier]
     pub fn lb_tc_ext_ingress(ctx: TcContext) -> i32 {
         verdict(ext::ext_ingress(&ctx))
+    }
+
+    /// XDP on an external device: the fast path for the same traffic as `lb_tc_ext_ingress`,
+    /// which finishes whatever XDP leaves to it.
+    #[xdp]
+    pub fn lb_xdp_ext(ctx: XdpContext) -> u32 {
+        xdp_path::ext(&ctx)
     }
 
     /// Node-originated traffic: `connect()` to a service address goes straight to a backend.

@@ -27,12 +27,13 @@ use lb_ebpf::{
 
 use super::{
     family::{Family, V4, V6},
+    frame::Frame,
     lb::{self, Chosen},
     maps::{
         LB_NODE_ADDR_V4, LB_NODE_ADDR_V6, LB_SNAT_V4, LB_SNAT_V6, LB_SOURCE_RANGES_V4,
         LB_SOURCE_RANGES_V6, count,
     },
-    nat::{End, rewrite_port},
+    nat::{End, Rewrite},
     parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Packet, Parsed, eth_proto, parse_v4, parse_v6},
     verdict,
 };
@@ -47,6 +48,8 @@ const SNAT_PORT_BASE: u32 = 32768;
 /// Per-family pieces of the external path.
 pub trait ExtFamily: Family {
     const AF: u8;
+    /// The all-zero address.
+    const UNSPECIFIED: Self::Addr;
     const PREFIX_BITS: u32;
     fn snat() -> &'static LruHashMap<FlowKey<Self::Addr>, SnatValue<Self::Addr>>;
     fn source_ranges() -> &'static LpmTrie<SourceRange<Self::Addr>, u8>;
@@ -54,11 +57,12 @@ pub trait ExtFamily: Family {
     fn fill_fib(params: &mut bpf_fib_lookup, src: Self::Addr, dst: Self::Addr);
     fn is_unset(addr: &Self::Addr) -> bool;
     /// Parses a frame of this family; `None` for anything not translatable.
-    fn parse(ctx: &TcContext) -> Result<Option<Packet<Self::Addr>>, i64>;
+    fn parse<C: Frame>(ctx: &C) -> Result<Option<Packet<Self::Addr>>, i64>;
 }
 
 impl ExtFamily for V4 {
     const AF: u8 = AF_INET;
+    const UNSPECIFIED: [u8; 4] = [0; 4];
     const PREFIX_BITS: u32 = 32;
     #[inline(always)]
     fn snat() -> &'static LruHashMap<FlowKey<[u8; 4]>, SnatValue<[u8; 4]>> {
@@ -82,7 +86,7 @@ impl ExtFamily for V4 {
         *addr == [0; 4]
     }
     #[inline(always)]
-    fn parse(ctx: &TcContext) -> Result<Option<Packet<[u8; 4]>>, i64> {
+    fn parse<C: Frame>(ctx: &C) -> Result<Option<Packet<[u8; 4]>>, i64> {
         match parse_v4(ctx, ETH_HLEN)? {
             Parsed::V4(pkt) => Ok(Some(pkt)),
             _ => Ok(None),
@@ -92,6 +96,7 @@ impl ExtFamily for V4 {
 
 impl ExtFamily for V6 {
     const AF: u8 = AF_INET6;
+    const UNSPECIFIED: [u8; 16] = [0; 16];
     const PREFIX_BITS: u32 = 128;
     #[inline(always)]
     fn snat() -> &'static LruHashMap<FlowKey<[u8; 16]>, SnatValue<[u8; 16]>> {
@@ -125,7 +130,7 @@ impl ExtFamily for V6 {
         *addr == [0; 16]
     }
     #[inline(always)]
-    fn parse(ctx: &TcContext) -> Result<Option<Packet<[u8; 16]>>, i64> {
+    fn parse<C: Frame>(ctx: &C) -> Result<Option<Packet<[u8; 16]>>, i64> {
         match parse_v6(ctx, ETH_HLEN)? {
             Parsed::V6(pkt) => Ok(Some(pkt)),
             _ => Ok(None),
@@ -150,7 +155,7 @@ pub fn ext_ingress(ctx: &TcContext) -> Result<i32, i64> {
 }
 
 /// Returned by [`snat_reply`] for a packet that is not a reply of a SNATed flow.
-const NOT_A_REPLY: i32 = i32::MIN;
+pub const NOT_A_REPLY: i32 = i32::MIN;
 
 #[inline(never)]
 fn external<F: ExtFamily>(ctx: &TcContext) -> i32 {
@@ -163,53 +168,102 @@ fn external<F: ExtFamily>(ctx: &TcContext) -> i32 {
     }
 }
 
+/// The addresses to restore on a reply of a flow SNATed to this node.
+#[derive(Clone, Copy)]
+pub struct SnatReply<A> {
+    pub client: A,
+    pub client_port: u16,
+    pub service: A,
+    pub service_port: u16,
+}
+
+/// The SNAT entry of a backend on another node answering a flow SNATed to this node, if the
+/// packet is such a reply; its timestamp is refreshed when `touch`.
+#[inline(always)]
+pub fn snat_entry<F: ExtFamily>(pkt: &Packet<F::Addr>, touch: bool) -> Option<SnatReply<F::Addr>> {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let reply_key = lb::flow_key::<F>(pkt, FLOW_REPLY);
+    let snat = F::snat().get_ptr_mut(&reply_key)?;
+    // SAFETY: see `lb::established`.
+    let snat = unsafe { &mut *snat };
+    if !lb::within_lifetime(pkt.proto, false, snat.last_seen_ns, now) {
+        return None;
+    }
+    if touch {
+        snat.last_seen_ns = now;
+    }
+    Some(SnatReply {
+        client: snat.client_addr,
+        client_port: snat.client_port,
+        service: snat.service_addr,
+        service_port: snat.service_port,
+    })
+}
+
+/// Rewrites a reply of a SNATed flow: from the service to the client.
+#[inline(always)]
+pub fn rewrite_reply<F: ExtFamily, C: Rewrite>(
+    ctx: &C,
+    pkt: &Packet<F::Addr>,
+    reply: &SnatReply<F::Addr>,
+) -> Result<(), i64> {
+    ctx.rewrite_port(pkt, End::Source, reply.service_port)?;
+    F::rewrite_addr(ctx, pkt, End::Source, reply.service)?;
+    ctx.rewrite_port(pkt, End::Destination, reply.client_port)?;
+    F::rewrite_addr(ctx, pkt, End::Destination, reply.client)
+}
+
 /// A backend on another node answering a flow SNATed to this node: [`NOT_A_REPLY`] when the
 /// packet is not one.
 #[inline(never)]
 fn snat_reply<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> i32 {
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let reply_key = lb::flow_key::<F>(pkt, FLOW_REPLY);
-    let Some(snat) = F::snat().get_ptr_mut(&reply_key) else {
+    let Some(reply) = snat_entry::<F>(pkt, true) else {
         return NOT_A_REPLY;
     };
-    // SAFETY: see `lb::established`.
-    let snat = unsafe { &mut *snat };
-    if !lb::within_lifetime(pkt.proto, false, snat.last_seen_ns, now) {
-        return NOT_A_REPLY;
-    }
-    snat.last_seen_ns = now;
-    let (client, client_port) = (snat.client_addr, snat.client_port);
-    let (service, service_port) = (snat.service_addr, snat.service_port);
-    let rewritten = (|| {
-        rewrite_port(ctx, pkt, End::Source, service_port)?;
-        F::rewrite_addr(ctx, pkt, End::Source, service)?;
-        rewrite_port(ctx, pkt, End::Destination, client_port)?;
-        F::rewrite_addr(ctx, pkt, End::Destination, client)
-    })();
-    if rewritten.is_err() {
+    if rewrite_reply::<F, _>(ctx, pkt, &reply).is_err() {
         // Half rewritten: sending it on would mistranslate.
         return TC_ACT_SHOT;
     }
     count(stats::REVERSED);
-    redirect::<F>(ctx, pkt.proto, &service, &client)
+    redirect::<F>(ctx, pkt.proto, &reply.service, &reply.client)
 }
 
-/// Flows from outside towards a service.
-#[inline(never)]
-fn ext_forward<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
+/// What the external path does with a packet from outside.
+pub enum Decision<A> {
+    /// Not for a service served from outside: passed on untouched.
+    Pass,
+    /// Dropped by rule: outside the source ranges, no (local) endpoint, or no SNAT port.
+    Drop,
+    /// To this backend; SNATed to this node's address from `snat_port` when it is not 0.
+    Translate {
+        backend: A,
+        backend_port: u16,
+        snat_port: u16,
+    },
+}
+
+/// The decision for a packet from outside towards a service, shared by TC and XDP: the flow's
+/// backend when it is established, else a new choice, recorded (with its SNAT entry) so that
+/// every later packet of the flow, on either path, goes the same way.
+#[inline(always)]
+pub fn decide<F: ExtFamily, C: EbpfContext>(ctx: &C, pkt: &Packet<F::Addr>) -> Decision<F::Addr> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some((addr, port, snat_port, _)) = lb::established::<F>(pkt, now) {
-        return translate::<F>(ctx, pkt, addr, port, snat_port);
+    if let Some((backend, backend_port, snat_port, _)) = lb::established::<F>(pkt, now) {
+        return Decision::Translate {
+            backend,
+            backend_port,
+            snat_port,
+        };
     }
 
     let Some(frontend) = lb::frontend::<F>(pkt.daddr, pkt.dport, pkt.proto) else {
-        return Ok(TC_ACT_OK as i32);
+        return Decision::Pass;
     };
     // ClusterIPs are not served from outside.
     if frontend.flags & SVC_F_EXTERNAL == 0 {
-        return Ok(TC_ACT_OK as i32);
+        return Decision::Pass;
     }
     if frontend.flags & SVC_F_SOURCE_RANGES != 0 {
         let key = Key::new(
@@ -222,7 +276,7 @@ fn ext_forward<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i
         );
         if F::source_ranges().get(&key).is_none() {
             count(stats::SOURCE_RANGE_DROPPED);
-            return Ok(TC_ACT_SHOT);
+            return Decision::Drop;
         }
     }
     // SAFETY: helper without arguments.
@@ -232,7 +286,7 @@ fn ext_forward<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i
         // No endpoint (or, for Local, no local endpoint): drop rather than let the kernel
         // answer for a port it does not serve.
         count(stats::NO_ENDPOINT_DROPPED);
-        return Ok(TC_ACT_SHOT);
+        return Decision::Drop;
     };
     let local = frontend.flags & SVC_F_LOCAL != 0 || chosen.backend.flags & BACKEND_F_LOCAL != 0;
     let snat_port = if local {
@@ -242,18 +296,30 @@ fn ext_forward<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i
             Some(port) => port,
             None => {
                 count(stats::SNAT_FAILED);
-                return Ok(TC_ACT_SHOT);
+                return Decision::Drop;
             }
         }
     };
-    lb::record_flow::<F>(ctx, pkt, &chosen, snat_port, now);
-    translate::<F>(
-        ctx,
-        pkt,
-        chosen.backend.addr,
-        chosen.backend.port,
+    lb::record_flow::<F, _>(ctx, pkt, &chosen, snat_port, now);
+    Decision::Translate {
+        backend: chosen.backend.addr,
+        backend_port: chosen.backend.port,
         snat_port,
-    )
+    }
+}
+
+/// Flows from outside towards a service.
+#[inline(never)]
+fn ext_forward<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
+    match decide::<F, _>(ctx, pkt) {
+        Decision::Pass => Ok(TC_ACT_OK as i32),
+        Decision::Drop => Ok(TC_ACT_SHOT),
+        Decision::Translate {
+            backend,
+            backend_port,
+            snat_port,
+        } => translate::<F>(ctx, pkt, backend, backend_port, snat_port),
+    }
 }
 
 /// Finds a free source port of this node's address towards the backend and records the SNAT
@@ -317,7 +383,7 @@ fn translate<F: ExtFamily>(
     backend_port: u16,
     snat_port: u16,
 ) -> Result<i32, i64> {
-    lb::dnat::<F>(ctx, pkt, backend, backend_port)?;
+    lb::dnat::<F, _>(ctx, pkt, backend, backend_port)?;
     if snat_port == 0 {
         return Ok(TC_ACT_OK as i32);
     }
@@ -325,7 +391,7 @@ fn translate<F: ExtFamily>(
         count(stats::SNAT_FAILED);
         return Ok(TC_ACT_SHOT);
     };
-    rewrite_port(ctx, pkt, End::Source, snat_port)?;
+    ctx.rewrite_port(pkt, End::Source, snat_port)?;
     F::rewrite_addr(ctx, pkt, End::Source, node)?;
     Ok(redirect::<F>(ctx, pkt.proto, &node, &backend))
 }

@@ -1,17 +1,14 @@
 //! The two address families behind one interface, so that the load-balancing logic in `lb` is
 //! written once and compiled for each family.
 
-use aya_ebpf::{
-    maps::{HashMap, LruHashMap},
-    programs::TcContext,
-};
+use aya_ebpf::maps::{HashMap, LruHashMap};
 use lb_ebpf::{Backend, FlowKey, FlowValue, ServiceKey, ServiceValue};
 
 use super::{
     maps::{
         LB_BACKENDS_V4, LB_BACKENDS_V6, LB_FLOWS_V4, LB_FLOWS_V6, LB_SERVICES_V4, LB_SERVICES_V6,
     },
-    nat::{self, End},
+    nat::{End, Rewrite},
     parse::Packet,
 };
 
@@ -23,8 +20,8 @@ pub trait Family {
     fn services() -> &'static HashMap<ServiceKey<Self::Addr>, ServiceValue>;
     fn backends() -> &'static HashMap<u32, Backend<Self::Addr>>;
     fn flows() -> &'static LruHashMap<FlowKey<Self::Addr>, Self::Flow>;
-    fn rewrite_addr(
-        ctx: &TcContext,
+    fn rewrite_addr<C: Rewrite>(
+        ctx: &C,
         pkt: &Packet<Self::Addr>,
         end: End,
         new: Self::Addr,
@@ -117,13 +114,13 @@ impl Family for V4 {
         &LB_FLOWS_V4
     }
     #[inline(always)]
-    fn rewrite_addr(
-        ctx: &TcContext,
+    fn rewrite_addr<C: Rewrite>(
+        ctx: &C,
         pkt: &Packet<[u8; 4]>,
         end: End,
         new: [u8; 4],
     ) -> Result<(), i64> {
-        nat::rewrite_v4_addr(ctx, pkt, end, new)
+        ctx.rewrite_v4_addr(pkt, end, new)
     }
 }
 
@@ -144,12 +141,12 @@ impl Family for V6 {
         &LB_FLOWS_V6
     }
     #[inline(always)]
-    fn rewrite_addr(
-        ctx: &TcContext,
+    fn rewrite_addr<C: Rewrite>(
+        ctx: &C,
         pkt: &Packet<[u8; 16]>,
         end: End,
         new: [u8; 16],
     ) -> Result<(), i64> {
-        nat::rewrite_v6_addr(ctx, pkt, end, new)
+        ctx.rewrite_v6_addr(pkt, end, new)
     }
 }

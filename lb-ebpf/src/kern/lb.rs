@@ -1,6 +1,7 @@
 //! The load-balancing decision and connection tracking, written once for both families.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::TC_ACT_OK,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::TcContext,
@@ -14,7 +15,7 @@ use lb_ebpf::{
 use super::{
     family::{Family, FlowEntry, V4, V6},
     maps::count,
-    nat::{End, rewrite_port},
+    nat::{End, Rewrite},
     parse::{Packet, Parsed, parse},
 };
 
@@ -131,8 +132,8 @@ pub fn established<F: Family>(pkt: &Packet<F::Addr>, now: u64) -> Option<(F::Add
 /// service address; with SNAT (`snat_port != 0`) the caller records the SNAT entry instead.
 /// A subprogram of its own: its keys and values would otherwise crowd the callers' stack frames.
 #[inline(never)]
-pub fn record_flow<F: Family>(
-    ctx: &TcContext,
+pub fn record_flow<F: Family, C: EbpfContext>(
+    ctx: &C,
     pkt: &Packet<F::Addr>,
     chosen: &Chosen<F::Addr>,
     snat_port: u16,
@@ -185,15 +186,15 @@ fn forward<F: Family>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some((addr, port, _, _)) = established::<F>(pkt, now) {
-        return dnat::<F>(ctx, pkt, addr, port);
+        return dnat::<F, _>(ctx, pkt, addr, port);
     }
     // SAFETY: helper without arguments.
     let pick = unsafe { bpf_get_prandom_u32() };
     let Some(chosen) = choose_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, pick) else {
         return Ok(TC_ACT_OK as i32);
     };
-    record_flow::<F>(ctx, pkt, &chosen, 0, now);
-    dnat::<F>(ctx, pkt, chosen.backend.addr, chosen.backend.port)
+    record_flow::<F, _>(ctx, pkt, &chosen, 0, now);
+    dnat::<F, _>(ctx, pkt, chosen.backend.addr, chosen.backend.port)
 }
 
 /// A backend chosen for a service.
@@ -271,14 +272,15 @@ pub fn choose_backend<F: Family>(
     pick_backend::<F>(addr, port, proto, &frontend, pick)
 }
 
+/// Rewrites the destination to a backend.
 #[inline(always)]
-pub fn dnat<F: Family>(
-    ctx: &TcContext,
+pub fn dnat<F: Family, C: Rewrite>(
+    ctx: &C,
     pkt: &Packet<F::Addr>,
     addr: F::Addr,
     port: u16,
 ) -> Result<i32, i64> {
-    rewrite_port(ctx, pkt, End::Destination, port)?;
+    ctx.rewrite_port(pkt, End::Destination, port)?;
     F::rewrite_addr(ctx, pkt, End::Destination, addr)?;
     count(stats::TRANSLATED);
     Ok(TC_ACT_OK as i32)
@@ -304,7 +306,7 @@ fn reply<F: Family>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> 
     };
     flow.touch(now, closing);
     let (addr, port) = (flow.nat_addr(), flow.nat_port());
-    rewrite_port(ctx, pkt, End::Source, port)?;
+    ctx.rewrite_port(pkt, End::Source, port)?;
     F::rewrite_addr(ctx, pkt, End::Source, addr)?;
     count(stats::REVERSED);
     Ok(TC_ACT_OK as i32)

@@ -3,13 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_ebpf::{
     Backend4, Backend6, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
     DEFAULT_MAX_SNAT, DEFAULT_MAX_SOCKETS, DEFAULT_MAX_SOURCE_RANGES, Flow4Key, Flow4Value,
-    Flow6Key, Flow6Value, Service4Key, Service6Key, ServiceValue, Snat4Key, Snat4Value, Snat6Key,
-    Snat6Value, Sock4Key, Sock4Value, Sock6Key, Sock6Value, SourceRange, stats,
+    Flow6Key, Flow6Value, MAX_XDP_DEVICES, Service4Key, Service6Key, ServiceValue, Snat4Key,
+    Snat4Value, Snat6Key, Snat6Value, Sock4Key, Sock4Value, Sock6Key, Sock6Value, SourceRange,
+    stats,
 };
 
 #[map]
@@ -46,6 +47,9 @@ pub static LB_SOCK_REVNAT_V4: LruHashMap<Sock4Key, Sock4Value> =
 #[map]
 pub static LB_SOCK_REVNAT_V6: LruHashMap<Sock6Key, Sock6Value> =
     LruHashMap::pinned(DEFAULT_MAX_SOCKETS, 0);
+/// The devices running the XDP program, by ifindex: where XDP may redirect translated frames.
+#[map]
+pub static LB_XDP_DEVICES: DevMapHash = DevMapHash::pinned(MAX_XDP_DEVICES, 0);
 #[map]
 pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
 

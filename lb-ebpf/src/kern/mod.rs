@@ -1,13 +1,16 @@
-//! Kernel side, split by concern as in katran: packet parsing, address families and their maps,
-//! checksum-correct rewriting, and the load-balancing decision with connection tracking.
+//! Kernel side, split by concern as in katran: packet access and parsing, address families and
+//! their maps, checksum-correct rewriting, and the load-balancing decision with connection
+//! tracking; the TC, XDP and socket programs are thin layers over them.
 
 pub mod ext;
 pub mod family;
+pub mod frame;
 pub mod lb;
 pub mod maps;
 pub mod nat;
 pub mod parse;
 pub mod sock;
+pub mod xdp;
 
 use aya_ebpf::bindings::TC_ACT_OK;
 

@@ -1,10 +1,8 @@
-//! Header parsing. Reads go through `bpf_skb_load_bytes` (`TcContext::load`), which also works
-//! when headers sit in non-linear skb data, and keeps the verifier's job simple.
+//! Header parsing, written once for TC and XDP over [`Frame`].
 
-use aya_ebpf::programs::TcContext;
 use lb_ebpf::{PROTO_TCP, PROTO_UDP, stats};
 
-use super::maps::count;
+use super::{frame::Frame, maps::count};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -94,9 +92,8 @@ pub enum Parsed {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Parsed, i64> {
-    let eth_proto = u16::from_be(ctx.load::<u16>(12)?);
-    match eth_proto {
+pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, i64> {
+    match eth_proto(ctx)? {
         ETH_P_IP => parse_v4(ctx, ETH_HLEN),
         ETH_P_IPV6 => parse_v6(ctx, ETH_HLEN),
         _ => Ok(Parsed::Other),
@@ -105,12 +102,12 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, i64> {
 
 /// The Ethernet protocol of the frame, host order.
 #[inline(always)]
-pub fn eth_proto(ctx: &TcContext) -> Result<u16, i64> {
+pub fn eth_proto<C: Frame>(ctx: &C) -> Result<u16, i64> {
     Ok(u16::from_be(ctx.load::<u16>(12)?))
 }
 
 #[inline(always)]
-pub fn parse_v4(ctx: &TcContext, l3_off: usize) -> Result<Parsed, i64> {
+pub fn parse_v4<C: Frame>(ctx: &C, l3_off: usize) -> Result<Parsed, i64> {
     let ip: Ipv4Hdr = ctx.load(l3_off)?;
     let ihl = usize::from(ip.ver_ihl & 0x0f) * 4;
     if ip.ver_ihl >> 4 != 4 || ihl < core::mem::size_of::<Ipv4Hdr>() {
@@ -141,7 +138,7 @@ pub fn parse_v4(ctx: &TcContext, l3_off: usize) -> Result<Parsed, i64> {
 }
 
 #[inline(always)]
-pub fn parse_v6(ctx: &TcContext, l3_off: usize) -> Result<Parsed, i64> {
+pub fn parse_v6<C: Frame>(ctx: &C, l3_off: usize) -> Result<Parsed, i64> {
     let ip: Ipv6Hdr = ctx.load(l3_off)?;
     if ip.vtc_flow[0] >> 4 != 6 {
         return Ok(Parsed::Other);
@@ -196,7 +193,7 @@ pub fn parse_v6(ctx: &TcContext, l3_off: usize) -> Result<Parsed, i64> {
 }
 
 #[inline(always)]
-fn load_l4(ctx: &TcContext, proto: u8, l4_off: usize) -> Result<(u16, u16, u8, u16), i64> {
+fn load_l4<C: Frame>(ctx: &C, proto: u8, l4_off: usize) -> Result<(u16, u16, u8, u16), i64> {
     let [sport, dport]: [u16; 2] = ctx.load(l4_off)?;
     let (tcp_flags, csum_off) = if proto == PROTO_TCP {
         (ctx.load::<u8>(l4_off + TCP_FLAGS_OFF)?, TCP_CSUM_OFF)

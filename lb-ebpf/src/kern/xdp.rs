@@ -1,0 +1,334 @@
+//! XDP fast path for external traffic: NodePorts, ExternalIPs and LoadBalancer IPs, handled in
+//! the driver before the kernel allocates an skb.
+//!
+//! The decisions are the TC path's (`ext::decide`, the same maps), so a flow may move between the
+//! two paths at any packet and still go to the same backend. XDP finishes what it can on its own:
+//! - a backend on this node (or traffic policy Local): DNAT, then `XDP_PASS` to the kernel,
+//!   which routes the packet to the pod;
+//! - a backend on another node, and the replies coming back from it: the kernel's FIB gives the
+//!   next hop's MAC address and the device, and the frame leaves at once (`XDP_TX` on the same
+//!   device, a redirect through `LB_XDP_DEVICES` to another device that runs this program).
+//!
+//! Everything XDP cannot finish goes to the TC program on the same device untouched: a next hop
+//! whose neighbour entry is not resolved yet (TC's `bpf_redirect_neigh` resolves it), a device
+//! outside `LB_XDP_DEVICES`, a frame larger than the egress MTU, a frame XDP cannot parse. The
+//! flow the decision recorded is then found and translated by TC. So XDP never sends a packet
+//! it cannot deliver, and nothing is translated twice: a packet either leaves XDP translated
+//! (and no longer matches a service or a SNAT entry) or untouched.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
+    helpers::bpf_fib_lookup as fib_lookup,
+    programs::XdpContext,
+};
+use lb_ebpf::stats;
+
+use super::{
+    ext::{self, Decision, ExtFamily, NOT_A_REPLY},
+    family::{V4, V6},
+    frame::xdp_ptr,
+    lb,
+    maps::{LB_XDP_DEVICES, count},
+    nat::{End, Rewrite as _},
+    parse::{ETH_P_IP, ETH_P_IPV6, Packet, eth_proto},
+};
+
+const XDP_PASS: u32 = xdp_action::XDP_PASS;
+const XDP_DROP: u32 = xdp_action::XDP_DROP;
+const XDP_TX: u32 = xdp_action::XDP_TX;
+
+/// Offsets of the MAC addresses in the Ethernet header.
+const ETH_DEST_OFF: usize = 0;
+const ETH_SOURCE_OFF: usize = 6;
+
+/// XDP on an external device.
+///
+/// As in TC, the work is split into subprograms per family and path (`#[inline(never)]`) that
+/// return plain integers, to keep every stack frame chain within the verifier's 512 bytes.
+#[inline(always)]
+pub fn ext(ctx: &XdpContext) -> u32 {
+    match eth_proto(ctx) {
+        Ok(ETH_P_IP) => external::<V4>(ctx),
+        Ok(ETH_P_IPV6) => external::<V6>(ctx),
+        _ => XDP_PASS,
+    }
+}
+
+#[inline(never)]
+fn external<F: ExtFamily>(ctx: &XdpContext) -> u32 {
+    let mut pkt = Packet {
+        saddr: F::UNSPECIFIED,
+        daddr: F::UNSPECIFIED,
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        tcp_flags: 0,
+        l4_csum: 0,
+        l3_off: 0,
+        l4_off: 0,
+    };
+    if !parse::<F>(ctx, &mut pkt) {
+        return XDP_PASS;
+    }
+    match snat_reply::<F>(ctx, &pkt) {
+        NOT_A_REPLY => forward::<F>(ctx, &pkt),
+        verdict => verdict as u32,
+    }
+}
+
+/// Parses a frame of family `F` into `out`; `false` for anything not translatable. A subprogram
+/// of its own, so that the headers it copies out of the frame do not sit in the frame of every
+/// later step.
+#[inline(never)]
+fn parse<F: ExtFamily>(ctx: &XdpContext, out: &mut Packet<F::Addr>) -> bool {
+    match F::parse(ctx) {
+        Ok(Some(pkt)) => {
+            *out = pkt;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Where a frame leaves: the egress device and the Ethernet addresses for the next hop.
+struct Route {
+    ifindex: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+impl Route {
+    #[inline(always)]
+    fn none() -> Self {
+        Self {
+            ifindex: 0,
+            smac: [0; 6],
+            dmac: [0; 6],
+        }
+    }
+}
+
+/// Finds the route of a frame from `src` to `dst` (after translation) into `out`, when XDP can
+/// send it itself: the FIB has a resolved next hop, the frame fits the egress MTU, and the egress
+/// device is this one or another in `LB_XDP_DEVICES`. `false`: leave the frame to the TC path.
+///
+/// A subprogram of its own, filling the caller's `Route`: the 64-byte lookup parameters would
+/// otherwise crowd the callers' stack frames.
+#[inline(never)]
+fn find_route<F: ExtFamily>(
+    ctx: &XdpContext,
+    pkt: &Packet<F::Addr>,
+    src: &F::Addr,
+    dst: &F::Addr,
+    out: &mut Route,
+) -> bool {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = F::AF;
+    params.l4_protocol = pkt.proto;
+    params.ifindex = ctx.ingress_ifindex() as u32;
+    // The IP packet's length, so that the lookup refuses a next hop with a smaller MTU.
+    params.__bindgen_anon_1.tot_len = (ctx.data_end() - ctx.data() - pkt.l3_off) as u16;
+    F::fill_fib(&mut params, *src, *dst);
+    // SAFETY: the helper reads and fills `params`, whose size is passed.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return false;
+    }
+    if params.ifindex != ctx.ingress_ifindex() as u32
+        && LB_XDP_DEVICES.get(params.ifindex).is_none()
+    {
+        return false;
+    }
+    out.ifindex = params.ifindex;
+    out.smac = params.smac;
+    out.dmac = params.dmac;
+    true
+}
+
+/// Sends a translated frame on its route.
+#[inline(always)]
+fn transmit(ctx: &XdpContext, route: &Route) -> u32 {
+    let (Ok(dest), Ok(source)) = (
+        xdp_ptr::<[u8; 6]>(ctx, ETH_DEST_OFF),
+        xdp_ptr::<[u8; 6]>(ctx, ETH_SOURCE_OFF),
+    ) else {
+        return XDP_DROP;
+    };
+    // SAFETY: `xdp_ptr` checked both fields lie inside the frame.
+    unsafe {
+        core::ptr::write_unaligned(dest, route.dmac);
+        core::ptr::write_unaligned(source, route.smac);
+    }
+    count(stats::REDIRECTED);
+    if route.ifindex == ctx.ingress_ifindex() as u32 {
+        return XDP_TX;
+    }
+    // The device was in the map a moment ago; should it have left since, the translated frame
+    // must not reach the stack (it would be mistaken for traffic of this node): drop it.
+    match LB_XDP_DEVICES.redirect(route.ifindex, u64::from(XDP_DROP)) {
+        Ok(action) | Err(action) => action,
+    }
+}
+
+/// A backend on another node answering a flow SNATed to this node: [`NOT_A_REPLY`] when the
+/// packet is not one.
+#[inline(never)]
+fn snat_reply<F: ExtFamily>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> i32 {
+    let Some(reply) = ext::snat_entry::<F>(pkt, false) else {
+        return NOT_A_REPLY;
+    };
+    let mut route = Route::none();
+    if !find_route::<F>(ctx, pkt, &reply.service, &reply.client, &mut route) {
+        // TC finishes it, and refreshes the entry then.
+        return XDP_PASS as i32;
+    }
+    let _ = ext::snat_entry::<F>(pkt, true);
+    if rewrite_reply::<F>(ctx, pkt, &reply) != 0 {
+        // Half rewritten: sending it on would mistranslate.
+        return XDP_DROP as i32;
+    }
+    count(stats::REVERSED);
+    transmit(ctx, &route) as i32
+}
+
+/// [`ext::rewrite_reply`] in a subprogram of its own (stack frames, as above): 0, or -1 on a
+/// failed rewrite.
+#[inline(never)]
+fn rewrite_reply<F: ExtFamily>(
+    ctx: &XdpContext,
+    pkt: &Packet<F::Addr>,
+    reply: &ext::SnatReply<F::Addr>,
+) -> i32 {
+    match ext::rewrite_reply::<F, _>(ctx, pkt, reply) {
+        Ok(()) => 0,
+        Err(_) => -1,
+    }
+}
+
+/// [`Decision`] as plain fields, every one always written: a subprogram fills it through a
+/// pointer, and an enum store would write its unused payload from uninitialised registers, which
+/// the verifier refuses.
+struct Outcome<A> {
+    kind: u32,
+    backend: A,
+    backend_port: u16,
+    snat_port: u16,
+}
+
+const OUTCOME_PASS: u32 = 0;
+const OUTCOME_DROP: u32 = 1;
+const OUTCOME_TRANSLATE: u32 = 2;
+
+/// Flows from outside towards a service.
+#[inline(never)]
+fn forward<F: ExtFamily>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> u32 {
+    let mut outcome = Outcome {
+        kind: OUTCOME_PASS,
+        backend: pkt.daddr,
+        backend_port: 0,
+        snat_port: 0,
+    };
+    decide::<F>(ctx, pkt, &mut outcome);
+    match outcome.kind {
+        OUTCOME_DROP => XDP_DROP,
+        OUTCOME_TRANSLATE if outcome.snat_port == 0 => {
+            // A backend on this node: the kernel delivers the translated packet to the pod.
+            local::<F>(ctx, pkt, &outcome.backend, outcome.backend_port)
+        }
+        OUTCOME_TRANSLATE => snat_forward::<F>(
+            ctx,
+            pkt,
+            &outcome.backend,
+            outcome.backend_port,
+            outcome.snat_port,
+        ),
+        _ => XDP_PASS,
+    }
+}
+
+/// [`ext::decide`] in a subprogram of its own, filling the caller's [`Outcome`]: its map keys
+/// and values would otherwise crowd the callers' stack frames.
+#[inline(never)]
+fn decide<F: ExtFamily>(ctx: &XdpContext, pkt: &Packet<F::Addr>, out: &mut Outcome<F::Addr>) {
+    match ext::decide::<F, _>(ctx, pkt) {
+        Decision::Pass => out.kind = OUTCOME_PASS,
+        Decision::Drop => out.kind = OUTCOME_DROP,
+        Decision::Translate {
+            backend,
+            backend_port,
+            snat_port,
+        } => {
+            out.kind = OUTCOME_TRANSLATE;
+            out.backend = backend;
+            out.backend_port = backend_port;
+            out.snat_port = snat_port;
+        }
+    }
+}
+
+/// DNAT to a backend on this node, then on to the kernel.
+#[inline(never)]
+fn local<F: ExtFamily>(
+    ctx: &XdpContext,
+    pkt: &Packet<F::Addr>,
+    backend: &F::Addr,
+    backend_port: u16,
+) -> u32 {
+    match lb::dnat::<F, _>(ctx, pkt, *backend, backend_port) {
+        Ok(_) => XDP_PASS,
+        Err(_) => XDP_DROP,
+    }
+}
+
+/// A backend on another node: DNAT and SNAT to this node's address, then out to the next hop.
+#[inline(never)]
+fn snat_forward<F: ExtFamily>(
+    ctx: &XdpContext,
+    pkt: &Packet<F::Addr>,
+    backend: &F::Addr,
+    backend_port: u16,
+    snat_port: u16,
+) -> u32 {
+    let Some(node) = F::node_addr().get(0) else {
+        return XDP_PASS;
+    };
+    let mut route = Route::none();
+    if !find_route::<F>(ctx, pkt, node, backend, &mut route) {
+        // The flow is recorded: TC translates this packet the same way and sends it.
+        return XDP_PASS;
+    }
+    if rewrite_snat::<F>(ctx, pkt, backend, backend_port, snat_port) != 0 {
+        return XDP_DROP;
+    }
+    transmit(ctx, &route)
+}
+
+/// DNAT to the backend and SNAT to this node's address from `snat_port`: 0, or -1 on a failed
+/// rewrite.
+#[inline(never)]
+fn rewrite_snat<F: ExtFamily>(
+    ctx: &XdpContext,
+    pkt: &Packet<F::Addr>,
+    backend: &F::Addr,
+    backend_port: u16,
+    snat_port: u16,
+) -> i32 {
+    let Some(node) = F::node_addr().get(0) else {
+        return -1;
+    };
+    let rewritten = (|| {
+        lb::dnat::<F, _>(ctx, pkt, *backend, backend_port)?;
+        ctx.rewrite_port(pkt, End::Source, snat_port)?;
+        F::rewrite_addr(ctx, pkt, End::Source, *node)
+    })();
+    if rewritten.is_err() { -1 } else { 0 }
+}
