@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
 use lb_agent::{
     bpf::{BpfMaps, Datapath, LoadOptions, SocketLb},
     datapath::Writer,
@@ -141,8 +141,60 @@ impl Lb {
         Ok((result.return_value, out))
     }
 
+    /// Runs `lb_xdp_ext` (the XDP fast path for external traffic) on a frame received on
+    /// device `ingress_ifindex` of the calling thread's network namespace (0: none, and no FIB
+    /// lookup can succeed): the verdict and the frame.
+    #[allow(
+        dead_code,
+        reason = "used by some of the test binaries sharing this module"
+    )]
+    pub fn xdp(&mut self, frame: &[u8], ingress_ifindex: u32) -> anyhow::Result<(u32, Vec<u8>)> {
+        let name = lb_ebpf::program_names::XDP_EXT;
+        let program: &mut Xdp = self
+            .datapath
+            .ebpf_mut()
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not an XDP program"))?;
+        // `struct xdp_md`: data, data_end, data_meta (set by the kernel), ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let mut ctx = [0_u8; 24];
+        ctx[4..8].copy_from_slice(&u32::try_from(frame.len())?.to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        let mut out = vec![0; DATA_OUT_LEN];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: (ingress_ifindex != 0).then_some(&ctx[..]),
+                ..TestRunOptions::new()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
+    /// The writer's maps, for settings outside the service table (the node's SNAT address).
+    #[allow(
+        dead_code,
+        reason = "used by some of the test binaries sharing this module"
+    )]
+    pub fn maps_mut(&mut self) -> &mut BpfMaps {
+        self.writer.maps_mut()
+    }
+
     pub fn maps(&self) -> &BpfMaps {
         self.writer.maps()
+    }
+
+    /// The loaded programs, for attaching them to devices.
+    #[allow(
+        dead_code,
+        reason = "used by some of the test binaries sharing this module"
+    )]
+    pub fn datapath_mut(&mut self) -> &mut Datapath {
+        &mut self.datapath
     }
 
     /// A counter of `lb_ebpf::stats`, summed over CPUs.

@@ -1,0 +1,549 @@
+//! Packet tests through BPF_PROG_TEST_RUN for `lb_xdp_ext`, the XDP fast path on the node's
+//! external devices, both families: DNAT to local backends, what passes untouched, what is
+//! dropped by rule, and, in a network namespace of the test's own with routes and neighbours,
+//! SNATed flows to other nodes and their replies leaving by `XDP_TX` and redirect, and the
+//! hand-off to the TC path when the next hop is not resolved.
+
+#[allow(
+    dead_code,
+    reason = "the helpers shared with packet.rs are not all used here"
+)]
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+
+use common::{
+    Lb,
+    frame::{Packet, TCP_ACK, TCP_SYN, Transport, assert_frame_eq, verify_checksums},
+};
+use lb_agent::{
+    bpf::DatapathMode,
+    model::{ExternalPolicy, Frontend, FrontendState, IpFamily, Protocol},
+};
+use lb_ebpf::{FLOW_F_SNAT, stats};
+use lb_tests::{netns::Netns, require_root};
+
+type TestResult = anyhow::Result<()>;
+
+/// `enum xdp_action` (`linux/bpf.h`).
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+fn sock(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// An external frontend (node port) with its backends, the `local` ones on this node.
+fn external(
+    frontend: &str,
+    protocol: Protocol,
+    backends: &[&str],
+    local: &[&str],
+    policy: ExternalPolicy,
+) -> (Frontend, FrontendState) {
+    let sorted = |list: &[&str]| {
+        let mut v: Vec<SocketAddr> = list.iter().map(|b| sock(b)).collect();
+        v.sort();
+        v
+    };
+    (
+        Frontend {
+            addr: sock(frontend),
+            protocol,
+        },
+        FrontendState {
+            service_port: format!("test/{frontend}"),
+            backends: sorted(backends),
+            local_backends: sorted(local),
+            external: Some(policy),
+        },
+    )
+}
+
+fn lb_with(states: &[(Frontend, FrontendState)]) -> anyhow::Result<Lb> {
+    let mut lb = Lb::load()?;
+    lb.apply_states(states)?;
+    Ok(lb)
+}
+
+const CLIENT4: &str = "192.0.2.100:40000";
+const CLIENT6: &str = "[2001:db8::100]:40000";
+
+#[test]
+fn node_port_to_a_local_backend_is_translated_and_passed_to_the_kernel_for_both_families()
+-> TestResult {
+    for (node_port, backend, client) in [
+        ("192.0.2.1:30080", "10.201.1.2:8080", CLIENT4),
+        ("[2001:db8::1]:30080", "[fd00:201:1::2]:8080", CLIENT6),
+    ] {
+        for (protocol, input) in [
+            (
+                Protocol::Tcp,
+                Packet::tcp(sock(client), sock(node_port), TCP_SYN),
+            ),
+            (Protocol::Udp, Packet::udp(sock(client), sock(node_port))),
+        ] {
+            let mut lb = lb_with(&[external(
+                node_port,
+                protocol,
+                &[backend],
+                &[backend],
+                ExternalPolicy::default(),
+            )])?;
+            let (verdict, out) = lb.xdp(&input.frame(), 0)?;
+            assert_eq!(verdict, XDP_PASS, "{protocol:?} to {node_port}");
+            // DNAT only: the client address is kept, the kernel delivers to the local pod.
+            let expected = input.clone().to(sock(backend)).frame();
+            assert_frame_eq(&out, &expected, node_port);
+            verify_checksums(&out).map_err(anyhow::Error::msg)?;
+            assert_eq!(lb.stat(stats::TRANSLATED), 1);
+            // The next packet of the flow goes the same way.
+            let (verdict, again) = lb.xdp(&input.frame(), 0)?;
+            assert_eq!(verdict, XDP_PASS);
+            assert_frame_eq(&again, &expected, "second packet of the flow");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn udp_over_ipv4_without_a_checksum_keeps_none() -> TestResult {
+    let (node_port, backend) = ("192.0.2.1:30053", "10.201.1.2:5353");
+    let mut lb = lb_with(&[external(
+        node_port,
+        Protocol::Udp,
+        &[backend],
+        &[backend],
+        ExternalPolicy::default(),
+    )])?;
+    let input = Packet::new(sock(CLIENT4), sock(node_port), Transport::UdpNoChecksum);
+    let (verdict, out) = lb.xdp(&input.frame(), 0)?;
+    assert_eq!(verdict, XDP_PASS);
+    assert_frame_eq(&out, &input.to(sock(backend)).frame(), "zero UDP checksum");
+    verify_checksums(&out).map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+#[test]
+fn cluster_ips_and_other_traffic_pass_untouched() -> TestResult {
+    for (vip, backend, client, other) in [
+        ("10.96.0.10:80", "10.201.1.2:8080", CLIENT4, "192.0.2.1:22"),
+        (
+            "[fd00:96::10]:80",
+            "[fd00:201:1::2]:8080",
+            CLIENT6,
+            "[2001:db8::1]:22",
+        ),
+    ] {
+        let mut lb = Lb::load()?;
+        lb.apply(&[(
+            Frontend {
+                addr: sock(vip),
+                protocol: Protocol::Tcp,
+            },
+            &[sock(backend)],
+        )])?;
+        for (frame, what) in [
+            (
+                Packet::tcp(sock(client), sock(vip), TCP_SYN).frame(),
+                "a ClusterIP reached from outside",
+            ),
+            (
+                Packet::tcp(sock(client), sock(other), TCP_SYN).frame(),
+                "traffic to the node itself",
+            ),
+            (
+                Packet::new(sock(client), sock(other), Transport::IcmpEcho).frame(),
+                "an echo request",
+            ),
+        ] {
+            let (verdict, out) = lb.xdp(&frame, 0)?;
+            assert_eq!(verdict, XDP_PASS, "{what}");
+            assert_frame_eq(&out, &frame, what);
+        }
+        assert_eq!(lb.stat(stats::TRANSLATED), 0);
+    }
+    Ok(())
+}
+
+#[test]
+fn source_ranges_and_local_policy_without_endpoints_drop() -> TestResult {
+    for (lb_ip, node_port, backend, inside, outside) in [
+        (
+            "203.0.113.10:443",
+            "192.0.2.1:30081",
+            "10.201.1.2:8443",
+            "192.0.2.7:40000",
+            "198.51.100.7:40000",
+        ),
+        (
+            "[2001:db8:1::10]:443",
+            "[2001:db8::1]:30081",
+            "[fd00:201:1::2]:8443",
+            "[2001:db8::7]:40000",
+            "[2001:db9::7]:40000",
+        ),
+    ] {
+        let ranges = ExternalPolicy {
+            local_only: false,
+            source_ranges: ["192.0.2.0/24", "2001:db8::/32"]
+                .iter()
+                .map(|r| r.parse().unwrap())
+                .collect(),
+        };
+        let local_only = ExternalPolicy {
+            local_only: true,
+            source_ranges: vec![],
+        };
+        let mut lb = lb_with(&[
+            external(lb_ip, Protocol::Tcp, &[backend], &[backend], ranges),
+            external(node_port, Protocol::Tcp, &[], &[], local_only),
+        ])?;
+        let (verdict, _) = lb.xdp(&Packet::tcp(sock(inside), sock(lb_ip), TCP_SYN).frame(), 0)?;
+        assert_eq!(verdict, XDP_PASS, "{inside} is inside the ranges");
+        let (verdict, _) = lb.xdp(&Packet::tcp(sock(outside), sock(lb_ip), TCP_SYN).frame(), 0)?;
+        assert_eq!(verdict, XDP_DROP, "{outside} is outside the ranges");
+        assert_eq!(lb.stat(stats::SOURCE_RANGE_DROPPED), 1);
+        let (verdict, _) = lb.xdp(
+            &Packet::tcp(sock(inside), sock(node_port), TCP_SYN).frame(),
+            0,
+        )?;
+        assert_eq!(verdict, XDP_DROP, "{node_port}: no local endpoint");
+        assert_eq!(lb.stat(stats::NO_ENDPOINT_DROPPED), 1);
+    }
+    Ok(())
+}
+
+/// This node's MAC address on the LAN device of [`Lan`].
+const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
+/// The other node's, the next hop towards its pods.
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xbb];
+/// The client's.
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xcc];
+/// The next hop behind the second device `y0`.
+const Y_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xdd];
+
+/// A namespace standing for this node: LAN device `x0` (192.0.2.1/24, 2001:db8::1/64) with the
+/// client (.100) and the other node (.2) as resolved neighbours, the other node's pods
+/// (10.202.0.0/16, fd00:202::/32) routed via it, 10.203.0.0/16 and fd00:203::/32 via a next hop
+/// (.3) without a neighbour entry, and a second device `y0` towards 10.204.0.0/16 and
+/// fd00:204::/32. Only connected and routed next hops: no default route.
+struct Lan {
+    ns: Netns,
+    x0: u32,
+    y0: u32,
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Lan {
+    fn new() -> anyhow::Result<Self> {
+        let ns = Netns::new("lbx")?;
+        ns.sysctl(&[
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ])?;
+        for (dev, peer) in [("x0", "x1"), ("y0", "y1")] {
+            ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", peer])?;
+            ns.ip(&["link", "set", peer, "up"])?;
+        }
+        ns.ip(&["link", "set", "x0", "address", &mac(NODE_MAC)])?;
+        for dev in ["x0", "y0"] {
+            ns.ip(&["link", "set", dev, "up"])?;
+        }
+        for args in [
+            &["addr", "add", "192.0.2.1/24", "dev", "x0"][..],
+            &["addr", "add", "2001:db8::1/64", "dev", "x0", "nodad"],
+            &["addr", "add", "198.51.100.1/24", "dev", "y0"],
+            &["addr", "add", "2001:db8:4::1/64", "dev", "y0", "nodad"],
+            &["route", "add", "10.202.0.0/16", "via", "192.0.2.2"],
+            &["-6", "route", "add", "fd00:202::/32", "via", "2001:db8::2"],
+            &["route", "add", "10.203.0.0/16", "via", "192.0.2.3"],
+            &["-6", "route", "add", "fd00:203::/32", "via", "2001:db8::3"],
+            &["route", "add", "10.204.0.0/16", "via", "198.51.100.2"],
+            &[
+                "-6",
+                "route",
+                "add",
+                "fd00:204::/32",
+                "via",
+                "2001:db8:4::2",
+            ],
+        ] {
+            ns.ip(args)?;
+        }
+        for (addr, lladdr, dev) in [
+            ("192.0.2.2", PEER_MAC, "x0"),
+            ("2001:db8::2", PEER_MAC, "x0"),
+            ("192.0.2.100", CLIENT_MAC, "x0"),
+            ("2001:db8::100", CLIENT_MAC, "x0"),
+            ("198.51.100.2", Y_PEER_MAC, "y0"),
+            ("2001:db8:4::2", Y_PEER_MAC, "y0"),
+        ] {
+            ns.ip(&[
+                "neigh",
+                "add",
+                addr,
+                "lladdr",
+                &mac(lladdr),
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])?;
+        }
+        let index = |dev: &'static str| {
+            ns.run(move || {
+                let name = std::ffi::CString::new(dev).unwrap();
+                // SAFETY: a NUL-terminated name.
+                unsafe { libc::if_nametoindex(name.as_ptr()) }
+            })
+        };
+        let (x0, y0) = (index("x0")?, index("y0")?);
+        anyhow::ensure!(x0 != 0 && y0 != 0, "x0 or y0 has no ifindex");
+        Ok(Self { ns, x0, y0 })
+    }
+
+    /// Runs the XDP program on a frame received on `x0`.
+    fn xdp(&self, lb: &mut Lb, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        let x0 = self.x0;
+        self.ns.run(|| lb.xdp(frame, x0))?
+    }
+}
+
+/// `frame` with the Ethernet addresses of a hop from `src` to `dst`.
+fn with_macs(mut frame: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    frame[0..6].copy_from_slice(&dst);
+    frame[6..12].copy_from_slice(&src);
+    frame
+}
+
+fn ip_of(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn flows_to_another_nodes_backend_and_their_replies_leave_by_xdp_tx_for_both_families() -> TestResult
+{
+    require_root();
+    let lan = Lan::new()?;
+    for (node, node_port, backend, client, protocol) in [
+        (
+            "192.0.2.1",
+            "192.0.2.1:30080",
+            "10.202.1.2:8080",
+            CLIENT4,
+            Protocol::Tcp,
+        ),
+        (
+            "192.0.2.1",
+            "192.0.2.1:30053",
+            "10.202.1.2:5353",
+            CLIENT4,
+            Protocol::Udp,
+        ),
+        (
+            "2001:db8::1",
+            "[2001:db8::1]:30080",
+            "[fd00:202:1::2]:8080",
+            CLIENT6,
+            Protocol::Tcp,
+        ),
+        (
+            "2001:db8::1",
+            "[2001:db8::1]:30053",
+            "[fd00:202:1::2]:5353",
+            CLIENT6,
+            Protocol::Udp,
+        ),
+    ] {
+        let what = format!("{protocol:?} {client} -> {node_port} -> {backend}");
+        let mut lb = lb_with(&[external(
+            node_port,
+            protocol,
+            &[backend],
+            &[],
+            ExternalPolicy::default(),
+        )])?;
+        let family = if ip_of(node).is_ipv6() {
+            IpFamily::V6
+        } else {
+            IpFamily::V4
+        };
+        lb.maps_mut()
+            .set_node_addr(family, Some(ip_of(node)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let packet = |src: &str, dst: &str, flags: u8| match protocol {
+            Protocol::Tcp => Packet::tcp(sock(src), sock(dst), flags),
+            _ => Packet::udp(sock(src), sock(dst)),
+        };
+        // The client's own port is free towards the backend, so SNAT keeps it.
+        let snat = SocketAddr::new(ip_of(node), sock(client).port());
+
+        let (verdict, out) = lan.xdp(&mut lb, &packet(client, node_port, TCP_SYN).frame())?;
+        assert_eq!(verdict, XDP_TX, "{what}: out of the device it came in on");
+        let expected = with_macs(
+            packet(&snat.to_string(), backend, TCP_SYN).frame(),
+            PEER_MAC,
+            NODE_MAC,
+        );
+        assert_frame_eq(&out, &expected, &what);
+        verify_checksums(&out).map_err(anyhow::Error::msg)?;
+
+        let (verdict, out) = lan.xdp(
+            &mut lb,
+            &packet(backend, &snat.to_string(), TCP_SYN | TCP_ACK).frame(),
+        )?;
+        assert_eq!(verdict, XDP_TX, "{what}: the reply");
+        let expected = with_macs(
+            packet(node_port, client, TCP_SYN | TCP_ACK).frame(),
+            CLIENT_MAC,
+            NODE_MAC,
+        );
+        assert_frame_eq(&out, &expected, &format!("{what}, reply"));
+        verify_checksums(&out).map_err(anyhow::Error::msg)?;
+        assert_eq!(lb.stat(stats::REVERSED), 1, "{what}");
+        assert_eq!(lb.stat(stats::REDIRECTED), 2, "{what}: both sent by XDP");
+    }
+    Ok(())
+}
+
+#[test]
+fn an_unresolved_next_hop_leaves_the_packet_untouched_to_tc_with_its_flow_recorded() -> TestResult {
+    require_root();
+    let lan = Lan::new()?;
+    for (node, node_port, backend, client) in [
+        ("192.0.2.1", "192.0.2.1:30080", "10.203.1.2:8080", CLIENT4),
+        (
+            "2001:db8::1",
+            "[2001:db8::1]:30080",
+            "[fd00:203:1::2]:8080",
+            CLIENT6,
+        ),
+    ] {
+        let mut lb = lb_with(&[external(
+            node_port,
+            Protocol::Tcp,
+            &[backend],
+            &[],
+            ExternalPolicy::default(),
+        )])?;
+        let family = if ip_of(node).is_ipv6() {
+            IpFamily::V6
+        } else {
+            IpFamily::V4
+        };
+        lb.maps_mut()
+            .set_node_addr(family, Some(ip_of(node)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let frame = Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame();
+        let (verdict, out) = lan.xdp(&mut lb, &frame)?;
+        assert_eq!(
+            verdict, XDP_PASS,
+            "{node_port}: no neighbour entry for the next hop"
+        );
+        assert_frame_eq(&out, &frame, "left to TC untouched");
+        assert_eq!(lb.stat(stats::TRANSLATED), 0);
+        assert_eq!(lb.stat(stats::NEW_FLOWS), 1, "the flow TC will find");
+        let backend = sock(backend);
+        let snat_flows = match backend.ip() {
+            IpAddr::V4(ip) => lb
+                .maps()
+                .flows_v4()
+                .into_iter()
+                .filter(|(_, v)| v.nat_addr == ip.octets() && v.flags & FLOW_F_SNAT != 0)
+                .count(),
+            IpAddr::V6(ip) => lb
+                .maps()
+                .flows_v6()
+                .into_iter()
+                .filter(|(_, v)| v.nat_addr == ip.octets() && v.flags & FLOW_F_SNAT != 0)
+                .count(),
+        };
+        assert_eq!(snat_flows, 1, "a SNATed flow to {backend}");
+    }
+    Ok(())
+}
+
+#[test]
+fn another_egress_device_is_used_only_when_it_runs_xdp() -> TestResult {
+    require_root();
+    let lan = Lan::new()?;
+    for (node, node_port, backend, client) in [
+        ("192.0.2.1", "192.0.2.1:30080", "10.204.1.2:8080", CLIENT4),
+        (
+            "2001:db8::1",
+            "[2001:db8::1]:30080",
+            "[fd00:204:1::2]:8080",
+            CLIENT6,
+        ),
+    ] {
+        let mut lb = lb_with(&[external(
+            node_port,
+            Protocol::Tcp,
+            &[backend],
+            &[],
+            ExternalPolicy::default(),
+        )])?;
+        let family = if ip_of(node).is_ipv6() {
+            IpFamily::V6
+        } else {
+            IpFamily::V4
+        };
+        lb.maps_mut()
+            .set_node_addr(family, Some(ip_of(node)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let first = Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame();
+        let (verdict, out) = lan.xdp(&mut lb, &first)?;
+        assert_eq!(verdict, XDP_PASS, "y0 runs no XDP program: TC sends it");
+        assert_frame_eq(&out, &first, "untouched");
+
+        // With the programs on y0, XDP redirects the flow's packets there itself.
+        let y0 = lan.y0;
+        let attached = lan.ns.run(|| {
+            lb.datapath_mut()
+                .attach_ext_device("y0", y0, DatapathMode::Xdp)
+        })??;
+        assert_eq!(attached, None, "XDP attaches natively on veth");
+        let next = Packet::tcp(sock(client), sock(node_port), TCP_ACK);
+        let (verdict, out) = lan.xdp(&mut lb, &next.frame())?;
+        assert_eq!(verdict, XDP_REDIRECT, "{node_port} -> {backend} through y0");
+        let snat = SocketAddr::new(ip_of(node), sock(client).port());
+        let expected = with_macs(
+            Packet::tcp(snat, sock(backend), TCP_ACK).frame(),
+            Y_PEER_MAC,
+            lan.ns.run(|| device_mac("y0"))??,
+        );
+        assert_frame_eq(&out, &expected, "redirected to y0");
+        verify_checksums(&out).map_err(anyhow::Error::msg)?;
+        lan.ns.run(|| lb.datapath_mut().detach_ext_device("y0"))?;
+    }
+    Ok(())
+}
+
+/// The MAC address of a device of the calling thread's namespace.
+fn device_mac(dev: &str) -> anyhow::Result<[u8; 6]> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show", dev])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("no MAC address in {text:?}"))?;
+    let mut mac = [0_u8; 6];
+    for (i, part) in hex.split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(part, 16)?;
+    }
+    Ok(mac)
+}
