@@ -31,7 +31,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::PathBuf,
     time::Instant,
 };
@@ -62,10 +62,7 @@ const ENTRIES_PER_SERVICE: u32 = BACKENDS + 1;
 /// `TC_ACT_OK` from `linux/pkt_cls.h`.
 const TC_ACT_OK: u32 = 0;
 /// `enum bpf_cmd` in `linux/bpf.h`.
-const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
-/// `enum bpf_prog_type`: TC classifiers.
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
@@ -123,23 +120,6 @@ struct ProgTestRunAttr {
     _pad: u32,
 }
 
-/// The first fields of the `BPF_PROG_LOAD` member of `union bpf_attr`; the kernel zero-extends
-/// a shorter attr.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-}
-
 /// Result of one BPF_PROG_TEST_RUN.
 struct RunResult {
     retval: u32,
@@ -184,34 +164,12 @@ fn test_run(prog_fd: i32, frame: &[u8], repeat: u32) -> anyhow::Result<RunResult
 /// Loads `r0 = TC_ACT_OK; exit` as a TC classifier: the cheapest program BPF_PROG_TEST_RUN can
 /// run, so its cost is the floor of what any TC program costs measured this way.
 fn load_floor() -> anyhow::Result<OwnedFd> {
-    // struct bpf_insn, little endian: BPF_ALU64|BPF_MOV|BPF_K (0xb7) r0, imm 0; BPF_JMP|BPF_EXIT.
-    let insns: [u64; 2] = [u64::from_le_bytes([0xb7, 0, 0, 0, 0, 0, 0, 0]), 0x95];
-    let license = c"GPL";
-    let mut name = [0_u8; 16];
-    name[..11].copy_from_slice(b"bench_floor");
-    let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_SCHED_CLS,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        prog_name: name,
-        ..ProgLoadAttr::default()
-    };
-    // SAFETY: `attr` is a prefix of the BPF_PROG_LOAD member of `union bpf_attr` with its size;
-    // the instructions and license it points to outlive the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &mut attr as *mut ProgLoadAttr,
-            std::mem::size_of::<ProgLoadAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("BPF_PROG_LOAD of the floor program");
-    }
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    lb_tests::rawbpf::load_return_program(
+        lb_tests::rawbpf::BPF_PROG_TYPE_SCHED_CLS,
+        TC_ACT_OK,
+        "bench_floor",
+    )
+    .context("BPF_PROG_LOAD of the floor program")
 }
 
 /// A small deterministic PRNG (xorshift64*): reproducible choices, no dependency.

@@ -110,8 +110,8 @@ pub enum DatapathMode {
     /// The TC programs only.
     Tc,
     /// XDP where the driver serves it without conditions on the other end, TC elsewhere. veth
-    /// devices get TC: XDP can only send frames into a veth whose peer runs XDP or GRO, which
-    /// this side cannot check.
+    /// devices get TC: XDP can only send frames into a veth whose peer runs an XDP program too,
+    /// which this side cannot check.
     Auto,
 }
 
@@ -720,8 +720,8 @@ fn xdp_refusal(device: &str, mode: DatapathMode) -> Option<String> {
         DatapathMode::Xdp => None,
         DatapathMode::Auto => match crate::devices::driver(device).as_deref() {
             Some("veth") => Some(
-                "a veth device (XDP could only send frames into it when its peer runs XDP or \
-                 GRO; --datapath-mode xdp forces it)"
+                "a veth device (XDP could only send frames into it when its peer runs an XDP \
+                 program too; --datapath-mode xdp forces it)"
                     .to_owned(),
             ),
             _ => None,
@@ -741,6 +741,26 @@ fn remove_older_pins(dir: &Path, prefix: &str, keep: &Path) {
             let _ = std::fs::remove_file(&path);
         }
     }
+}
+
+/// The datapath's counters (`lb_ebpf::stats`), summed over CPUs, read from the maps an agent
+/// pinned under `pin_dir`; it need not be running.
+pub fn read_stats(pin_dir: &Path) -> Result<Vec<(&'static str, u64)>, BpfError> {
+    let name = map_names::STATS;
+    let data =
+        MapData::from_pin(pin_dir.join(name)).map_err(|source| BpfError::Map { name, source })?;
+    let stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+        .map_err(|source| BpfError::Map { name, source })?;
+    Ok(lb_ebpf::stats::NAMES
+        .iter()
+        .map(|&(index, label)| {
+            let value = stats
+                .get(&index, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0);
+            (label, value)
+        })
+        .collect())
 }
 
 /// Removes everything the agent left under `pin_dir`: pinned links (which detaches the

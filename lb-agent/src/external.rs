@@ -48,15 +48,24 @@ pub fn add_external_frontends(
         let Some(svc) = by_name.get(&spn.service) else {
             continue;
         };
-        let policy = ExternalPolicy {
-            local_only: info.external_policy_local,
-            source_ranges: svc.load_balancer_source_ranges.clone(),
-        };
+        // loadBalancerSourceRanges filter the load balancer IPs only; node ports and external
+        // IPs take every source, as with kube-proxy (its firewall chains match the load
+        // balancer IPs).
         let state = FrontendState {
             service_port: spn.to_string(),
             backends: info.external_endpoints().to_vec(),
             local_backends: Vec::new(),
-            external: Some(policy),
+            external: Some(ExternalPolicy {
+                local_only: info.external_policy_local,
+                source_ranges: Vec::new(),
+            }),
+        };
+        let lb_state = FrontendState {
+            external: Some(ExternalPolicy {
+                local_only: info.external_policy_local,
+                source_ranges: svc.load_balancer_source_ranges.clone(),
+            }),
+            ..state.clone()
         };
         let of_family = |ip: &&IpAddr| IpFamily::of(ip) == spn.family;
         let node_ports = info.node_port.into_iter().flat_map(|np| {
@@ -65,13 +74,21 @@ pub fn add_external_frontends(
                 .filter(of_family)
                 .map(move |a| SocketAddr::new(*a, np))
         });
-        let service_ips = info
+        let external_ips = info
             .external_ips
             .iter()
-            .chain(&info.load_balancer_ips)
             .filter(of_family)
             .map(|ip| SocketAddr::new(*ip, info.port));
-        for addr in node_ports.chain(service_ips) {
+        let load_balancer_ips = info
+            .load_balancer_ips
+            .iter()
+            .filter(of_family)
+            .map(|ip| (SocketAddr::new(*ip, info.port), &lb_state));
+        for (addr, state) in node_ports
+            .chain(external_ips)
+            .map(|a| (a, &state))
+            .chain(load_balancer_ips)
+        {
             let frontend = Frontend {
                 addr,
                 protocol: spn.protocol,
@@ -125,4 +142,119 @@ pub fn health_checks(sel: &Selection, services: &[Service]) -> BTreeMap<u16, Ser
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::{Endpoint, EndpointPort, Protocol, ServicePort, ServiceType},
+        selection::{NodeContext, select},
+    };
+
+    fn name(n: &str) -> ServiceName {
+        ServiceName {
+            namespace: "default".into(),
+            name: n.into(),
+        }
+    }
+
+    /// `lb`: a LoadBalancer service on 10.96.0.1, node port 30080, external IP 192.0.2.50, load
+    /// balancer IP 203.0.113.1, source ranges 198.51.100.0/24; one endpoint.
+    fn lb_service() -> (Service, EndpointSlice) {
+        let svc = Service {
+            name: name("lb"),
+            service_type: ServiceType::LoadBalancer,
+            cluster_ips: vec!["10.96.0.1".parse().unwrap()],
+            ports: vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                node_port: Some(30080),
+            }],
+            external_ips: vec!["192.0.2.50".parse().unwrap()],
+            load_balancer_ips: vec!["203.0.113.1".parse().unwrap()],
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            health_check_node_port: None,
+            load_balancer_source_ranges: vec!["198.51.100.0/24".parse().unwrap()],
+        };
+        let slice = EndpointSlice {
+            name: name("lb-1"),
+            service: name("lb"),
+            family: IpFamily::V4,
+            ports: vec![EndpointPort {
+                name: "http".into(),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            }],
+            endpoints: vec![Endpoint {
+                addr: "10.201.1.2".parse().unwrap(),
+                ready: true,
+                serving: true,
+                terminating: false,
+                node_name: Some("n1".into()),
+                zone: None,
+                zone_hints: vec![],
+                node_hints: vec![],
+            }],
+        };
+        (svc, slice)
+    }
+
+    #[test]
+    fn source_ranges_filter_load_balancer_ips_only() {
+        let (svc, slice) = lb_service();
+        let services = [svc];
+        let slices = [slice];
+        let node = NodeContext {
+            node_name: Some("n1".into()),
+            zone: None,
+        };
+        let mut sel = select(&services, &slices, &node);
+        let mut frontends = std::mem::take(&mut sel.frontends);
+        let mut problems = Vec::new();
+        add_external_frontends(
+            &sel,
+            &services,
+            &["192.0.2.1".parse().unwrap()],
+            &local_endpoint_ips(&slices, Some("n1")),
+            &mut frontends,
+            &mut problems,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let ranges = |addr: &str| {
+            let frontend = Frontend {
+                addr: addr.parse().unwrap(),
+                protocol: Protocol::Tcp,
+            };
+            let state = frontends
+                .get(&frontend)
+                .unwrap_or_else(|| panic!("{addr} is not programmed: {:?}", frontends.keys()));
+            assert_eq!(
+                state.local_backends.len(),
+                1,
+                "{addr}: the endpoint is local"
+            );
+            state
+                .external
+                .clone()
+                .expect("an external frontend")
+                .source_ranges
+        };
+        assert_eq!(
+            ranges("203.0.113.1:80"),
+            vec!["198.51.100.0/24".parse::<ipnet::IpNet>().unwrap()],
+            "the load balancer IP is filtered"
+        );
+        assert!(ranges("192.0.2.1:30080").is_empty(), "the node port is not");
+        assert!(ranges("192.0.2.50:80").is_empty(), "the external IP is not");
+        let cluster_ip = frontends
+            .get(&Frontend {
+                addr: "10.96.0.1:80".parse().unwrap(),
+                protocol: Protocol::Tcp,
+            })
+            .expect("the ClusterIP");
+        assert!(cluster_ip.external.is_none(), "not served from outside");
+    }
 }

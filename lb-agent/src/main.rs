@@ -36,6 +36,13 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/lb")]
         bpffs: PathBuf,
     },
+    /// Print the datapath's counters (translations, flows, drops by rule, XDP and TC sends), one
+    /// `name value` line each, from the maps an agent pinned.
+    Stats {
+        /// The agent's pin directory.
+        #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/lb")]
+        bpffs: PathBuf,
+    },
     /// Print what the datapath would serve for a manifest directory, and any problems; needs no
     /// privileges.
     Plan {
@@ -74,8 +81,8 @@ struct RunArgs {
     nodeport_addresses: String,
     /// How the external devices serve node ports, external IPs and load balancer IPs: `xdp`
     /// (XDP in native mode, TC finishing what XDP leaves, TC alone where XDP cannot attach),
-    /// `tc`, or `auto` (XDP except on veth devices, whose peer must run XDP or GRO to take
-    /// frames from XDP).
+    /// `tc`, or `auto` (XDP except on veth devices, whose peer must run an XDP program too to
+    /// take frames from XDP).
     #[arg(long, value_enum, default_value_t = DatapathMode::Auto)]
     datapath_mode: DatapathMode,
     /// This node's name, for endpoint locality and its Node object (the Kubernetes source
@@ -171,6 +178,14 @@ fn main() -> ExitCode {
             manifests,
             node_name,
         } => plan(manifests, node_name),
+        Command::Stats { bpffs } => lb_agent::bpf::read_stats(&bpffs)
+            .map(|stats| {
+                for (name, value) in stats {
+                    println!("{name} {value}");
+                }
+                true
+            })
+            .map_err(|e| anyhow::anyhow!("reading the counters under {}: {e}", bpffs.display())),
         Command::Cleanup { bpffs } => lb_agent::bpf::cleanup(&bpffs)
             .map(|()| {
                 println!(

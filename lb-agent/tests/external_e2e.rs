@@ -1,5 +1,8 @@
 //! End-to-end, external traffic: a client on the LAN reaches NodePorts, load balancer IPs and
 //! external IPs on two nodes, both families, with backends on the same node and on the other.
+//! Every test runs twice: with the XDP program attached in native mode on the nodes' (veth) LAN
+//! devices (`--datapath-mode xdp`, module `xdp`), and with the TC programs alone
+//! (`--datapath-mode tc`, module `tc`).
 
 use std::{
     collections::BTreeSet,
@@ -18,6 +21,42 @@ use lb_tests::{
 
 const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
 
+/// Which datapath serves the nodes' LAN devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Xdp,
+    Tc,
+}
+
+impl Mode {
+    fn arg(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+            Self::Tc => "tc",
+        }
+    }
+}
+
+/// Runs each test once per datapath mode.
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod xdp {
+            $(#[test] fn $name() { super::$name(super::Mode::Xdp) })*
+        }
+        mod tc {
+            $(#[test] fn $name() { super::$name(super::Mode::Tc) })*
+        }
+    };
+}
+
+in_both_modes!(
+    node_ports_serve_local_and_remote_backends_for_both_families_over_tcp_and_udp,
+    an_ipv6_only_node_port_service_answers_on_the_nodes_ipv6_addresses_only,
+    external_traffic_policy_local_keeps_the_client_and_health_check_follows_local_endpoints,
+    load_balancer_and_external_ips_with_source_ranges_allowed_and_denied,
+    ports_without_a_node_port_are_not_reachable_on_node_addresses,
+);
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -33,10 +72,11 @@ struct Lan {
     _servers: Vec<Server>,
     manifests: ManifestDir,
     agents: Vec<Agent>,
+    mode: Mode,
 }
 
 impl Lan {
-    fn new(services: &[ServiceSpec<'_>], endpoints: &[(&str, &[&str])]) -> Self {
+    fn new(mode: Mode, services: &[ServiceSpec<'_>], endpoints: &[(&str, &[&str])]) -> Self {
         require_root();
         let net = TwoNodes::new(&["a1"], &["b1"]).expect("topology");
         let mut servers = Vec::new();
@@ -50,6 +90,7 @@ impl Lan {
             _servers: servers,
             manifests: ManifestDir::new().unwrap(),
             agents: Vec::new(),
+            mode,
         };
         for svc in services {
             lan.manifests
@@ -83,6 +124,7 @@ impl Lan {
         }
     }
 
+    /// Starts an agent on each node and checks that the mode's programs are the ones attached.
     fn start_agents(&mut self) {
         for node in ["a", "b"] {
             let mut agent = Agent::start_on_node(
@@ -91,14 +133,86 @@ impl Lan {
                 node,
                 &self.manifests,
                 POD_DEVICE_GLOB,
-                &["--devices", NODE_DEVICE],
+                &["--devices", NODE_DEVICE, "--datapath-mode", self.mode.arg()],
             )
             .unwrap();
             agent
                 .wait_healthy(&self.net.node(node).ns, Duration::from_secs(20))
                 .unwrap();
+            let link = lb_tests::netns::run(self.net.node(node).ns.command("ip").args([
+                "-details",
+                "link",
+                "show",
+                NODE_DEVICE,
+            ]))
+            .unwrap();
+            let link = String::from_utf8_lossy(&link.stdout).into_owned();
+            match self.mode {
+                // `xdp` alone would be generic (skb) mode; native mode shows as `xdpdrv` or,
+                // with a single program, `prog/xdp` next to the plain `xdp` flag.
+                Mode::Xdp => assert!(
+                    link.contains("prog/xdp") && !link.contains("xdpgeneric"),
+                    "node {node}: no native XDP program on {NODE_DEVICE}: {link}\n{}",
+                    agent.logs()
+                ),
+                Mode::Tc => assert!(
+                    !link.contains("prog/xdp"),
+                    "node {node}: an XDP program on {NODE_DEVICE} in TC mode: {link}"
+                ),
+            }
             self.agents.push(agent);
         }
+    }
+
+    /// Both agents' counters, for failure messages.
+    fn diagnose(&self) -> String {
+        let mut out = String::new();
+        for agent in &self.agents {
+            if let Ok(o) = std::process::Command::new(AGENT)
+                .args(["stats", "--bpffs"])
+                .arg(&agent.pin_dir)
+                .output()
+            {
+                out += &String::from_utf8_lossy(&o.stdout).replace('\n', " ");
+                out += "\n";
+            }
+        }
+        for node in &self.net.nodes {
+            if let Ok(o) = node
+                .ns
+                .command("ethtool")
+                .args(["-S", NODE_DEVICE])
+                .output()
+            {
+                out += &format!(
+                    "node {} {NODE_DEVICE}: {}\n",
+                    node.name,
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+        }
+        out
+    }
+
+    /// A counter of the agent on `node` (`lb-agent stats`).
+    fn stat(&self, node: &str, name: &str) -> u64 {
+        let agent = &self.agents[if node == "a" { 0 } else { 1 }];
+        let out = lb_tests::netns::run(
+            std::process::Command::new(AGENT)
+                .args(["stats", "--bpffs"])
+                .arg(&agent.pin_dir),
+        )
+        .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == name).then(|| v.parse().ok()).flatten()
+            })
+            .unwrap_or_else(|| panic!("no counter {name} from lb-agent stats"))
     }
 
     /// `(pod, client address it saw)` of one TCP connection from the client.
@@ -120,8 +234,7 @@ fn port<'a>(
     (name, port, proto, Some(node_port))
 }
 
-#[test]
-fn node_ports_serve_local_and_remote_backends_for_both_families_over_tcp_and_udp() {
+fn node_ports_serve_local_and_remote_backends_for_both_families_over_tcp_and_udp(mode: Mode) {
     let svc = ServiceSpec {
         name: "np",
         service_type: "NodePort",
@@ -132,7 +245,7 @@ fn node_ports_serve_local_and_remote_backends_for_both_families_over_tcp_and_udp
         ],
         ..Default::default()
     };
-    let mut lan = Lan::new(&[svc], &[("np", &["a1", "b1"])]);
+    let mut lan = Lan::new(mode, &[svc], &[("np", &["a1", "b1"])]);
     lan.start_agents();
     for node in ["a", "b"] {
         for v6 in [false, true] {
@@ -140,7 +253,9 @@ fn node_ports_serve_local_and_remote_backends_for_both_families_over_tcp_and_udp
             let client = lan.net.client_addr(v6);
             let mut seen = BTreeSet::new();
             for _ in 0..40 {
-                let (pod, peer) = lan.tcp(sa(node_addr, 30080)).unwrap();
+                let (pod, peer) = lan
+                    .tcp(sa(node_addr, 30080))
+                    .unwrap_or_else(|e| panic!("{e:#}; counters:\n{}", lan.diagnose()));
                 let local = pod.starts_with(node);
                 // A local backend sees the client; one on the other node sees this node (SNAT).
                 let expected_peer = if local { client } else { node_addr };
@@ -161,10 +276,53 @@ fn node_ports_serve_local_and_remote_backends_for_both_families_over_tcp_and_udp
             );
         }
     }
+    // Which datapath did the work: each node sent flows to the other's backend and their
+    // replies; XDP does that itself once the next hop is resolved.
+    for node in ["a", "b"] {
+        let sent = lan.stat(node, "xdp_sent");
+        match mode {
+            Mode::Xdp => assert!(sent > 0, "node {node}: XDP sent no frame itself"),
+            Mode::Tc => assert_eq!(sent, 0, "node {node}: XDP ran in TC mode"),
+        }
+    }
 }
 
-#[test]
-fn external_traffic_policy_local_keeps_the_client_and_health_check_follows_local_endpoints() {
+fn an_ipv6_only_node_port_service_answers_on_the_nodes_ipv6_addresses_only(mode: Mode) {
+    let svc = ServiceSpec {
+        name: "np6",
+        service_type: "NodePort",
+        cluster_ips: vec![ip("fd00:96::3:50")],
+        ports: vec![
+            port("http", 80, "TCP", 30085),
+            port("dns", 53, "UDP", 30086),
+        ],
+        ..Default::default()
+    };
+    let mut lan = Lan::new(mode, &[svc], &[("np6", &["a1", "b1"])]);
+    lan.start_agents();
+    for node in ["a", "b"] {
+        let v6 = lan.net.node(node).addr(true);
+        let seen: BTreeSet<String> = (0..30).map(|_| lan.tcp(sa(v6, 30085)).unwrap().0).collect();
+        assert_eq!(seen.len(), 2, "both backends through {v6}: {seen:?}");
+        let mut seen = BTreeSet::new();
+        for _ in 0..20 {
+            let (pod, from) = udp_request(&lan.net.client, sa(v6, 30086)).unwrap();
+            assert_eq!(from, sa(v6, 30086), "UDP answer source");
+            seen.insert(pod);
+        }
+        assert_eq!(seen.len(), 2, "both UDP backends through {v6}: {seen:?}");
+        let v4 = lan.net.node(node).addr(false);
+        let err = lan.tcp(sa(v4, 30085)).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("refused"),
+            "{v4}:30085: an IPv6-only service has no IPv4 node port: {err:#}"
+        );
+    }
+}
+
+fn external_traffic_policy_local_keeps_the_client_and_health_check_follows_local_endpoints(
+    mode: Mode,
+) {
     let svc = ServiceSpec {
         name: "local",
         service_type: "NodePort",
@@ -174,7 +332,7 @@ fn external_traffic_policy_local_keeps_the_client_and_health_check_follows_local
         health_check_node_port: Some(32081),
         ..Default::default()
     };
-    let mut lan = Lan::new(&[svc], &[("local", &["a1"])]);
+    let mut lan = Lan::new(mode, &[svc], &[("local", &["a1"])]);
     lan.start_agents();
     for v6 in [false, true] {
         let (a, b) = (lan.net.node("a").addr(v6), lan.net.node("b").addr(v6));
@@ -212,13 +370,15 @@ fn external_traffic_policy_local_keeps_the_client_and_health_check_follows_local
     }
 }
 
-#[test]
-fn load_balancer_and_external_ips_with_source_ranges_allowed_and_denied() {
+fn load_balancer_and_external_ips_with_source_ranges_allowed_and_denied(mode: Mode) {
     let allowed = ServiceSpec {
         name: "lb",
         service_type: "LoadBalancer",
         cluster_ips: vec![ip("10.96.3.30"), ip("fd00:96::3:30")],
-        ports: vec![port("http", 80, "TCP", 30082)],
+        ports: vec![
+            port("http", 80, "TCP", 30082),
+            port("dns", 53, "UDP", 30087),
+        ],
         load_balancer_ips: vec![ip("10.97.0.1"), ip("fd00:97::1")],
         source_ranges: vec!["10.250.0.100/32", "fd00:250::100/128"],
         ..Default::default()
@@ -227,7 +387,10 @@ fn load_balancer_and_external_ips_with_source_ranges_allowed_and_denied() {
         name: "lbdeny",
         load_balancer_ips: vec![ip("10.97.0.2"), ip("fd00:97::2")],
         cluster_ips: vec![ip("10.96.3.31"), ip("fd00:96::3:31")],
-        ports: vec![port("http", 80, "TCP", 30083)],
+        ports: vec![
+            port("http", 80, "TCP", 30083),
+            port("dns", 53, "UDP", 30088),
+        ],
         source_ranges: vec!["198.51.100.0/24", "2001:db8::/32"],
         ..allowed.clone()
     };
@@ -235,11 +398,12 @@ fn load_balancer_and_external_ips_with_source_ranges_allowed_and_denied() {
         name: "ext",
         service_type: "ClusterIP",
         cluster_ips: vec![ip("10.96.3.32"), ip("fd00:96::3:32")],
-        ports: vec![("http", 80, "TCP", None)],
+        ports: vec![("http", 80, "TCP", None), ("dns", 53, "UDP", None)],
         external_ips: vec![ip("10.97.1.1"), ip("fd00:97:1::1")],
         ..Default::default()
     };
     let mut lan = Lan::new(
+        mode,
         &[allowed, denied, external],
         &[
             ("lb", &["a1", "b1"]),
@@ -274,11 +438,30 @@ fn load_balancer_and_external_ips_with_source_ranges_allowed_and_denied() {
             .map(|_| lan.tcp(sa(ip(external), 80)).unwrap().0)
             .collect();
         assert_eq!(seen.len(), 2, "external IP {external}: {seen:?}");
+        for addr in [allowed, external] {
+            let mut seen = BTreeSet::new();
+            for _ in 0..20 {
+                let (pod, from) = udp_request(&lan.net.client, sa(ip(addr), 53)).unwrap();
+                assert_eq!(from, sa(ip(addr), 53), "UDP answer source");
+                seen.insert(pod);
+            }
+            assert_eq!(seen.len(), 2, "UDP through {addr}: {seen:?}");
+        }
+        assert!(
+            udp_request(&lan.net.client, sa(ip(denied), 53)).is_err(),
+            "{denied}: UDP from outside loadBalancerSourceRanges"
+        );
     }
+    // The source ranges filter the load balancer IPs only: the denied service's node port
+    // answers the same client (as kube-proxy's).
+    let node_port = sa(lan.net.node("a").addr(false), 30083);
+    assert!(
+        lan.tcp(node_port).is_ok(),
+        "{node_port}: loadBalancerSourceRanges do not apply to node ports"
+    );
 }
 
-#[test]
-fn ports_without_a_node_port_are_not_reachable_on_node_addresses() {
+fn ports_without_a_node_port_are_not_reachable_on_node_addresses(mode: Mode) {
     let plain = ServiceSpec {
         name: "plain",
         service_type: "ClusterIP",
@@ -293,7 +476,7 @@ fn ports_without_a_node_port_are_not_reachable_on_node_addresses() {
         ports: vec![port("http", 81, "TCP", 30084)],
         ..Default::default()
     };
-    let mut lan = Lan::new(&[plain, np], &[("plain", &["a1"]), ("np", &["a1"])]);
+    let mut lan = Lan::new(mode, &[plain, np], &[("plain", &["a1"]), ("np", &["a1"])]);
     lan.start_agents();
     for v6 in [false, true] {
         let a = lan.net.node("a").addr(v6);

@@ -412,7 +412,8 @@ fn flows_to_another_nodes_backend_and_their_replies_leave_by_xdp_tx_for_both_fam
         assert_frame_eq(&out, &expected, &format!("{what}, reply"));
         verify_checksums(&out).map_err(anyhow::Error::msg)?;
         assert_eq!(lb.stat(stats::REVERSED), 1, "{what}");
-        assert_eq!(lb.stat(stats::REDIRECTED), 2, "{what}: both sent by XDP");
+        assert_eq!(lb.stat(stats::XDP_SENT), 2, "{what}: both sent by XDP");
+        assert_eq!(lb.stat(stats::XDP_TO_TC), 0, "{what}");
     }
     Ok(())
 }
@@ -453,6 +454,7 @@ fn an_unresolved_next_hop_leaves_the_packet_untouched_to_tc_with_its_flow_record
         );
         assert_frame_eq(&out, &frame, "left to TC untouched");
         assert_eq!(lb.stat(stats::TRANSLATED), 0);
+        assert_eq!(lb.stat(stats::XDP_TO_TC), 1);
         assert_eq!(lb.stat(stats::NEW_FLOWS), 1, "the flow TC will find");
         let backend = sock(backend);
         let snat_flows = match backend.ip() {

@@ -108,10 +108,32 @@ pub mod stats {
     pub const NO_ENDPOINT_DROPPED: u32 = 8;
     /// External packets dropped because no SNAT port or route was found.
     pub const SNAT_FAILED: u32 = 9;
-    /// Packets sent on by FIB lookup and redirect (SNATed flows and their replies).
+    /// Packets sent on by FIB lookup and redirect (SNATed flows and their replies) from TC.
     pub const REDIRECTED: u32 = 10;
+    /// Frames the XDP program sent out itself (`XDP_TX` or a redirect to another XDP device).
+    pub const XDP_SENT: u32 = 11;
+    /// Translatable frames XDP left untouched to the TC program: the next hop's neighbour entry
+    /// is not resolved, the egress device runs no XDP, or the frame exceeds the egress MTU.
+    pub const XDP_TO_TC: u32 = 12;
     /// Number of counters.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 13;
+
+    /// Every counter with the name `lb-agent stats` prints.
+    pub const NAMES: [(u32, &str); COUNT as usize] = [
+        (TRANSLATED, "translated"),
+        (REVERSED, "reversed"),
+        (NEW_FLOWS, "new_flows"),
+        (NO_BACKEND, "no_backend"),
+        (FRAGMENTS, "fragments"),
+        (UNPARSED_EXT_HEADERS, "unparsed_ext_headers"),
+        (FLOW_UPDATE_FAILED, "flow_update_failed"),
+        (SOURCE_RANGE_DROPPED, "source_range_dropped"),
+        (NO_ENDPOINT_DROPPED, "no_endpoint_dropped"),
+        (SNAT_FAILED, "snat_failed"),
+        (REDIRECTED, "tc_redirected"),
+        (XDP_SENT, "xdp_sent"),
+        (XDP_TO_TC, "xdp_to_tc"),
+    ];
 }
 
 /// Key of the service maps, generic over the address bytes (`[u8; 4]` or `[u8; 16]`).

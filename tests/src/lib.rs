@@ -15,6 +15,7 @@ pub mod http;
 pub mod manifests;
 pub mod netns;
 pub mod probe;
+pub mod rawbpf;
 pub mod topology;
 pub mod traffic;
 

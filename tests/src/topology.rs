@@ -5,6 +5,7 @@
 //! node namespace. The node forwards between pods and has only connected routes: no default
 //! route of either family, and no route to any service address.
 
+use anyhow::Context as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::netns::Netns;
@@ -196,6 +197,8 @@ pub struct TwoNodes {
     pub client_v6: Ipv6Addr,
     pub nodes: Vec<Node>,
     pub lan: Netns,
+    /// Links of the pass-through XDP program on the LAN side of every veth pair.
+    _lan_xdp: Vec<std::os::fd::OwnedFd>,
 }
 
 impl TwoNodes {
@@ -222,6 +225,10 @@ impl TwoNodes {
             ns.ip(&["addr", "add", v4, "dev", NODE_DEVICE])?;
             ns.ip(&["addr", "add", v6, "dev", NODE_DEVICE, "nodad"])?;
             ns.ip(&["link", "set", NODE_DEVICE, "up"])?;
+            // What crosses the LAN carries full checksums, as on a real wire: a veth would
+            // otherwise hand on packets whose checksum is still to be computed
+            // (CHECKSUM_PARTIAL), which an XDP program forwarding them cannot complete.
+            crate::netns::run(ns.command("ethtool").args(["-K", NODE_DEVICE, "tx", "off"]))?;
             Ok(())
         };
         let no_dad = [
@@ -289,12 +296,34 @@ impl TwoNodes {
                 &format!("fd00:250::{other_n}"),
             ])?;
         }
+        // A node's XDP program sends frames back out of its LAN device (XDP_TX); a veth takes
+        // them only into a peer that runs an XDP program itself, as a NIC would take them into
+        // its TX ring. The bridge side gets a pass-through one.
+        let pass = crate::rawbpf::load_return_program(
+            crate::rawbpf::BPF_PROG_TYPE_XDP,
+            crate::rawbpf::XDP_PASS,
+            "lan_xdp_pass",
+        )
+        .context("loading a pass-through XDP program")?;
+        let lan_xdp = lan.run(|| {
+            ["lanc", "lan1", "lan2"]
+                .into_iter()
+                .map(|port| {
+                    let name = std::ffi::CString::new(port)?;
+                    // SAFETY: a NUL-terminated name.
+                    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+                    crate::rawbpf::attach_xdp(&pass, ifindex)
+                        .with_context(|| format!("attaching XDP to {port} (ifindex {ifindex})"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })??;
         Ok(Self {
             client,
             client_v4: "10.250.0.100".parse()?,
             client_v6: "fd00:250::100".parse()?,
             nodes,
             lan,
+            _lan_xdp: lan_xdp,
         })
     }
 

@@ -15,6 +15,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("util-linux", "nsenter"),
     ("procps", "sysctl"),
+    // The two-node test topology: checksum offload off on its LAN devices.
+    ("ethtool", "ethtool"),
     // `cargo xtask bench`: kube-proxy's two modes and the throughput client.
     ("iptables", "iptables-restore"),
     ("nftables", "nft"),

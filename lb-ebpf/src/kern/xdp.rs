@@ -168,7 +168,7 @@ fn transmit(ctx: &XdpContext, route: &Route) -> u32 {
         core::ptr::write_unaligned(dest, route.dmac);
         core::ptr::write_unaligned(source, route.smac);
     }
-    count(stats::REDIRECTED);
+    count(stats::XDP_SENT);
     if route.ifindex == ctx.ingress_ifindex() as u32 {
         return XDP_TX;
     }
@@ -189,6 +189,7 @@ fn snat_reply<F: ExtFamily>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> i32 {
     let mut route = Route::none();
     if !find_route::<F>(ctx, pkt, &reply.service, &reply.client, &mut route) {
         // TC finishes it, and refreshes the entry then.
+        count(stats::XDP_TO_TC);
         return XDP_PASS as i32;
     }
     let _ = ext::snat_entry::<F>(pkt, true);
@@ -304,6 +305,7 @@ fn snat_forward<F: ExtFamily>(
     let mut route = Route::none();
     if !find_route::<F>(ctx, pkt, node, backend, &mut route) {
         // The flow is recorded: TC translates this packet the same way and sends it.
+        count(stats::XDP_TO_TC);
         return XDP_PASS;
     }
     if rewrite_snat::<F>(ctx, pkt, backend, backend_port, snat_port) != 0 {

@@ -1,0 +1,93 @@
+//! Two-instruction BPF programs loaded with raw `bpf(2)` calls, where a test or benchmark needs
+//! a program that is not the load balancer's: the floor of the per-packet benchmark, and the
+//! pass-through XDP program on the LAN side of the two-node topology's veth devices (XDP can only
+//! send frames into a veth whose peer runs an XDP program).
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+/// `enum bpf_cmd` (`linux/bpf.h`).
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+/// `enum bpf_prog_type`.
+pub const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+pub const BPF_PROG_TYPE_XDP: u32 = 6;
+/// `enum bpf_attach_type`: XDP.
+const BPF_XDP: u32 = 37;
+/// `XDP_FLAGS_DRV_MODE` (`linux/if_link.h`): native mode.
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+/// `XDP_PASS` (`enum xdp_action`).
+pub const XDP_PASS: u32 = 2;
+
+/// The first fields of the `BPF_PROG_LOAD` member of `union bpf_attr`; the kernel zero-extends
+/// a shorter attr.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+}
+
+/// The first fields of the `BPF_LINK_CREATE` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a prefix of the command's member of `union bpf_attr`, passed with its
+    // size; whatever it points to outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Loads `r0 = retval; exit` as a program of `prog_type`, named `name` (at most 15 bytes).
+pub fn load_return_program(prog_type: u32, retval: u32, name: &str) -> io::Result<OwnedFd> {
+    // struct bpf_insn, little endian: BPF_ALU64|BPF_MOV|BPF_K (0xb7) r0, imm; BPF_JMP|BPF_EXIT.
+    let mut mov = [0xb7, 0, 0, 0, 0, 0, 0, 0];
+    mov[4..].copy_from_slice(&retval.to_le_bytes());
+    let insns: [u64; 2] = [u64::from_le_bytes(mov), 0x95];
+    let license = c"GPL";
+    let mut prog_name = [0_u8; 16];
+    let len = name.len().min(15);
+    prog_name[..len].copy_from_slice(&name.as_bytes()[..len]);
+    let mut attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name,
+        ..ProgLoadAttr::default()
+    };
+    bpf(BPF_PROG_LOAD, &mut attr)
+}
+
+/// Attaches an XDP program in native mode to device `ifindex` of the calling thread's network
+/// namespace; it stays attached while the returned link fd is open.
+pub fn attach_xdp(prog: &OwnedFd, ifindex: u32) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type: BPF_XDP,
+        flags: XDP_FLAGS_DRV_MODE,
+    };
+    bpf(BPF_LINK_CREATE, &mut attr)
+}
