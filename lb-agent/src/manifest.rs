@@ -97,7 +97,7 @@ pub struct ManifestSource {
     files: BTreeMap<PathBuf, FileState>,
 }
 
-fn is_manifest(path: &Path) -> bool {
+pub(crate) fn is_manifest(path: &Path) -> bool {
     let hidden = path
         .file_name()
         .and_then(|n| n.to_str())

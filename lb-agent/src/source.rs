@@ -93,6 +93,25 @@ pub enum Source {
     Kubernetes(Box<KubeSource>),
 }
 
+/// Whether a file system event in the manifest directory may change what it holds. Reads and
+/// opens are not changes: the watch also reports the agent's own reads of the directory, and
+/// reacting to those would make every sync cause the next one.
+fn changes_manifests(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, MetadataKind, ModifyKind};
+    let kind_matters = match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        // Unknown kinds, and queue overflows (which carry no path): look again.
+        EventKind::Any | EventKind::Other => true,
+    };
+    kind_matters
+        && (event.need_rescan()
+            || event.paths.is_empty()
+            || event.paths.iter().any(|p| crate::manifest::is_manifest(p)))
+}
+
 impl Source {
     /// Starts the source; every change it sees is signalled on `changes`. `node_name` is the
     /// Node the Kubernetes source watches.
@@ -106,7 +125,7 @@ impl Source {
                 let path = dir.display().to_string();
                 let mut watcher =
                     notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                        if res.is_ok() {
+                        if res.is_ok_and(|event| changes_manifests(&event)) {
                             let _ = changes.send(());
                         }
                     })
@@ -171,5 +190,57 @@ impl Source {
             Self::Manifests { .. } => MANIFEST_DEBOUNCE,
             Self::Kubernetes(_) => KUBE_DEBOUNCE,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::{
+        Event,
+        event::{
+            AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind,
+            RenameMode,
+        },
+    };
+
+    use super::changes_manifests;
+
+    fn event(kind: EventKind, paths: &[&str]) -> Event {
+        paths
+            .iter()
+            .fold(Event::new(kind), |e, p| e.add_path(p.into()))
+    }
+
+    #[test]
+    fn writes_renames_and_removals_of_manifests_count_reads_do_not() {
+        let yaml = "/m/web.yaml";
+        for kind in [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Content)),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Remove(RemoveKind::File),
+        ] {
+            assert!(changes_manifests(&event(kind, &[yaml])), "{kind:?}");
+        }
+        // An atomic write: a hidden temporary file renamed to the manifest's name.
+        assert!(changes_manifests(&event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            &["/m/.web.yaml.tmp", yaml]
+        )));
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ] {
+            assert!(!changes_manifests(&event(kind, &["/m"])), "{kind:?}");
+            assert!(!changes_manifests(&event(kind, &[yaml])), "{kind:?}");
+        }
+        assert!(
+            !changes_manifests(&event(
+                EventKind::Modify(ModifyKind::Data(DataChange::Content)),
+                &["/m/.web.yaml.swp"]
+            )),
+            "an editor's swap file"
+        );
     }
 }
