@@ -159,12 +159,43 @@ pub const NOT_A_REPLY: i32 = i32::MIN;
 
 #[inline(never)]
 fn external<F: ExtFamily>(ctx: &TcContext) -> i32 {
-    let Ok(Some(pkt)) = F::parse(ctx) else {
+    let mut pkt = empty_packet::<F>();
+    if !parse_into::<F, _>(ctx, &mut pkt) {
         return TC_ACT_OK as i32;
-    };
+    }
     match snat_reply::<F>(ctx, &pkt) {
         NOT_A_REPLY => verdict(ext_forward::<F>(ctx, &pkt)),
         verdict => verdict,
+    }
+}
+
+/// A packet of family `F` with every field zero, for [`parse_into`] to fill.
+#[inline(always)]
+pub fn empty_packet<F: ExtFamily>() -> Packet<F::Addr> {
+    Packet {
+        saddr: F::UNSPECIFIED,
+        daddr: F::UNSPECIFIED,
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        tcp_flags: 0,
+        l4_csum: 0,
+        l3_off: 0,
+        l4_off: 0,
+    }
+}
+
+/// Parses a frame of family `F` into `out`; `false` for anything not translatable. A subprogram
+/// of its own, so that the headers it copies out of the frame do not sit in the stack frame of
+/// every later step.
+#[inline(never)]
+pub fn parse_into<F: ExtFamily, C: Frame>(ctx: &C, out: &mut Packet<F::Addr>) -> bool {
+    match F::parse(ctx) {
+        Ok(Some(pkt)) => {
+            *out = pkt;
+            true
+        }
+        _ => false,
     }
 }
 

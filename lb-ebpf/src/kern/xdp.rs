@@ -57,37 +57,13 @@ pub fn ext(ctx: &XdpContext) -> u32 {
 
 #[inline(never)]
 fn external<F: ExtFamily>(ctx: &XdpContext) -> u32 {
-    let mut pkt = Packet {
-        saddr: F::UNSPECIFIED,
-        daddr: F::UNSPECIFIED,
-        sport: 0,
-        dport: 0,
-        proto: 0,
-        tcp_flags: 0,
-        l4_csum: 0,
-        l3_off: 0,
-        l4_off: 0,
-    };
-    if !parse::<F>(ctx, &mut pkt) {
+    let mut pkt = ext::empty_packet::<F>();
+    if !ext::parse_into::<F, _>(ctx, &mut pkt) {
         return XDP_PASS;
     }
     match snat_reply::<F>(ctx, &pkt) {
         NOT_A_REPLY => forward::<F>(ctx, &pkt),
         verdict => verdict as u32,
-    }
-}
-
-/// Parses a frame of family `F` into `out`; `false` for anything not translatable. A subprogram
-/// of its own, so that the headers it copies out of the frame do not sit in the frame of every
-/// later step.
-#[inline(never)]
-fn parse<F: ExtFamily>(ctx: &XdpContext, out: &mut Packet<F::Addr>) -> bool {
-    match F::parse(ctx) {
-        Ok(Some(pkt)) => {
-            *out = pkt;
-            true
-        }
-        _ => false,
     }
 }
 
