@@ -441,6 +441,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .update(&syncer.health_checks, &health)
         .await;
     resync_tick.reset();
+    let mut last_addrs = nodeaddr::list().ok();
     loop {
         tokio::select! {
             Some(()) = changes.recv() => {
@@ -454,7 +455,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 syncer.sync();
                 health_check_servers.update(&syncer.health_checks, &health).await;
             }
-            _ = device_tick.tick() => scan_all(&mut dp),
+            _ = device_tick.tick() => {
+                scan_all(&mut dp);
+                // A node address that comes or goes changes the node ports: sync at once rather
+                // than at the next periodic resync.
+                let addrs = nodeaddr::list().ok();
+                if addrs.is_some() && addrs != last_addrs {
+                    if last_addrs.is_some() {
+                        debug!("the node's addresses changed");
+                        syncer.sync();
+                        health_check_servers.update(&syncer.health_checks, &health).await;
+                    }
+                    last_addrs = addrs;
+                }
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }

@@ -109,7 +109,14 @@ fn changes_manifests(event: &notify::Event) -> bool {
     kind_matters
         && (event.need_rescan()
             || event.paths.is_empty()
-            || event.paths.iter().any(|p| crate::manifest::is_manifest(p)))
+            || event.paths.iter().any(|p| {
+                crate::manifest::is_manifest(p)
+                    // A ConfigMap volume: kubelet's atomic writer swaps the `..data` symlink that
+                    // every manifest links through.
+                    || p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(".."))
+            }))
 }
 
 impl Source {
@@ -242,5 +249,10 @@ mod tests {
             )),
             "an editor's swap file"
         );
+        // A ConfigMap volume's update: `..data_tmp` renamed over `..data`.
+        assert!(changes_manifests(&event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            &["/m/..data_tmp", "/m/..data"]
+        )));
     }
 }

@@ -485,11 +485,14 @@ fn api_server_restarts_and_expired_watches_lose_no_request_and_leave_no_stale_ba
     let web = [ip("10.96.3.10"), ip("fd00:96::3:10")];
     let gone = [ip("10.96.3.11"), ip("fd00:96::3:11")];
     let late = [ip("10.96.3.12"), ip("fd00:96::3:12")];
+    let relisted = [ip("10.96.3.13"), ip("fd00:96::3:13")];
     c.put_service_with_backends("web", &web, &["b1", "b2", "b3"]);
     c.put_service_with_backends("gone", &gone, &["b1"]);
+    c.put_service_with_backends("relisted", &relisted, &["b2"]);
     let _agent = c.start_agent();
     c.converge(&web, &["b1", "b2", "b3"], "created");
     c.converge(&gone, &["b1"], "created");
+    c.converge(&relisted, &["b2"], "created");
     let load = Load::start(&c, &web);
 
     // 1. The API server dies; while it is down b3 leaves `web` and `gone` is deleted. The
@@ -525,17 +528,26 @@ fn api_server_restarts_and_expired_watches_lose_no_request_and_leave_no_stale_ba
     );
 
     // 2. Down again, with the history compacted while down: the resumed watches get 410 Gone
-    //    and relist; what changed meanwhile (b2 out, b3 back, a new service) is picked up.
+    //    and relist; what changed meanwhile (b2 out, b3 back, a new service, a deleted one,
+    //    whose deletion no event reports any more) is picked up.
     let lists = c.api.lists_served("Service");
     c.api.stop();
     for vip in web {
         c.put_slice("web", "", vip.is_ipv6(), &["b1", "b3"]);
     }
     c.put_service_with_backends("late", &late, &["b2"]);
+    c.api.delete("Service", "default", "relisted").unwrap();
+    for vip in relisted {
+        c.delete_slice("relisted", "", vip.is_ipv6());
+    }
     c.api.compact();
     c.restart_api();
     c.converge(&web, &["b1", "b3"], "after 410 and relist");
     c.converge(&late, &["b2"], "created while the API server was down");
+    c.converge_gone(
+        &relisted,
+        "deleted while down, history compacted: gone after the relist",
+    );
     assert!(c.api.lists_served("Service") > lists, "no relist after 410");
 
     // 3. Every open watch expires (410) while connected; changes after it still arrive.
