@@ -59,6 +59,7 @@ pub fn add_external_frontends(
                 local_only: info.external_policy_local,
                 source_ranges: Vec::new(),
             }),
+            reject: !info.endpoints.has_any_endpoints,
         };
         let lb_state = FrontendState {
             external: Some(ExternalPolicy {

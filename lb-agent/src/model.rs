@@ -200,6 +200,10 @@ pub struct FrontendState {
     /// Set for frontends that take traffic from outside the node: node ports, external IPs and
     /// load balancer IPs.
     pub external: Option<ExternalPolicy>,
+    /// The service port has no endpoint anywhere: connections are refused (kube-proxy's
+    /// REJECT). Without backends but with this unset (endpoints exist, none in this frontend's
+    /// scope), traffic is dropped.
+    pub reject: bool,
 }
 
 /// How traffic from outside the node is served on a frontend.

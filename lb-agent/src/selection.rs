@@ -277,6 +277,7 @@ pub fn select(services: &[Service], slices: &[EndpointSlice], node: &NodeContext
                                 format!("{}:{}", svc.name, port.name)
                             },
                             backends: info.internal_endpoints().to_vec(),
+                            reject: !info.endpoints.has_any_endpoints,
                             ..Default::default()
                         },
                     );

@@ -209,6 +209,56 @@ fn unready_endpoint_gets_no_traffic() {
 }
 
 #[test]
+fn a_service_without_any_ready_endpoint_refuses_connections_at_once() {
+    let c = Cluster::new();
+    let vips = [ip("10.96.0.31"), ip("fd00:96::31")];
+    c.manifests
+        .write("empty.yaml", &service("empty", &vips, PORTS))
+        .unwrap();
+    for v6 in [false, true] {
+        let eps: Vec<(IpAddr, bool)> = c
+            .backend_eps(v6, &["b1", "b2"])
+            .into_iter()
+            .map(|(addr, _)| (addr, false))
+            .collect();
+        c.write_slice("empty", v6, &eps);
+    }
+    let _agent = c.start_agent();
+    for vip in vips {
+        let started = std::time::Instant::now();
+        let err = tcp_request(c.client(), sa(vip, 80)).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("refused"),
+            "TCP to {vip} without endpoints: {err:#}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "refused at once, not after a timeout"
+        );
+    }
+    // An endpoint turns ready: served from then on.
+    for v6 in [false, true] {
+        c.write_slice("empty", v6, &c.backend_eps(v6, &["b2"]));
+    }
+    for vip in vips {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match tcp_request(c.client(), sa(vip, 80)) {
+                Ok(name) => {
+                    assert_eq!(name, "b2");
+                    break;
+                }
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "{vip} still refused after its endpoint turned ready: {e:#}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
 fn removing_a_backend_stops_new_flows_to_it_within_a_second_while_other_flows_continue() {
     let c = Cluster::new();
     let vips = [ip("10.96.0.40"), ip("fd00:96::40")];

@@ -55,6 +55,8 @@ in_both_modes!(
     external_traffic_policy_local_keeps_the_client_and_health_check_follows_local_endpoints,
     load_balancer_and_external_ips_with_source_ranges_allowed_and_denied,
     ports_without_a_node_port_are_not_reachable_on_node_addresses,
+    a_node_address_added_at_run_time_serves_node_ports_within_a_second,
+    node_ports_of_a_service_without_endpoints_refuse_connections,
 );
 
 fn ip(s: &str) -> IpAddr {
@@ -489,4 +491,64 @@ fn ports_without_a_node_port_are_not_reachable_on_node_addresses(mode: Mode) {
             );
         }
     }
+}
+
+fn a_node_address_added_at_run_time_serves_node_ports_within_a_second(mode: Mode) {
+    let svc = ServiceSpec {
+        name: "np",
+        service_type: "NodePort",
+        cluster_ips: vec![ip("10.96.3.60"), ip("fd00:96::3:60")],
+        ports: vec![port("http", 80, "TCP", 30089)],
+        ..Default::default()
+    };
+    let mut lan = Lan::new(mode, &[svc], &[("np", &["a1"])]);
+    lan.start_agents();
+    for (added, prefix) in [("10.250.0.11", "/24"), ("fd00:250::11", "/64")] {
+        let added = ip(added);
+        let target = sa(added, 30089);
+        let mut args = vec!["addr", "add"];
+        let cidr = format!("{added}{prefix}");
+        args.extend([cidr.as_str(), "dev", NODE_DEVICE]);
+        if added.is_ipv6() {
+            args.push("nodad");
+        }
+        lan.net.node("a").ns.ip(&args).unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            match lan.tcp(target) {
+                Ok((pod, _)) => {
+                    assert_eq!(pod, "a1");
+                    break;
+                }
+                Err(e) => assert!(
+                    started.elapsed() < Duration::from_secs(1),
+                    "{target} still not served a second after the address came: {e:#}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn node_ports_of_a_service_without_endpoints_refuse_connections(mode: Mode) {
+    let svc = ServiceSpec {
+        name: "empty",
+        service_type: "NodePort",
+        cluster_ips: vec![ip("10.96.3.70"), ip("fd00:96::3:70")],
+        ports: vec![port("http", 80, "TCP", 30090)],
+        ..Default::default()
+    };
+    let mut lan = Lan::new(mode, &[svc], &[("empty", &[])]);
+    lan.start_agents();
+    for node in ["a", "b"] {
+        for v6 in [false, true] {
+            let target = sa(lan.net.node(node).addr(v6), 30090);
+            let err = lan.tcp(target).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("refused"),
+                "{target} without endpoints: {err:#}"
+            );
+        }
+    }
+    assert!(lan.stat("a", "rejected") >= 2, "node a refused them itself");
 }

@@ -23,17 +23,21 @@ use aya::programs::ProgramError;
 use common::{
     Lb,
     frame::{
-        ETH_HLEN, Ext, IP_MF, Packet, TCP_ACK, TCP_FIN, TCP_SYN, Transport, arp_request,
+        ETH_HLEN, Ext, IP_MF, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, arp_request,
         assert_frame_eq, summary, verify_checksums,
     },
 };
-use lb_agent::model::{Frontend, Protocol};
+use lb_agent::model::{Frontend, FrontendState, Protocol};
 use lb_ebpf::{
     FLOW_F_CLOSING, FLOW_FORWARD, FLOW_REPLY, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP,
     port_to_map, stats,
 };
 
 type TestResult = anyhow::Result<()>;
+
+/// TC verdicts (`linux/pkt_cls.h`).
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 5);
 const SERVICE4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -938,26 +942,98 @@ fn packets_of_one_flow_stay_with_its_backend() -> TestResult {
 }
 
 #[test]
-fn service_without_backends_passes_packets_untouched_and_counts() -> TestResult {
+fn service_without_endpoints_in_its_scope_drops_and_counts() -> TestResult {
+    // Endpoints exist, none in this frontend's scope (internalTrafficPolicy Local without a
+    // local one): kube-proxy drops.
     let service = sock(SERVICE4, SERVICE_PORT);
     let mut lb = serving(frontend(service, Protocol::Tcp), &[])?;
     let frame = Packet::tcp(sock(CLIENT4, CLIENT_PORT), service, TCP_SYN).frame();
-
-    assert_untouched(
-        lb.ingress(&frame),
-        &frame,
-        "SYN to a service without backends",
-    )?;
-
+    let (verdict, _) = lb.ingress_verdict(&frame)?;
+    assert_eq!(
+        verdict, TC_ACT_SHOT,
+        "SYN to a service without backends in scope"
+    );
     assert_counters(
         &lb,
         &[
             (stats::NO_BACKEND, 1),
+            (stats::REJECTED, 0),
             (stats::TRANSLATED, 0),
             (stats::NEW_FLOWS, 0),
         ],
     );
     assert!(lb.maps().flows_v4().is_empty(), "no flow");
+    Ok(())
+}
+
+/// `frame` with its Ethernet source and destination swapped: the way back to the sender.
+fn reversed_macs(mut frame: Vec<u8>) -> Vec<u8> {
+    let (dst, src) = (frame[0..6].to_vec(), frame[6..12].to_vec());
+    frame[0..6].copy_from_slice(&src);
+    frame[6..12].copy_from_slice(&dst);
+    frame
+}
+
+#[test]
+fn connections_to_a_service_without_any_endpoint_are_reset_from_the_service_for_both_families()
+-> TestResult {
+    for (service, client) in [
+        (sock(SERVICE4, SERVICE_PORT), sock(CLIENT4, CLIENT_PORT)),
+        (sock(SERVICE6, SERVICE_PORT), sock(CLIENT6, CLIENT_PORT)),
+    ] {
+        let mut lb = Lb::load()?;
+        let empty = FrontendState {
+            service_port: "test/empty".into(),
+            reject: true,
+            ..Default::default()
+        };
+        lb.apply_states(&[
+            (frontend(service, Protocol::Tcp), empty.clone()),
+            (frontend(service, Protocol::Udp), empty),
+        ])?;
+        // A SYN (sequence 0x0a0b0c0d, no ACK): RST+ACK acknowledging it, sequence 0.
+        let syn = Packet::tcp(client, service, TCP_SYN).frame();
+        let (verdict, out) = lb.ingress_verdict(&syn)?;
+        assert_eq!(
+            verdict, TC_ACT_REDIRECT,
+            "{service}: sent back to the client"
+        );
+        let reset = Transport::TcpWith {
+            flags: TCP_RST | TCP_ACK,
+            seq: 0,
+            ack: 0x0a0b_0c0e,
+            window: 0,
+        };
+        let expected = reversed_macs(Packet::new(service, client, reset).frame());
+        assert_frame_eq(&out, &expected, &format!("reset for the SYN to {service}"));
+        verify_checksums(&out).map_err(anyhow::Error::msg)?;
+        // A segment with ACK (acknowledging 0x01020304) and no data: RST with that sequence.
+        let ack = Packet::tcp(client, service, TCP_ACK).frame();
+        let (verdict, out) = lb.ingress_verdict(&ack)?;
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let reset = Transport::TcpWith {
+            flags: TCP_RST,
+            seq: 0x0102_0304,
+            ack: 0,
+            window: 0,
+        };
+        let expected = reversed_macs(Packet::new(service, client, reset).frame());
+        assert_frame_eq(&out, &expected, &format!("reset for the ACK to {service}"));
+        verify_checksums(&out).map_err(anyhow::Error::msg)?;
+        // Data, resets and UDP are dropped.
+        for frame in [
+            Packet::tcp(client, service, TCP_ACK)
+                .payload(b"GET /")
+                .frame(),
+            Packet::tcp(client, service, TCP_RST).frame(),
+            Packet::udp(client, service).frame(),
+        ] {
+            let (verdict, _) = lb.ingress_verdict(&frame)?;
+            assert_eq!(verdict, TC_ACT_SHOT);
+        }
+        assert_eq!(lb.stat(stats::REJECTED), 5, "{service}");
+        assert_eq!(lb.stat(stats::TRANSLATED), 0);
+    }
     Ok(())
 }
 

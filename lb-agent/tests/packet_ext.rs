@@ -45,6 +45,7 @@ fn external(
             local_backends: backends.clone(),
             backends,
             external: Some(policy),
+            reject: false,
         },
     )
 }

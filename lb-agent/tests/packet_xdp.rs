@@ -58,6 +58,7 @@ fn external(
             backends: sorted(backends),
             local_backends: sorted(local),
             external: Some(policy),
+            reject: false,
         },
     )
 }

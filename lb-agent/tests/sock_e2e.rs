@@ -178,6 +178,51 @@ fn node_processes_reach_cluster_ips_of_both_families_without_any_route() {
 }
 
 #[test]
+fn dual_stack_sockets_reach_ipv4_cluster_ips_through_ipv4_mapped_addresses() {
+    let node = Node::new();
+    node.write_service("mapped", &[ip("10.96.1.30")], &["b1", "b2", "b3"]);
+    // What an IPv6 socket without IPV6_V6ONLY (Java's default, for one) connects to.
+    let mapped = IpAddr::V6(std::net::Ipv4Addr::new(10, 96, 1, 30).to_ipv6_mapped());
+    let cgroup = lb_tests::cgroup::TestCgroup::new().unwrap();
+    let outcome = probe(&node.topo.node, Some(&cgroup), Mode::Tcp, sa(mapped, 80), 1).unwrap();
+    assert!(
+        matches!(&outcome[0], Outcome::Error(e) if e.contains("unreachable")),
+        "TCP to {mapped} without the agent: {outcome:?}"
+    );
+    let agent = node.start_agent();
+    let all = names(&["b1", "b2", "b3"]);
+    for (mode, port) in [(Mode::Tcp, 80), (Mode::Udp, 53), (Mode::UdpConnected, 53)] {
+        assert_eq!(
+            answers(&node, &agent, mode, sa(mapped, port), 30),
+            all,
+            "{mode:?} to {mapped}"
+        );
+    }
+}
+
+#[test]
+fn node_connections_to_a_service_without_endpoints_are_refused() {
+    let node = Node::new();
+    let vips = [ip("10.96.1.40"), ip("fd00:96::1:40")];
+    node.write_service("empty", &vips, &[]);
+    let agent = node.start_agent();
+    for vip in vips {
+        let outcome = probe(
+            &node.topo.node,
+            Some(&agent.cgroup),
+            Mode::Tcp,
+            sa(vip, 80),
+            1,
+        )
+        .unwrap();
+        assert!(
+            matches!(&outcome[0], Outcome::Error(e) if e.contains("refused")),
+            "TCP to {vip} without endpoints: {outcome:?}"
+        );
+    }
+}
+
+#[test]
 fn only_processes_under_the_attached_cgroup_are_translated() {
     let node = Node::new();
     let vips = [ip("10.96.1.30"), ip("fd00:96::1:30")];

@@ -115,8 +115,10 @@ pub mod stats {
     /// Translatable frames XDP left untouched to the TC program: the next hop's neighbour entry
     /// is not resolved, the egress device runs no XDP, or the frame exceeds the egress MTU.
     pub const XDP_TO_TC: u32 = 12;
+    /// Packets to a service port without any endpoint, refused (TCP reset) or dropped.
+    pub const REJECTED: u32 = 13;
     /// Number of counters.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 
     /// Every counter with the name `lb-agent stats` prints.
     pub const NAMES: [(u32, &str); COUNT as usize] = [
@@ -133,6 +135,7 @@ pub mod stats {
         (REDIRECTED, "tc_redirected"),
         (XDP_SENT, "xdp_sent"),
         (XDP_TO_TC, "xdp_to_tc"),
+        (REJECTED, "rejected"),
     ];
 }
 
@@ -281,6 +284,12 @@ pub const SVC_F_EXTERNAL: u8 = 1;
 pub const SVC_F_LOCAL: u8 = 2;
 /// Frontend flag: loadBalancerSourceRanges apply; other sources are dropped.
 pub const SVC_F_SOURCE_RANGES: u8 = 4;
+
+/// Frontend flag: the service port has no endpoint anywhere (ready, serving or terminating):
+/// new TCP connections are refused with a reset, other packets dropped, and node processes'
+/// `connect()` fails with ECONNREFUSED, as kube-proxy's REJECT rules do. A frontend without
+/// backends but without this flag (endpoints exist, none in its scope) drops.
+pub const SVC_F_REJECT: u8 = 8;
 
 /// Backend flag: the backend runs on this node.
 pub const BACKEND_F_LOCAL: u8 = 1;

@@ -13,10 +13,8 @@ mod entry {
     };
 
     use crate::kern::{
-        ext,
-        family::{V4, V6},
-        lb,
-        sock::{reverse, translate},
+        ext, lb,
+        sock::{reverse4, reverse6, translate4, translate6},
         verdict, xdp as xdp_path,
     };
 
@@ -51,45 +49,45 @@ mod entry {
     /// Node-originated traffic: `connect()` to a service address goes straight to a backend.
     #[cgroup_sock_addr(connect4)]
     pub fn lb_sock_connect4(ctx: SockAddrContext) -> i32 {
-        translate::<V4>(&ctx)
+        translate4(&ctx)
     }
 
     #[cgroup_sock_addr(connect6)]
     pub fn lb_sock_connect6(ctx: SockAddrContext) -> i32 {
-        translate::<V6>(&ctx)
+        translate6(&ctx)
     }
 
     /// Unconnected UDP datagrams to a service address go to a backend.
     #[cgroup_sock_addr(sendmsg4)]
     pub fn lb_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-        translate::<V4>(&ctx)
+        translate4(&ctx)
     }
 
     #[cgroup_sock_addr(sendmsg6)]
     pub fn lb_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
-        translate::<V6>(&ctx)
+        translate6(&ctx)
     }
 
     /// UDP answers from a backend read as coming from the service address.
     #[cgroup_sock_addr(recvmsg4)]
     pub fn lb_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-        reverse::<V4>(&ctx)
+        reverse4(&ctx)
     }
 
     #[cgroup_sock_addr(recvmsg6)]
     pub fn lb_sock_recvmsg6(ctx: SockAddrContext) -> i32 {
-        reverse::<V6>(&ctx)
+        reverse6(&ctx)
     }
 
     /// A translated socket's peer reads as the service address.
     #[cgroup_sock_addr(getpeername4)]
     pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
-        reverse::<V4>(&ctx)
+        reverse4(&ctx)
     }
 
     #[cgroup_sock_addr(getpeername6)]
     pub fn lb_sock_getpeername6(ctx: SockAddrContext) -> i32 {
-        reverse::<V6>(&ctx)
+        reverse6(&ctx)
     }
 
     #[unsafe(link_section = "license")]

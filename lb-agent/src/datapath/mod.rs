@@ -17,7 +17,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use lb_ebpf::{SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_SOURCE_RANGES, ServiceValue};
+use lb_ebpf::{SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_REJECT, SVC_F_SOURCE_RANGES, ServiceValue};
 use thiserror::Error;
 
 use crate::model::{Frontend, FrontendState, IpFamily, Protocol};
@@ -44,8 +44,12 @@ pub struct FrontendPolicy {
 
 impl FrontendPolicy {
     fn of(frontend: &Frontend, state: &FrontendState) -> Self {
+        let reject = if state.reject { SVC_F_REJECT } else { 0 };
         let Some(ext) = &state.external else {
-            return Self::default();
+            return Self {
+                flags: reject,
+                source_ranges: Vec::new(),
+            };
         };
         let family = IpFamily::of(&frontend.addr.ip());
         let mut source_ranges: Vec<IpNet> = ext
@@ -56,7 +60,7 @@ impl FrontendPolicy {
             .collect();
         source_ranges.sort();
         source_ranges.dedup();
-        let mut flags = SVC_F_EXTERNAL;
+        let mut flags = SVC_F_EXTERNAL | reject;
         if ext.local_only {
             flags |= SVC_F_LOCAL;
         }

@@ -270,6 +270,27 @@ fn inconsistent_frontends_are_not_adopted_and_get_repaired() {
 }
 
 #[test]
+fn a_frontend_without_any_endpoint_carries_the_reject_flag_until_one_comes() {
+    let f = fe("10.96.0.1:80");
+    let empty = FrontendState {
+        service_port: "default/web".into(),
+        reject: true,
+        ..Default::default()
+    };
+    let mut w = writer();
+    w.apply(&BTreeMap::from([(f, empty)]));
+    let head = w.maps().services[&(f, 0)];
+    assert_eq!((head.count, head.flags), (0, lb_ebpf::SVC_F_REJECT));
+    w.apply(&desired(&[("10.96.0.1:80", &["10.1.0.1:80"])]));
+    let head = w.maps().services[&(f, 0)];
+    assert_eq!(
+        (head.count, head.flags),
+        (1, 0),
+        "served, no longer refused"
+    );
+}
+
+#[test]
 fn external_frontends_carry_flags_source_ranges_and_local_backends() {
     use crate::model::ExternalPolicy;
     let f = fe("10.0.0.5:30080");
@@ -284,6 +305,7 @@ fn external_frontends_carry_flags_source_ranges_and_local_backends() {
             local_only,
             source_ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
         }),
+        reject: false,
     };
     let mut w = writer();
     w.apply(&BTreeMap::from([(

@@ -29,6 +29,7 @@ const IPPROTO_DSTOPTS: u8 = 60;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// IPv4 "more fragments" flag in the flags/fragment-offset field (RFC 791).
@@ -42,8 +43,17 @@ const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 /// What follows the IP header(s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
+    /// TCP with sequence number 0x0a0b0c0d, acknowledgement 0x01020304 when ACK is set (else
+    /// 0), window 64240.
     Tcp {
         flags: u8,
+    },
+    /// TCP with every header field given.
+    TcpWith {
+        flags: u8,
+        seq: u32,
+        ack: u32,
+        window: u16,
     },
     Udp,
     /// UDP over IPv4 without a checksum: zero means "none" (RFC 768).
@@ -87,7 +97,7 @@ impl Packet {
             "{src} and {dst} are of different families"
         );
         let payload = match transport {
-            Transport::Tcp { .. } => Vec::new(),
+            Transport::Tcp { .. } | Transport::TcpWith { .. } => Vec::new(),
             // Odd length on purpose: the checksum then covers a padded last word.
             Transport::Udp | Transport::UdpNoChecksum => b"hello".to_vec(),
             Transport::IcmpEcho => b"pingpong".to_vec(),
@@ -146,7 +156,7 @@ impl Packet {
 
     fn l4_proto(&self) -> u8 {
         match self.transport {
-            Transport::Tcp { .. } => IPPROTO_TCP,
+            Transport::Tcp { .. } | Transport::TcpWith { .. } => IPPROTO_TCP,
             Transport::Udp | Transport::UdpNoChecksum => IPPROTO_UDP,
             Transport::IcmpEcho if self.src.is_ipv4() => IPPROTO_ICMP,
             Transport::IcmpEcho => IPPROTO_ICMPV6,
@@ -157,15 +167,27 @@ impl Packet {
     fn l4(&self) -> Vec<u8> {
         let mut l4 = Vec::new();
         let csum_off = match self.transport {
-            Transport::Tcp { flags } => {
+            Transport::Tcp { .. } | Transport::TcpWith { .. } => {
+                let (flags, seq, ack, window) = match self.transport {
+                    Transport::TcpWith {
+                        flags,
+                        seq,
+                        ack,
+                        window,
+                    } => (flags, seq, ack, window),
+                    Transport::Tcp { flags } => {
+                        let ack = if flags & TCP_ACK != 0 { 0x0102_0304 } else { 0 };
+                        (flags, 0x0a0b_0c0d, ack, 64240)
+                    }
+                    _ => unreachable!(),
+                };
                 l4.extend(self.src.port().to_be_bytes());
                 l4.extend(self.dst.port().to_be_bytes());
-                l4.extend(0x0a0b_0c0d_u32.to_be_bytes());
-                let ack = if flags & TCP_ACK != 0 { 0x0102_0304 } else { 0 };
-                l4.extend(u32::to_be_bytes(ack));
+                l4.extend(seq.to_be_bytes());
+                l4.extend(ack.to_be_bytes());
                 l4.push(((TCP_HLEN / 4) as u8) << 4);
                 l4.push(flags);
-                l4.extend(64240_u16.to_be_bytes());
+                l4.extend(window.to_be_bytes());
                 l4.extend([0, 0]); // checksum
                 l4.extend([0, 0]); // urgent pointer
                 16

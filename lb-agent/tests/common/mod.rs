@@ -207,6 +207,26 @@ impl Lb {
         self.run(lb_ebpf::program_names::TC_POD_INGRESS, frame)
     }
 
+    /// Runs `lb_tc_pod_ingress` on a frame: the verdict and the frame, whatever the verdict.
+    #[allow(
+        dead_code,
+        reason = "used by some of the test binaries sharing this module"
+    )]
+    pub fn ingress_verdict(&mut self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        let name = lb_ebpf::program_names::TC_POD_INGRESS;
+        let program = self.classifier(name)?;
+        let mut out = vec![0; DATA_OUT_LEN];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
     /// Runs `lb_tc_pod_egress` (reverse NAT) on a frame and returns the frame it leaves.
     pub fn egress(&mut self, frame: &[u8]) -> anyhow::Result<Vec<u8>> {
         self.run(lb_ebpf::program_names::TC_POD_EGRESS, frame)

@@ -21,12 +21,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_ebpf::{
-    BACKEND_F_LOCAL, FLOW_REPLY, FlowKey, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_SOURCE_RANGES,
-    SnatValue, SourceRange, stats,
+    BACKEND_F_LOCAL, FLOW_REPLY, FlowKey, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_REJECT,
+    SVC_F_SOURCE_RANGES, SnatValue, SourceRange, stats,
 };
 
 use super::{
-    family::{Family, V4, V6},
+    family::{V4, V6},
     frame::Frame,
     lb::{self, Chosen},
     maps::{
@@ -35,6 +35,7 @@ use super::{
     },
     nat::{End, Rewrite},
     parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Packet, Parsed, eth_proto, parse_v4, parse_v6},
+    reject::{RejectFamily, reject},
     verdict,
 };
 
@@ -46,7 +47,7 @@ const SNAT_ATTEMPTS: u32 = 8;
 const SNAT_PORT_BASE: u32 = 32768;
 
 /// Per-family pieces of the external path.
-pub trait ExtFamily: Family {
+pub trait ExtFamily: RejectFamily {
     const AF: u8;
     /// The all-zero address.
     const UNSPECIFIED: Self::Addr;
@@ -266,6 +267,8 @@ pub enum Decision<A> {
     Pass,
     /// Dropped by rule: outside the source ranges, no (local) endpoint, or no SNAT port.
     Drop,
+    /// The service port has no endpoint anywhere: refused (a TCP reset), as kube-proxy rejects.
+    Reject,
     /// To this backend; SNATed to this node's address from `snat_port` when it is not 0.
     Translate {
         backend: A,
@@ -310,6 +313,9 @@ pub fn decide<F: ExtFamily, C: EbpfContext>(ctx: &C, pkt: &Packet<F::Addr>) -> D
             return Decision::Drop;
         }
     }
+    if frontend.count == 0 && frontend.flags & SVC_F_REJECT != 0 {
+        return Decision::Reject;
+    }
     // SAFETY: helper without arguments.
     let pick = unsafe { bpf_get_prandom_u32() };
     let Some(chosen) = lb::pick_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, &frontend, pick)
@@ -345,6 +351,7 @@ fn ext_forward<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i
     match decide::<F, _>(ctx, pkt) {
         Decision::Pass => Ok(TC_ACT_OK as i32),
         Decision::Drop => Ok(TC_ACT_SHOT),
+        Decision::Reject => Ok(reject::<F>(ctx, pkt)),
         Decision::Translate {
             backend,
             backend_port,

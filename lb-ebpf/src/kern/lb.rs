@@ -2,14 +2,15 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::TC_ACT_OK,
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::TcContext,
 };
 use aya_log_ebpf::warn;
 use lb_ebpf::{
     Backend, FLOW_F_CLOSING, FLOW_FORWARD, FLOW_REPLY, FLOW_TCP_CLOSING_NS, FLOW_TCP_LIFETIME_NS,
-    FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, SCOPE_CLUSTER, ServiceKey, ServiceValue, stats,
+    FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, SCOPE_CLUSTER, SVC_F_REJECT, ServiceKey,
+    ServiceValue, stats,
 };
 
 use super::{
@@ -17,6 +18,7 @@ use super::{
     maps::count,
     nat::{End, Rewrite},
     parse::{Packet, Parsed, parse},
+    reject::{RejectFamily, reject},
 };
 
 const TCP_FIN: u8 = 0x01;
@@ -182,15 +184,28 @@ pub fn record_flow<F: Family, C: EbpfContext>(
 }
 
 #[inline(always)]
-fn forward<F: Family>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
+fn forward<F: RejectFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some((addr, port, _, _)) = established::<F>(pkt, now) {
         return dnat::<F, _>(ctx, pkt, addr, port);
     }
+    let Some(frontend) = frontend::<F>(pkt.daddr, pkt.dport, pkt.proto) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    if frontend.count == 0 {
+        count(stats::NO_BACKEND);
+        // No endpoint anywhere: refused, as kube-proxy rejects. Endpoints, but none in this
+        // frontend's scope (internalTrafficPolicy Local): dropped, as kube-proxy drops.
+        return Ok(if frontend.flags & SVC_F_REJECT != 0 {
+            reject::<F>(ctx, pkt)
+        } else {
+            TC_ACT_SHOT
+        });
+    }
     // SAFETY: helper without arguments.
     let pick = unsafe { bpf_get_prandom_u32() };
-    let Some(chosen) = choose_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, pick) else {
+    let Some(chosen) = pick_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, &frontend, pick) else {
         return Ok(TC_ACT_OK as i32);
     };
     record_flow::<F, _>(ctx, pkt, &chosen, 0, now);
@@ -220,7 +235,7 @@ pub fn frontend<F: Family>(addr: F::Addr, port: u16, proto: u8) -> Option<Servic
 }
 
 /// Picks the backend in slot `1 + pick % count` of a frontend; `None` (counted) when it has no
-/// usable backend.
+/// usable backend. Shared by the TC and socket programs, so both balance alike.
 #[inline(always)]
 pub fn pick_backend<F: Family>(
     addr: F::Addr,
@@ -256,20 +271,6 @@ pub fn pick_backend<F: Family>(
         count(stats::NO_BACKEND);
     }
     chosen
-}
-
-/// Looks up the service `(addr, port, proto)` and picks one of its backends. `None` when it is
-/// not a service or has no usable backend: the caller leaves the traffic alone. Shared by the
-/// TC and socket programs, so both balance alike.
-#[inline(always)]
-pub fn choose_backend<F: Family>(
-    addr: F::Addr,
-    port: u16,
-    proto: u8,
-    pick: u32,
-) -> Option<Chosen<F::Addr>> {
-    let frontend = frontend::<F>(addr, port, proto)?;
-    pick_backend::<F>(addr, port, proto, &frontend, pick)
 }
 
 /// Rewrites the destination to a backend.

@@ -9,6 +9,7 @@ pub mod lb;
 pub mod maps;
 pub mod nat;
 pub mod parse;
+pub mod reject;
 pub mod sock;
 pub mod xdp;
 

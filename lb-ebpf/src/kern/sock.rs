@@ -8,19 +8,26 @@
 //! service address to translate a second time.
 
 use aya_ebpf::{
-    EbpfContext, bindings::bpf_sock_addr, helpers::bpf_get_socket_cookie, maps::LruHashMap,
+    EbpfContext,
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    maps::LruHashMap,
     programs::SockAddrContext,
 };
-use lb_ebpf::{PROTO_TCP, PROTO_UDP, SockKey, SockValue};
+use lb_ebpf::{PROTO_TCP, PROTO_UDP, SVC_F_REJECT, SockKey, SockValue};
 
 use super::{
     family::{Family, V4, V6},
-    lb::{Chosen, choose_backend},
+    lb::{Chosen, frontend, pick_backend},
     maps::{LB_SOCK_REVNAT_V4, LB_SOCK_REVNAT_V6},
 };
 
-/// What a sock_addr program returns to let the call proceed. The programs never refuse a call.
+/// What a sock_addr program returns to let the call proceed.
 pub const ALLOW: i32 = 1;
+/// What it returns to fail the call, with the error set by `bpf_set_retval`.
+const DENY: i32 = 0;
+/// `ECONNREFUSED` (`asm-generic/errno.h`).
+const ECONNREFUSED: i32 = 111;
 
 /// Per-family access to the address in a `bpf_sock_addr` and to the socket reverse map.
 pub trait SockFamily: Family {
@@ -110,9 +117,101 @@ fn pick_for(cookie: u64) -> u32 {
     (cookie.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
 }
 
-/// `connect()` of TCP and UDP sockets and unconnected UDP `sendmsg()`.
+/// The IPv4 address in an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, RFC 4291 2.5.5.2).
 #[inline(always)]
-pub fn translate<F: SockFamily>(ctx: &SockAddrContext) -> i32 {
+fn v4_mapped(addr: &[u8; 16]) -> Option<[u8; 4]> {
+    let prefix = [0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    if addr[..12] == prefix {
+        Some([addr[12], addr[13], addr[14], addr[15]])
+    } else {
+        None
+    }
+}
+
+/// `::ffff:a.b.c.d`.
+#[inline(always)]
+fn to_v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// How the address of a `bpf_sock_addr` maps to a service family `L`: read it as an `L`
+/// address, and write an `L` address back.
+trait SockAddrView<L: SockFamily> {
+    fn get(sa: &bpf_sock_addr) -> Option<L::Addr>;
+    fn set(sa: &mut bpf_sock_addr, addr: L::Addr);
+}
+
+/// The socket's own family.
+struct Native;
+
+impl<F: SockFamily> SockAddrView<F> for Native {
+    #[inline(always)]
+    fn get(sa: &bpf_sock_addr) -> Option<F::Addr> {
+        Some(F::user_addr(sa))
+    }
+    #[inline(always)]
+    fn set(sa: &mut bpf_sock_addr, addr: F::Addr) {
+        F::set_user_addr(sa, addr);
+    }
+}
+
+/// An IPv6 socket talking IPv4 through IPv4-mapped addresses: a dual-stack socket (no
+/// `IPV6_V6ONLY`, as Java and many runtimes open by default) connecting to `::ffff:10.96.0.10`.
+/// The kernel sends IPv4 for it without running the IPv4 hooks, so the IPv6 hooks translate
+/// with the IPv4 services.
+struct Mapped;
+
+impl SockAddrView<V4> for Mapped {
+    #[inline(always)]
+    fn get(sa: &bpf_sock_addr) -> Option<[u8; 4]> {
+        v4_mapped(&V6::user_addr(sa))
+    }
+    #[inline(always)]
+    fn set(sa: &mut bpf_sock_addr, addr: [u8; 4]) {
+        V6::set_user_addr(sa, to_v4_mapped(addr));
+    }
+}
+
+/// `connect()` of TCP and UDP sockets and unconnected UDP `sendmsg()`, IPv4 hooks.
+#[inline(always)]
+pub fn translate4(ctx: &SockAddrContext) -> i32 {
+    translate::<V4, Native>(ctx)
+}
+
+/// The same, IPv6 hooks: IPv6 services, and IPv4 ones through IPv4-mapped addresses.
+#[inline(always)]
+pub fn translate6(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the kernel hands the program a valid context for its whole run.
+    let sa = unsafe { &*ctx.sock_addr };
+    if v4_mapped(&V6::user_addr(sa)).is_some() {
+        translate::<V4, Mapped>(ctx)
+    } else {
+        translate::<V6, Native>(ctx)
+    }
+}
+
+/// `recvmsg()` and `getpeername()`, IPv4 hooks.
+#[inline(always)]
+pub fn reverse4(ctx: &SockAddrContext) -> i32 {
+    reverse::<V4, Native>(ctx)
+}
+
+/// The same, IPv6 hooks, IPv4-mapped addresses included.
+#[inline(always)]
+pub fn reverse6(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: see `translate6`.
+    let sa = unsafe { &*ctx.sock_addr };
+    if v4_mapped(&V6::user_addr(sa)).is_some() {
+        reverse::<V4, Mapped>(ctx)
+    } else {
+        reverse::<V6, Native>(ctx)
+    }
+}
+
+#[inline(always)]
+fn translate<F: SockFamily, View: SockAddrView<F>>(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel hands the program a valid context for its whole run.
     let sa = unsafe { &mut *ctx.sock_addr };
     let proto = match sa.protocol {
@@ -120,14 +219,27 @@ pub fn translate<F: SockFamily>(ctx: &SockAddrContext) -> i32 {
         p if p == u32::from(PROTO_UDP) => PROTO_UDP,
         _ => return ALLOW,
     };
-    let (addr, port) = (F::user_addr(sa), sa.user_port as u16);
+    let Some(addr) = View::get(sa) else {
+        return ALLOW;
+    };
+    let port = sa.user_port as u16;
     // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(frontend) = frontend::<F>(addr, port, proto) else {
+        return ALLOW;
+    };
+    if frontend.count == 0 && frontend.flags & SVC_F_REJECT != 0 && proto == PROTO_TCP {
+        // No endpoint anywhere: connect() fails at once with "connection refused", as it does
+        // when kube-proxy's REJECT rule answers the SYN. (UDP has no connection to refuse.)
+        // SAFETY: plain helper call; the kernel returns the value to the caller of connect().
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        return DENY;
+    }
     let Some(Chosen {
         rev_nat_id,
         backend,
         ..
-    }) = choose_backend::<F>(addr, port, proto, pick_for(cookie))
+    }) = pick_backend::<F>(addr, port, proto, &frontend, pick_for(cookie))
     else {
         return ALLOW;
     };
@@ -144,23 +256,25 @@ pub fn translate<F: SockFamily>(ctx: &SockAddrContext) -> i32 {
     {
         return ALLOW;
     }
-    F::set_user_addr(sa, backend.addr);
+    View::set(sa, backend.addr);
     sa.user_port = u32::from(backend.port);
     ALLOW
 }
 
-/// `recvmsg()` and `getpeername()`: a backend address this socket was sent to reads as the
-/// service address.
+/// A backend address this socket was sent to reads as the service address.
 #[inline(always)]
-pub fn reverse<F: SockFamily>(ctx: &SockAddrContext) -> i32 {
+fn reverse<F: SockFamily, View: SockAddrView<F>>(ctx: &SockAddrContext) -> i32 {
     // SAFETY: see `translate`.
     let sa = unsafe { &mut *ctx.sock_addr };
+    let Some(addr) = View::get(sa) else {
+        return ALLOW;
+    };
     // SAFETY: see `translate`.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = F::key(cookie, F::user_addr(sa), sa.user_port as u16);
+    let key = F::key(cookie, addr, sa.user_port as u16);
     // SAFETY: read-only copy of a map value.
     if let Some(service) = unsafe { F::revnat().get(&key) }.copied() {
-        F::set_user_addr(sa, service.addr);
+        View::set(sa, service.addr);
         sa.user_port = u32::from(service.port);
     }
     ALLOW

@@ -237,7 +237,8 @@ fn forward<F: ExtFamily>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> u32 {
 #[inline(never)]
 fn decide<F: ExtFamily>(ctx: &XdpContext, pkt: &Packet<F::Addr>, out: &mut Outcome<F::Addr>) {
     match ext::decide::<F, _>(ctx, pkt) {
-        Decision::Pass => out.kind = OUTCOME_PASS,
+        // The TC program on the same device answers with the reset.
+        Decision::Pass | Decision::Reject => out.kind = OUTCOME_PASS,
         Decision::Drop => out.kind = OUTCOME_DROP,
         Decision::Translate {
             backend,
