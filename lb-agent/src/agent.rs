@@ -116,17 +116,29 @@ struct Syncer {
     node_name: Option<String>,
     health: Health,
     synced_once: bool,
+    /// The last sync programmed everything it meant to.
+    last_sync_ok: bool,
     last_sweep: Instant,
     problems: Once,
 }
 
 impl Syncer {
-    fn sync(&mut self) {
+    /// Rebuilds the desired state and programs it. A periodic resync (`periodic`) skips the
+    /// rebuild when the source knows nothing changed, the last sync programmed everything and no
+    /// drift repair is due: at tens of thousands of services a rebuild takes noticeable CPU.
+    fn sync(&mut self, periodic: bool) {
         let started = Instant::now();
-        let snapshot = match self.source.snapshot() {
-            Ok(s) => s,
+        let sweep_due = !self.synced_once || self.last_sweep.elapsed() >= REPAIR_INTERVAL;
+        let only_if_changed = periodic && self.last_sync_ok && !sweep_due;
+        let snapshot = match self.source.snapshot(only_if_changed) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                self.health.updated();
+                return;
+            }
             Err(e) => {
                 error!("{:#}; keeping the programmed state", anyhow::Error::new(e));
+                self.last_sync_ok = false;
                 return;
             }
         };
@@ -138,7 +150,9 @@ impl Syncer {
             zone: snapshot.node.and_then(|n| n.zone),
         };
         let services = snapshot.services.len();
+        let snapshot_done = started.elapsed();
         let mut sel = selection::select(&snapshot.services, &snapshot.slices, &node);
+        let select_done = started.elapsed();
         let all_addrs = nodeaddr::list().unwrap_or_else(|e| {
             warn!("listing the node's addresses: {e}");
             Vec::new()
@@ -170,7 +184,15 @@ impl Syncer {
         for w in snapshot.warnings {
             warn!("{w}");
         }
+        let external_done = started.elapsed();
         let applied = self.writer.apply(&sel.frontends);
+        debug!(
+            snapshot_us = snapshot_done.as_micros() as u64,
+            select_us = (select_done - snapshot_done).as_micros() as u64,
+            external_us = (external_done - select_done).as_micros() as u64,
+            apply_us = (started.elapsed() - external_done).as_micros() as u64,
+            "sync"
+        );
         for e in &applied.errors {
             error!("{e}");
         }
@@ -184,7 +206,7 @@ impl Syncer {
                 "maps programmed"
             );
         }
-        let sweep_due = !self.synced_once || self.last_sweep.elapsed() >= REPAIR_INTERVAL;
+        self.last_sync_ok = applied.errors.is_empty();
         if sweep_due && applied.errors.is_empty() {
             match self.writer.sweep() {
                 Ok(0) => {}
@@ -395,6 +417,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     scan_all(&mut dp);
     let mut device_tick = tokio::time::interval(DEVICE_SCAN_INTERVAL);
+    // After a stall (a starved CPU, a stopped process) one tick, not a burst of missed ones.
+    device_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
 
     // The first sync waits for the complete state: programming a partial view would delete
@@ -421,6 +445,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let debounce = source.debounce();
     let mut resync_tick = tokio::time::interval(source.resync_interval());
+    resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut syncer = Syncer {
         source,
         writer: resume_writer(maps, opts.load.max_backends),
@@ -432,11 +457,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         node_name,
         health: health.clone(),
         synced_once: false,
+        last_sync_ok: false,
         last_sweep: Instant::now(),
         problems: Once::default(),
     };
     let mut health_check_servers = HealthCheckServers::default();
-    syncer.sync();
+    syncer.sync(false);
     health_check_servers
         .update(&syncer.health_checks, &health)
         .await;
@@ -448,11 +474,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 health.queued();
                 tokio::time::sleep(debounce).await;
                 while changes.try_recv().is_ok() {}
-                syncer.sync();
+                syncer.sync(false);
                 health_check_servers.update(&syncer.health_checks, &health).await;
             }
             _ = resync_tick.tick() => {
-                syncer.sync();
+                syncer.sync(true);
                 health_check_servers.update(&syncer.health_checks, &health).await;
             }
             _ = device_tick.tick() => {
@@ -463,7 +489,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 if addrs.is_some() && addrs != last_addrs {
                     if last_addrs.is_some() {
                         debug!("the node's addresses changed");
-                        syncer.sync();
+                        syncer.sync(false);
                         health_check_servers.update(&syncer.health_checks, &health).await;
                     }
                     last_addrs = addrs;

@@ -88,6 +88,8 @@ struct FileState {
 pub struct Report {
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
+    /// A file came, went, or holds other text than at the reload before.
+    pub changed: bool,
 }
 
 /// The objects of a manifest directory, kept up to date by [`ManifestSource::reload`].
@@ -136,9 +138,13 @@ impl ManifestSource {
         let mut files = BTreeMap::new();
         for path in paths {
             let previous = self.files.remove(&path).unwrap_or_default();
+            let (was, was_read) = (previous.content, previous.stamp.is_some());
             let state = load_file(&path, previous, &mut report);
+            report.changed |= !was_read || state.content != was;
             files.insert(path, state);
         }
+        // What is left of the old files went away.
+        report.changed |= !self.files.is_empty();
         self.files = files;
         Ok(report)
     }
@@ -227,65 +233,37 @@ fn load_file(path: &Path, previous: FileState, report: &mut Report) -> FileState
             ..previous
         };
     }
-    let documents = match std::str::from_utf8(&bytes)
-        .map_err(|e| format!("not UTF-8 text: {e}"))
-        .and_then(|text| parse_documents(path, text))
-    {
-        Ok(docs) => docs,
-        Err(reason) => {
-            report.problems.push(format!(
-                "{}: {reason}; keeping what the file held before",
-                path.display()
-            ));
-            return FileState {
-                stamp: Some(stamp),
-                read_at: Some(read_at),
-                content,
-                ..previous
-            };
-        }
-    };
+    // One document at a time: a large file never sits in memory as a tree of values, only the
+    // objects it holds do. A parse error anywhere leaves the file's earlier objects in place.
     let mut objects = BTreeMap::new();
+    let mut file_report = Report::default();
     let mut items = Vec::new();
-    for (i, doc) in documents.into_iter().enumerate() {
-        flatten_lists(doc, format!("document {}", i + 1), &mut items);
+    let mut index = 0;
+    let parsed = std::str::from_utf8(&bytes)
+        .map_err(|e| format!("not UTF-8 text: {e}"))
+        .and_then(|text| {
+            for_each_document(path, text, |doc| {
+                index += 1;
+                flatten_lists(doc, format!("document {index}"), &mut items);
+                for (at, item) in items.drain(..) {
+                    add_object(path, &at, &item, &previous, &mut objects, &mut file_report);
+                }
+            })
+        });
+    if let Err(reason) = parsed {
+        report.problems.push(format!(
+            "{}: {reason}; keeping what the file held before",
+            path.display()
+        ));
+        return FileState {
+            stamp: Some(stamp),
+            read_at: Some(read_at),
+            content,
+            ..previous
+        };
     }
-    for (at, item) in items {
-        match decode(&item) {
-            Decoded::Ignored => {}
-            Decoded::Object(key, object, warnings) => {
-                for w in warnings {
-                    report
-                        .warnings
-                        .push(format!("{}: {key}: {w}", path.display()));
-                }
-                if objects.contains_key(&key) {
-                    report.problems.push(format!(
-                        "{}: {key}: appears twice in the file; the later copy wins",
-                        path.display()
-                    ));
-                }
-                objects.insert(key, object);
-            }
-            Decoded::Invalid(key, reason) => {
-                let kept = key
-                    .as_ref()
-                    .and_then(|k| previous.objects.get(k).map(|o| (k.clone(), o.clone())));
-                let what = key.as_ref().map_or(at, ToString::to_string);
-                let suffix = if kept.is_some() {
-                    "; keeping its last good version"
-                } else {
-                    "; skipped"
-                };
-                report
-                    .problems
-                    .push(format!("{}: {what}: {reason}{suffix}", path.display()));
-                if let Some((k, o)) = kept {
-                    objects.insert(k, o);
-                }
-            }
-        }
-    }
+    report.problems.extend(file_report.problems);
+    report.warnings.extend(file_report.warnings);
     FileState {
         stamp: Some(stamp),
         read_at: Some(read_at),
@@ -294,18 +272,68 @@ fn load_file(path: &Path, previous: FileState, report: &mut Report) -> FileState
     }
 }
 
-/// The documents of a file, empty YAML documents left out; `document N` in messages counts the
-/// documents returned.
-fn parse_documents(path: &Path, text: &str) -> Result<Vec<serde_json::Value>, String> {
+/// Decodes one item of a file into `objects`, reporting what is wrong with it; an invalid
+/// object keeps its last good version from `previous`.
+fn add_object(
+    path: &Path,
+    at: &str,
+    item: &serde_json::Value,
+    previous: &FileState,
+    objects: &mut BTreeMap<ObjectKey, Object>,
+    report: &mut Report,
+) {
+    match decode(item) {
+        Decoded::Ignored => {}
+        Decoded::Object(key, object, warnings) => {
+            for w in warnings {
+                report
+                    .warnings
+                    .push(format!("{}: {key}: {w}", path.display()));
+            }
+            if objects.contains_key(&key) {
+                report.problems.push(format!(
+                    "{}: {key}: appears twice in the file; the later copy wins",
+                    path.display()
+                ));
+            }
+            objects.insert(key, object);
+        }
+        Decoded::Invalid(key, reason) => {
+            let kept = key
+                .as_ref()
+                .and_then(|k| previous.objects.get(k).map(|o| (k.clone(), o.clone())));
+            let what = key.as_ref().map_or(at.to_owned(), ToString::to_string);
+            let suffix = if kept.is_some() {
+                "; keeping its last good version"
+            } else {
+                "; skipped"
+            };
+            report
+                .problems
+                .push(format!("{}: {what}: {reason}{suffix}", path.display()));
+            if let Some((k, o)) = kept {
+                objects.insert(k, o);
+            }
+        }
+    }
+}
+
+/// Calls `f` with each document of a file in turn, empty YAML documents left out; `document N`
+/// in messages counts the documents passed.
+fn for_each_document(
+    path: &Path,
+    text: &str,
+    mut f: impl FnMut(serde_json::Value),
+) -> Result<(), String> {
     // Editors on Windows start files with a byte order mark; neither parser skips it.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if path.extension().and_then(|e| e.to_str()) == Some("json") {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-        return Ok(vec![value]);
+        f(value);
+        return Ok(());
     }
     check_flow_depth(text).map_err(|e| format!("invalid YAML: {e}"))?;
-    let mut docs = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
         let value =
             serde_yaml::Value::deserialize(doc).map_err(|e| format!("invalid YAML: {e}"))?;
@@ -314,9 +342,9 @@ fn parse_documents(path: &Path, text: &str) -> Result<Vec<serde_json::Value>, St
         }
         let value = serde_json::to_value(&value)
             .map_err(|e| format!("YAML document is not a Kubernetes object: {e}"))?;
-        docs.push(value);
+        f(value);
     }
-    Ok(docs)
+    Ok(())
 }
 
 /// Rejects text whose flow collections nest deeper than [`MAX_FLOW_DEPTH`]. Every bracket counts,
@@ -436,11 +464,11 @@ fn decode(value: &serde_json::Value) -> Decoded {
         return Decoded::Invalid(Some(key), reason);
     }
     let result = match kind {
-        Kind::Service => serde_json::from_value::<K8sService>(value.clone())
+        Kind::Service => K8sService::deserialize(value)
             .map_err(|e| format!("not a valid Service: {e}"))
             .and_then(|svc| convert::service(&svc, Some(value), true))
             .map(|c| Some((Object::Service(c.value), c.warnings))),
-        Kind::EndpointSlice => serde_json::from_value::<K8sEndpointSlice>(value.clone())
+        Kind::EndpointSlice => K8sEndpointSlice::deserialize(value)
             .map_err(|e| format!("not a valid EndpointSlice: {e}"))
             .and_then(|s| convert::endpoint_slice(&s))
             .map(|c| c.map(|c| (Object::EndpointSlice(c.value), c.warnings))),

@@ -162,24 +162,30 @@ impl Source {
         }
     }
 
-    /// The current state. An error leaves the caller's programmed state as it is.
-    pub fn snapshot(&mut self) -> Result<Snapshot, SourceError> {
+    /// The current state. An error leaves the caller's programmed state as it is. With
+    /// `only_if_changed`, `None` when the source can tell that nothing changed since the last
+    /// snapshot (the manifest files are all as they were), which spares a periodic resync the
+    /// cost of a full rebuild.
+    pub fn snapshot(&mut self, only_if_changed: bool) -> Result<Option<Snapshot>, SourceError> {
         match self {
             Self::Manifests { source, .. } => {
                 let report = source.reload().map_err(|e| SourceError::Read {
                     path: source.dir().display().to_string(),
                     source: e,
                 })?;
+                if only_if_changed && !report.changed {
+                    return Ok(None);
+                }
                 let (services, slices, duplicates) = source.snapshot();
-                Ok(Snapshot {
+                Ok(Some(Snapshot {
                     services,
                     slices,
                     problems: report.problems.into_iter().chain(duplicates).collect(),
                     warnings: report.warnings,
                     node: None,
-                })
+                }))
             }
-            Self::Kubernetes(kube) => Ok(kube.snapshot()),
+            Self::Kubernetes(kube) => Ok(Some(kube.snapshot())),
         }
     }
 

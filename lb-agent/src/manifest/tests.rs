@@ -1202,3 +1202,20 @@ fn unusable_endpoint_addresses_are_warnings_naming_the_slice() {
         [endpoint("10.244.0.3", None, None)]
     );
 }
+
+#[test]
+fn reload_says_whether_anything_changed() {
+    let dir = TestDir::new();
+    dir.write("a.yaml", KUBECTL_YAML);
+    let mut source = dir.source();
+    assert!(source.reload().unwrap().changed, "the first read");
+    assert!(!source.reload().unwrap().changed, "nothing touched");
+    dir.write("b.yaml", KUBECTL_YAML.replace("web", "other"));
+    assert!(source.reload().unwrap().changed, "a new file");
+    assert!(!source.reload().unwrap().changed);
+    dir.write("b.yaml", "# emptied\n");
+    assert!(source.reload().unwrap().changed, "new text");
+    dir.remove("b.yaml");
+    assert!(source.reload().unwrap().changed, "a removed file");
+    assert!(!source.reload().unwrap().changed);
+}
