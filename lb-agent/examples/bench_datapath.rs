@@ -45,6 +45,7 @@ use lb_agent::{
     model::{Frontend, Protocol},
 };
 use lb_ebpf::{ServiceValue, program_names, stats};
+use lb_tests::rawbpf::TestRun;
 
 /// Backends per service (the issue asks for about 10).
 const BACKENDS: u32 = 10;
@@ -61,8 +62,6 @@ const ENTRIES_PER_SERVICE: u32 = BACKENDS + 1;
 
 /// `TC_ACT_OK` from `linux/pkt_cls.h`.
 const TC_ACT_OK: u32 = 0;
-/// `enum bpf_cmd` in `linux/bpf.h`.
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
@@ -98,67 +97,10 @@ fn summary(n: u32, case: &str, samples: &mut [u32]) -> serde_json::Value {
     })
 }
 
-/// The `test` member of `union bpf_attr` (`linux/bpf.h`), tail padding spelled out.
-#[repr(C)]
-#[derive(Default)]
-struct ProgTestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-/// Result of one BPF_PROG_TEST_RUN.
-struct RunResult {
-    retval: u32,
-    duration_ns: u32,
-    out: Vec<u8>,
-}
-
 /// BPF_PROG_TEST_RUN by hand, so the floor (not an aya program) and the load balancer's
 /// programs go through exactly the same call.
-fn test_run(prog_fd: i32, frame: &[u8], repeat: u32) -> anyhow::Result<RunResult> {
-    let mut out = vec![0_u8; DATA_OUT_LEN];
-    let mut attr = ProgTestRunAttr {
-        prog_fd: prog_fd as u32,
-        data_size_in: u32::try_from(frame.len())?,
-        data_size_out: u32::try_from(out.len())?,
-        data_in: frame.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat,
-        ..ProgTestRunAttr::default()
-    };
-    // SAFETY: `attr` is the `test` member of `union bpf_attr`, passed with its size; the buffers
-    // it points to outlive the call and have the sizes it gives.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut ProgTestRunAttr,
-            std::mem::size_of::<ProgTestRunAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
-    }
-    out.truncate(attr.data_size_out as usize);
-    Ok(RunResult {
-        retval: attr.retval,
-        duration_ns: attr.duration,
-        out,
-    })
+fn test_run(prog_fd: i32, frame: &[u8], repeat: u32) -> anyhow::Result<TestRun> {
+    lb_tests::rawbpf::test_run(prog_fd, frame, repeat, 0, DATA_OUT_LEN).context("BPF_PROG_TEST_RUN")
 }
 
 /// Loads `r0 = TC_ACT_OK; exit` as a TC classifier: the cheapest program BPF_PROG_TEST_RUN can

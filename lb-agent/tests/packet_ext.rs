@@ -28,26 +28,13 @@ fn sock(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// An external frontend (node port) with local backends.
+/// An external TCP frontend (node port) with local backends.
 fn external(
     frontend: &str,
     backends: &[&str],
     policy: ExternalPolicy,
 ) -> (Frontend, FrontendState) {
-    let backends: Vec<SocketAddr> = backends.iter().map(|b| sock(b)).collect();
-    (
-        Frontend {
-            addr: sock(frontend),
-            protocol: Protocol::Tcp,
-        },
-        FrontendState {
-            service_port: format!("test/{frontend}"),
-            local_backends: backends.clone(),
-            backends,
-            external: Some(policy),
-            reject: false,
-        },
-    )
+    common::external_frontend(frontend, Protocol::Tcp, backends, backends, policy)
 }
 
 fn lb_with(states: &[(Frontend, FrontendState)]) -> anyhow::Result<Lb> {

@@ -35,37 +35,32 @@ fn sock(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// An external frontend (node port) with its backends, the `local` ones on this node.
-fn external(
-    frontend: &str,
-    protocol: Protocol,
-    backends: &[&str],
-    local: &[&str],
-    policy: ExternalPolicy,
-) -> (Frontend, FrontendState) {
-    let sorted = |list: &[&str]| {
-        let mut v: Vec<SocketAddr> = list.iter().map(|b| sock(b)).collect();
-        v.sort();
-        v
-    };
-    (
-        Frontend {
-            addr: sock(frontend),
-            protocol,
-        },
-        FrontendState {
-            service_port: format!("test/{frontend}"),
-            backends: sorted(backends),
-            local_backends: sorted(local),
-            external: Some(policy),
-            reject: false,
-        },
-    )
-}
+use common::external_frontend as external;
 
 fn lb_with(states: &[(Frontend, FrontendState)]) -> anyhow::Result<Lb> {
     let mut lb = Lb::load()?;
     lb.apply_states(states)?;
+    Ok(lb)
+}
+
+/// A datapath serving `node_port` with one backend on another node, SNATing to `node`.
+fn remote(node: &str, node_port: &str, backend: &str, protocol: Protocol) -> anyhow::Result<Lb> {
+    let mut lb = lb_with(&[external(
+        node_port,
+        protocol,
+        &[backend],
+        &[],
+        ExternalPolicy::default(),
+    )])?;
+    let node = ip_of(node);
+    let family = if node.is_ipv6() {
+        IpFamily::V6
+    } else {
+        IpFamily::V4
+    };
+    lb.maps_mut()
+        .set_node_addr(family, Some(node))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(lb)
 }
 
@@ -368,21 +363,7 @@ fn flows_to_another_nodes_backend_and_their_replies_leave_by_xdp_tx_for_both_fam
         ),
     ] {
         let what = format!("{protocol:?} {client} -> {node_port} -> {backend}");
-        let mut lb = lb_with(&[external(
-            node_port,
-            protocol,
-            &[backend],
-            &[],
-            ExternalPolicy::default(),
-        )])?;
-        let family = if ip_of(node).is_ipv6() {
-            IpFamily::V6
-        } else {
-            IpFamily::V4
-        };
-        lb.maps_mut()
-            .set_node_addr(family, Some(ip_of(node)))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut lb = remote(node, node_port, backend, protocol)?;
         let packet = |src: &str, dst: &str, flags: u8| match protocol {
             Protocol::Tcp => Packet::tcp(sock(src), sock(dst), flags),
             _ => Packet::udp(sock(src), sock(dst)),
@@ -432,21 +413,7 @@ fn an_unresolved_next_hop_leaves_the_packet_untouched_to_tc_with_its_flow_record
             CLIENT6,
         ),
     ] {
-        let mut lb = lb_with(&[external(
-            node_port,
-            Protocol::Tcp,
-            &[backend],
-            &[],
-            ExternalPolicy::default(),
-        )])?;
-        let family = if ip_of(node).is_ipv6() {
-            IpFamily::V6
-        } else {
-            IpFamily::V4
-        };
-        lb.maps_mut()
-            .set_node_addr(family, Some(ip_of(node)))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut lb = remote(node, node_port, backend, Protocol::Tcp)?;
         let frame = Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame();
         let (verdict, out) = lan.xdp(&mut lb, &frame)?;
         assert_eq!(
@@ -490,21 +457,7 @@ fn another_egress_device_is_used_only_when_it_runs_xdp() -> TestResult {
             CLIENT6,
         ),
     ] {
-        let mut lb = lb_with(&[external(
-            node_port,
-            Protocol::Tcp,
-            &[backend],
-            &[],
-            ExternalPolicy::default(),
-        )])?;
-        let family = if ip_of(node).is_ipv6() {
-            IpFamily::V6
-        } else {
-            IpFamily::V4
-        };
-        lb.maps_mut()
-            .set_node_addr(family, Some(ip_of(node)))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut lb = remote(node, node_port, backend, Protocol::Tcp)?;
         let first = Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame();
         let (verdict, out) = lan.xdp(&mut lb, &first)?;
         assert_eq!(verdict, XDP_PASS, "y0 runs no XDP program: TC sends it");

@@ -13,11 +13,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TestRunOptions, Xdp};
 use lb_agent::{
     bpf::{BpfMaps, Datapath, LoadOptions, SocketLb},
     datapath::Writer,
-    model::{Frontend, FrontendState},
+    model::{ExternalPolicy, Frontend, FrontendState, Protocol},
 };
 
 /// Where bpffs is mounted on the test machines.
@@ -128,17 +128,7 @@ impl Lb {
     )]
     pub fn ext_ingress(&mut self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
         let name = lb_ebpf::program_names::TC_EXT_INGRESS;
-        let program = self.classifier(name)?;
-        let mut out = vec![0; DATA_OUT_LEN];
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-            .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
+        run_program(self.classifier(name)?, name, frame, None)
     }
 
     /// Runs `lb_xdp_ext` (the XDP fast path for external traffic) on a frame received on
@@ -157,22 +147,17 @@ impl Lb {
             .with_context(|| format!("program {name} missing from the object"))?
             .try_into()
             .with_context(|| format!("program {name} is not an XDP program"))?;
-        // `struct xdp_md`: data, data_end, data_meta (set by the kernel), ingress_ifindex,
+        // `struct xdp_md`: data, data_end (the frame's length), data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex.
         let mut ctx = [0_u8; 24];
         ctx[4..8].copy_from_slice(&u32::try_from(frame.len())?.to_ne_bytes());
         ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-        let mut out = vec![0; DATA_OUT_LEN];
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: (ingress_ifindex != 0).then_some(&ctx[..]),
-                ..TestRunOptions::new()
-            })
-            .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
+        run_program(
+            program,
+            name,
+            frame,
+            (ingress_ifindex != 0).then_some(&ctx[..]),
+        )
     }
 
     /// The writer's maps, for settings outside the service table (the node's SNAT address).
@@ -214,17 +199,7 @@ impl Lb {
     )]
     pub fn ingress_verdict(&mut self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
         let name = lb_ebpf::program_names::TC_POD_INGRESS;
-        let program = self.classifier(name)?;
-        let mut out = vec![0; DATA_OUT_LEN];
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-            .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
+        run_program(self.classifier(name)?, name, frame, None)
     }
 
     /// Runs `lb_tc_pod_egress` (reverse NAT) on a frame and returns the frame it leaves.
@@ -254,17 +229,8 @@ impl Lb {
     }
 
     fn run(&mut self, name: &'static str, frame: &[u8]) -> anyhow::Result<Vec<u8>> {
-        let program = self.classifier(name)?;
-        let mut out = vec![0; DATA_OUT_LEN];
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-            .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
-        check_verdict(name, result.return_value)?;
-        out.truncate(result.data_size_out as usize);
+        let (verdict, out) = run_program(self.classifier(name)?, name, frame, None)?;
+        check_verdict(name, verdict)?;
         Ok(out)
     }
 
@@ -281,37 +247,79 @@ impl Lb {
             .with_context(|| format!("program {name} is not loaded"))?
             .as_fd()
             .as_raw_fd();
-        let mut out = vec![0_u8; DATA_OUT_LEN];
-        let mut attr = ProgTestRunAttr {
-            prog_fd: prog_fd as u32,
-            data_size_in: u32::try_from(frame.len())?,
-            data_size_out: u32::try_from(out.len())?,
-            data_in: frame.as_ptr() as u64,
-            data_out: out.as_mut_ptr() as u64,
-            repeat: 1,
-            flags: BPF_F_TEST_SKB_CHECKSUM_COMPLETE,
-            ..ProgTestRunAttr::default()
-        };
-        // SAFETY: `attr` is the `test` member of `union bpf_attr`, passed with its own size (the
-        // kernel zero-extends a shorter attr); the input and output buffers it points to outlive
-        // the call and have the sizes it gives.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &mut attr as *mut ProgTestRunAttr,
-                std::mem::size_of::<ProgTestRunAttr>(),
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| {
-                format!("BPF_PROG_TEST_RUN of {name} with BPF_F_TEST_SKB_CHECKSUM_COMPLETE")
-            });
-        }
-        check_verdict(name, attr.retval)?;
-        out.truncate(attr.data_size_out as usize);
-        Ok(out)
+        let run = lb_tests::rawbpf::test_run(
+            prog_fd,
+            frame,
+            1,
+            lb_tests::rawbpf::BPF_F_TEST_SKB_CHECKSUM_COMPLETE,
+            DATA_OUT_LEN,
+        )
+        .with_context(|| {
+            format!("BPF_PROG_TEST_RUN of {name} with BPF_F_TEST_SKB_CHECKSUM_COMPLETE")
+        })?;
+        check_verdict(name, run.retval)?;
+        Ok(run.out)
     }
+}
+
+/// An external frontend (node port, external or load balancer IP) with its backends, the
+/// `local` ones on this node.
+#[allow(
+    dead_code,
+    reason = "used by some of the test binaries sharing this module"
+)]
+pub fn external_frontend(
+    frontend: &str,
+    protocol: Protocol,
+    backends: &[&str],
+    local: &[&str],
+    policy: ExternalPolicy,
+) -> (Frontend, FrontendState) {
+    let sorted = |list: &[&str]| {
+        let mut v: Vec<SocketAddr> = list
+            .iter()
+            .map(|b| b.parse().expect("backend address"))
+            .collect();
+        v.sort();
+        v
+    };
+    (
+        Frontend {
+            addr: frontend.parse().expect("frontend address"),
+            protocol,
+        },
+        FrontendState {
+            service_port: format!("test/{frontend}"),
+            backends: sorted(backends),
+            local_backends: sorted(local),
+            external: Some(policy),
+            reject: false,
+        },
+    )
+}
+
+/// Runs a program once on `frame` (with a context, for XDP's ingress device): its verdict and
+/// the frame it leaves.
+fn run_program<P>(
+    program: &mut P,
+    name: &str,
+    frame: &[u8],
+    ctx_in: Option<&[u8]>,
+) -> anyhow::Result<(u32, Vec<u8>)>
+where
+    P: for<'a> aya::programs::TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::TestRunResult>,
+{
+    let mut out = vec![0; DATA_OUT_LEN];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in,
+            ..TestRunOptions::new()
+        })
+        .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
 }
 
 fn check_verdict(name: &str, verdict: u32) -> anyhow::Result<()> {
@@ -319,32 +327,4 @@ fn check_verdict(name: &str, verdict: u32) -> anyhow::Result<()> {
         bail!("{name} returned {verdict} instead of TC_ACT_OK");
     }
     Ok(())
-}
-
-/// `bpf(2)` command number of BPF_PROG_TEST_RUN (`enum bpf_cmd` in `linux/bpf.h`).
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-/// Test-run flag (Linux 6.11): the kernel sets CHECKSUM_COMPLETE with `skb->csum` computed over
-/// the packet, and after the run compares it with a fresh sum of the packet.
-const BPF_F_TEST_SKB_CHECKSUM_COMPLETE: u32 = 1 << 2;
-
-/// The `test` member of `union bpf_attr` (`linux/bpf.h`), with its tail padding spelled out.
-#[repr(C)]
-#[derive(Default)]
-struct ProgTestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
 }

@@ -434,17 +434,30 @@ fn translate<F: ExtFamily>(
     Ok(redirect::<F>(ctx, pkt.proto, &node, &backend))
 }
 
-/// Sends a rewritten packet out through the FIB: the kernel's routing table finds the device
-/// and the neighbour layer the next hop's address.
-#[inline(never)]
-fn redirect<F: ExtFamily>(ctx: &TcContext, proto: u8, src: &F::Addr, dst: &F::Addr) -> i32 {
+/// FIB lookup parameters for a packet of `proto` from `src` to `dst` that came in on `ifindex`
+/// (a forwarding lookup, as the kernel makes for a routed packet).
+#[inline(always)]
+pub fn fib_params<F: ExtFamily>(
+    ifindex: u32,
+    proto: u8,
+    src: &F::Addr,
+    dst: &F::Addr,
+) -> bpf_fib_lookup {
     // SAFETY: an all-zero bpf_fib_lookup is a valid value.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = F::AF;
     params.l4_protocol = proto;
-    // SAFETY: the skb of a TC program.
-    params.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    params.ifindex = ifindex;
     F::fill_fib(&mut params, *src, *dst);
+    params
+}
+
+/// Sends a rewritten packet out through the FIB: the kernel's routing table finds the device
+/// and the neighbour layer the next hop's address.
+#[inline(never)]
+fn redirect<F: ExtFamily>(ctx: &TcContext, proto: u8, src: &F::Addr, dst: &F::Addr) -> i32 {
+    // SAFETY: the skb of a TC program.
+    let mut params = fib_params::<F>(unsafe { (*ctx.skb.skb).ingress_ifindex }, proto, src, dst);
     // SAFETY: the helper reads and fills `params`, whose size is passed.
     let rc = unsafe {
         fib_lookup(

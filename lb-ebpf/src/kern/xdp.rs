@@ -99,14 +99,9 @@ fn find_route<F: ExtFamily>(
     dst: &F::Addr,
     out: &mut Route,
 ) -> bool {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid value.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = F::AF;
-    params.l4_protocol = pkt.proto;
-    params.ifindex = ctx.ingress_ifindex() as u32;
+    let mut params = ext::fib_params::<F>(ctx.ingress_ifindex() as u32, pkt.proto, src, dst);
     // The IP packet's length, so that the lookup refuses a next hop with a smaller MTU.
     params.__bindgen_anon_1.tot_len = (ctx.data_end() - ctx.data() - pkt.l3_off) as u16;
-    F::fill_fib(&mut params, *src, *dst);
     // SAFETY: the helper reads and fills `params`, whose size is passed.
     let rc = unsafe {
         fib_lookup(
