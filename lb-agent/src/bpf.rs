@@ -369,10 +369,7 @@ impl Datapath {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos());
                 let path = links_dir.join(format!("cgroup-{name}-{generation}"));
-                cgroup_links.push(link.pin(&path).map_err(|source| BpfError::Pin {
-                    path: path.display().to_string(),
-                    source: std::io::Error::other(source.to_string()),
-                })?);
+                cgroup_links.push(pin_link(link, &path)?);
                 remove_older_pins(&links_dir, &format!("cgroup-{name}-"), &path);
             }
             tracing::info!(cgroup = %dir.display(), "socket programs attached");
@@ -436,13 +433,7 @@ impl Datapath {
         direction: &str,
     ) -> Result<AttachedLink, BpfError> {
         let path = self.tc_pin_path(ifindex, direction);
-        let earlier = path
-            .exists()
-            .then(|| PinnedLink::from_pin(&path).ok())
-            .flatten()
-            .and_then(|pinned| pinned.unpin().ok())
-            .and_then(|fd| SchedClassifierLink::try_from(fd).ok());
-        let _ = std::fs::remove_file(&path);
+        let earlier: Option<SchedClassifierLink> = take_pinned_link(&path);
         let prog = self.classifier(name)?;
         let id = match earlier.map(|link| prog.attach_to_link(link)) {
             Some(Ok(id)) => id,
@@ -455,13 +446,7 @@ impl Datapath {
             .take_link(id)
             .map_err(|source| BpfError::Program { name, source })?;
         match FdLink::try_from(link) {
-            Ok(fd) => fd
-                .pin(&path)
-                .map(AttachedLink::Pinned)
-                .map_err(|source| BpfError::Pin {
-                    path: path.display().to_string(),
-                    source: std::io::Error::other(source.to_string()),
-                }),
+            Ok(fd) => pin_link(fd, &path).map(AttachedLink::Pinned),
             Err(_) => {
                 tracing::warn!(
                     "{device}: attached through netlink (no TCX before Linux 6.6); the program \
@@ -614,13 +599,7 @@ impl Datapath {
     fn attach_xdp(&mut self, ifindex: u32) -> Result<AttachedXdp, BpfError> {
         let name = program_names::XDP_EXT;
         let path = self.xdp_pin_path(ifindex);
-        let earlier = path
-            .exists()
-            .then(|| PinnedLink::from_pin(&path).ok())
-            .flatten()
-            .and_then(|pinned| pinned.unpin().ok())
-            .and_then(|fd| XdpLink::try_from(fd).ok());
-        let _ = std::fs::remove_file(&path);
+        let earlier: Option<XdpLink> = take_pinned_link(&path);
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(name)
@@ -637,13 +616,7 @@ impl Datapath {
             .take_link(id)
             .map_err(|source| BpfError::Program { name, source })?;
         match FdLink::try_from(link) {
-            Ok(fd) => fd
-                .pin(&path)
-                .map(AttachedXdp::Pinned)
-                .map_err(|source| BpfError::Pin {
-                    path: path.display().to_string(),
-                    source: std::io::Error::other(source.to_string()),
-                }),
+            Ok(fd) => pin_link(fd, &path).map(AttachedXdp::Pinned),
             Err(_) => {
                 tracing::warn!(
                     "ifindex {ifindex}: XDP attached through netlink (no XDP links before Linux \
@@ -711,6 +684,26 @@ impl Datapath {
             self.release(program_names::TC_POD_EGRESS, egress, ifindex, "egress");
         }
     }
+}
+
+/// The link an earlier run pinned at `path`, unpinned to be updated with this run's program in
+/// place; `None` when there is none, or it is of another kind or defunct.
+fn take_pinned_link<L: TryFrom<FdLink>>(path: &Path) -> Option<L> {
+    let earlier = path
+        .exists()
+        .then(|| PinnedLink::from_pin(path).ok())
+        .flatten()
+        .and_then(|pinned| pinned.unpin().ok())
+        .and_then(|fd| L::try_from(fd).ok());
+    let _ = std::fs::remove_file(path);
+    earlier
+}
+
+fn pin_link(fd: FdLink, path: &Path) -> Result<PinnedLink, BpfError> {
+    fd.pin(path).map_err(|source| BpfError::Pin {
+        path: path.display().to_string(),
+        source: std::io::Error::other(source.to_string()),
+    })
 }
 
 /// Why `mode` keeps XDP off `device`, if it does.

@@ -16,7 +16,10 @@ use lb_tests::{
     manifests::{ManifestDir, ServiceSpec, endpoint_slice_on_nodes},
     require_root,
     topology::{NODE_DEVICE, POD_DEVICE_GLOB, TwoNodes},
-    traffic::{Server, http_get, tcp_request, tcp_whoami_server, udp_request, udp_server},
+    traffic::{
+        Server, TcpSession, http_get, tcp_request, tcp_server, tcp_whoami_server, udp_request,
+        udp_server,
+    },
 };
 
 const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
@@ -57,6 +60,7 @@ in_both_modes!(
     ports_without_a_node_port_are_not_reachable_on_node_addresses,
     a_node_address_added_at_run_time_serves_node_ports_within_a_second,
     node_ports_of_a_service_without_endpoints_refuse_connections,
+    restarting_an_agent_keeps_node_port_connections_and_swaps_its_programs_in_place,
 );
 
 fn ip(s: &str) -> IpAddr {
@@ -86,6 +90,7 @@ impl Lan {
             let ns = &net.node(node).pod(pod).ns;
             servers.push(tcp_whoami_server(ns, pod, 8080).unwrap());
             servers.push(udp_server(ns, pod, 5353).unwrap());
+            servers.push(tcp_server(ns, pod, 9090).unwrap());
         }
         let lan = Self {
             net,
@@ -116,7 +121,11 @@ impl Lan {
                 })
                 .collect();
             let name = format!("{service}-{}", if v6 { "v6" } else { "v4" });
-            let ports = [("http", 8080, "TCP"), ("dns", 5353, "UDP")];
+            let ports = [
+                ("http", 8080, "TCP"),
+                ("dns", 5353, "UDP"),
+                ("echo", 9090, "TCP"),
+            ];
             self.manifests
                 .write(
                     &format!("{name}.yaml"),
@@ -551,4 +560,67 @@ fn node_ports_of_a_service_without_endpoints_refuse_connections(mode: Mode) {
         }
     }
     assert!(lan.stat("a", "rejected") >= 2, "node a refused them itself");
+}
+
+fn restarting_an_agent_keeps_node_port_connections_and_swaps_its_programs_in_place(mode: Mode) {
+    let svc = ServiceSpec {
+        name: "rs",
+        service_type: "NodePort",
+        cluster_ips: vec![ip("10.96.3.80"), ip("fd00:96::3:80")],
+        ports: vec![
+            port("http", 80, "TCP", 30091),
+            port("echo", 9090, "TCP", 30092),
+        ],
+        ..Default::default()
+    };
+    let mut lan = Lan::new(mode, &[svc], &[("rs", &["a1", "b1"])]);
+    lan.start_agents();
+    // Connections through node a to its own pod and, SNATed, to node b's.
+    let mut sessions = Vec::new();
+    for v6 in [false, true] {
+        let target = sa(lan.net.node("a").addr(v6), 30092);
+        let mut seen = BTreeSet::new();
+        while seen.len() < 2 {
+            let session = TcpSession::open(&lan.net.client, target).unwrap();
+            seen.insert(session.server.clone());
+            sessions.push(session);
+        }
+    }
+    let check = |lan: &Lan, sessions: &mut Vec<TcpSession>, when: &str| {
+        for s in sessions.iter_mut() {
+            s.ping()
+                .unwrap_or_else(|e| panic!("{when}: connection to {} broke: {e:#}", s.server));
+        }
+        for v6 in [false, true] {
+            let target = sa(lan.net.node("a").addr(v6), 30091);
+            let seen: BTreeSet<String> = (0..20)
+                .map(|_| {
+                    lan.tcp(target)
+                        .unwrap_or_else(|e| panic!("{when}: {target}: {e:#}"))
+                        .0
+                })
+                .collect();
+            assert_eq!(seen.len(), 2, "{when}: both backends through {target}");
+        }
+    };
+    lan.agents[0].kill().unwrap();
+    check(&lan, &mut sessions, "agent a down");
+    lan.agents[0].restart().unwrap();
+    lan.agents[0]
+        .wait_healthy(&lan.net.node("a").ns, Duration::from_secs(20))
+        .unwrap();
+    check(&lan, &mut sessions, "agent a restarted");
+    let link = lb_tests::netns::run(lan.net.node("a").ns.command("ip").args([
+        "-details",
+        "link",
+        "show",
+        NODE_DEVICE,
+    ]))
+    .unwrap();
+    let link = String::from_utf8_lossy(&link.stdout).into_owned();
+    assert_eq!(
+        link.contains("prog/xdp"),
+        mode == Mode::Xdp,
+        "after the restart: {link}"
+    );
 }

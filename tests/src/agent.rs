@@ -21,6 +21,8 @@ pub const HEALTHZ: &str = "127.0.0.1:10256";
 /// test moves there are affected, never the machine's.
 pub struct Agent {
     child: Option<Child>,
+    /// How the agent is started, for [`Agent::restart`].
+    command: std::process::Command,
     pub pin_dir: PathBuf,
     pub cgroup: TestCgroup,
     log: PathBuf,
@@ -98,9 +100,8 @@ impl Agent {
         let pin_dir = pin_dir.to_path_buf();
         let cgroup = TestCgroup::new()?;
         let log = std::env::temp_dir().join(format!("{}.log", crate::unique_name("lb-agent-")));
-        let log_file = std::fs::File::create(&log)?;
-        let child = node
-            .command(binary)
+        let mut command = node.command(binary);
+        command
             .arg("run")
             .args(source)
             .arg("--pod-devices")
@@ -115,18 +116,40 @@ impl Agent {
             .args(extra_args)
             .env("RUST_LOG", "info,aya::bpf=error")
             .env_remove("KUBECONFIG")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        Ok(Self {
-            child: Some(child),
+            .stdin(Stdio::null());
+        let mut agent = Self {
+            child: None,
+            command,
             pin_dir,
             cgroup,
             log,
             keep_pin_dir: false,
-        })
+        };
+        agent.launch()?;
+        Ok(agent)
+    }
+
+    /// Starts the agent's process, its output appended to the log.
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = self
+            .command
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {:?}", self.command))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Starts the agent again, with the same arguments and pin directory, after
+    /// [`Agent::kill`] or [`Agent::stop`]: an upgrade or a restart after a crash.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "the agent is still running");
+        self.launch()
     }
 
     /// Everything the agent logged so far.
