@@ -503,3 +503,36 @@ fn device_mac(dev: &str) -> anyhow::Result<[u8; 6]> {
     }
     Ok(mac)
 }
+
+#[test]
+fn frames_cut_anywhere_pass_untouched() -> TestResult {
+    for (node_port, backend, client) in [
+        ("192.0.2.1:30080", "10.201.1.2:8080", CLIENT4),
+        ("[2001:db8::1]:30080", "[fd00:201:1::2]:8080", CLIENT6),
+    ] {
+        let mut lb = lb_with(&[external(
+            node_port,
+            Protocol::Tcp,
+            &[backend],
+            &[backend],
+            ExternalPolicy::default(),
+        )])?;
+        let whole = Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame();
+        // Every length up to the TCP checksum's last byte: the headers a translation needs are
+        // not all there, so nothing may change (BPF_PROG_TEST_RUN wants an Ethernet header).
+        let csum_end = whole.len() - 2;
+        for len in 14..csum_end {
+            let cut = &whole[..len];
+            let (verdict, out) = lb.xdp(cut, 0)?;
+            assert_eq!(verdict, XDP_PASS, "{node_port}: frame cut at {len} bytes");
+            assert_frame_eq(&out, cut, &format!("frame cut at {len} bytes"));
+        }
+        assert_eq!(lb.stat(stats::TRANSLATED), 0, "{node_port}");
+        assert_eq!(
+            lb.stat(stats::NEW_FLOWS),
+            0,
+            "{node_port}: no flow for a cut frame"
+        );
+    }
+    Ok(())
+}
