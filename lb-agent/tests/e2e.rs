@@ -10,6 +10,7 @@ use std::{
 
 use lb_tests::{
     agent::Agent,
+    eventually,
     manifests::{ManifestDir, endpoint_slice, service},
     netns::Netns,
     require_root,
@@ -135,20 +136,6 @@ fn names(list: &[&str]) -> BTreeSet<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-/// Polls `f` until it returns true or `timeout` passes.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn pod_reaches_ipv4_ipv6_and_dual_stack_cluster_ips_over_tcp_and_udp_spread_over_all_backends() {
     let c = Cluster::new();
@@ -241,20 +228,16 @@ fn a_service_without_any_ready_endpoint_refuses_connections_at_once() {
         c.write_slice("empty", v6, &c.backend_eps(v6, &["b2"]));
     }
     for vip in vips {
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        loop {
-            match tcp_request(c.client(), sa(vip, 80)) {
-                Ok(name) => {
-                    assert_eq!(name, "b2");
-                    break;
-                }
-                Err(e) => assert!(
-                    std::time::Instant::now() < deadline,
-                    "{vip} still refused after its endpoint turned ready: {e:#}"
-                ),
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut last = None;
+        let served = eventually(Duration::from_secs(2), || {
+            last = Some(tcp_request(c.client(), sa(vip, 80)));
+            matches!(last, Some(Ok(_)))
+        });
+        assert!(
+            served,
+            "{vip} still refused after its endpoint turned ready: {last:?}"
+        );
+        assert_eq!(last.unwrap().unwrap(), "b2");
     }
 }
 

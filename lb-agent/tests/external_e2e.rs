@@ -13,6 +13,7 @@ use std::{
 
 use lb_tests::{
     agent::Agent,
+    eventually,
     manifests::{ManifestDir, ServiceSpec, endpoint_slice_on_nodes},
     require_root,
     topology::{NODE_DEVICE, POD_DEVICE_GLOB, TwoNodes},
@@ -367,18 +368,12 @@ fn external_traffic_policy_local_keeps_the_client_and_health_check_follows_local
     // The local endpoint goes away: 200 -> 503.
     lan.write_endpoints("local", &["b1"]);
     let a = lan.net.node("a").addr(false);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let (code, _) = http_get(&lan.net.client, sa(a, 32081), "/").unwrap();
-        if code == 503 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still {code} after the endpoint left"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut code = 0;
+    let turned = eventually(Duration::from_secs(5), || {
+        code = http_get(&lan.net.client, sa(a, 32081), "/").unwrap().0;
+        code == 503
+    });
+    assert!(turned, "still {code} after the endpoint left");
 }
 
 fn load_balancer_and_external_ips_with_source_ranges_allowed_and_denied(mode: Mode) {
@@ -522,20 +517,16 @@ fn a_node_address_added_at_run_time_serves_node_ports_within_a_second(mode: Mode
             args.push("nodad");
         }
         lan.net.node("a").ns.ip(&args).unwrap();
-        let started = std::time::Instant::now();
-        loop {
-            match lan.tcp(target) {
-                Ok((pod, _)) => {
-                    assert_eq!(pod, "a1");
-                    break;
-                }
-                Err(e) => assert!(
-                    started.elapsed() < Duration::from_secs(1),
-                    "{target} still not served a second after the address came: {e:#}"
-                ),
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut last = None;
+        let served = eventually(Duration::from_secs(1), || {
+            last = Some(lan.tcp(target));
+            matches!(last, Some(Ok(_)))
+        });
+        assert!(
+            served,
+            "{target} still not served a second after the address came: {last:?}"
+        );
+        assert_eq!(last.unwrap().unwrap().0, "a1");
     }
 }
 

@@ -18,6 +18,7 @@ use std::{
 use lb_tests::{
     agent::{Agent, HEALTHZ},
     apiserver::{self, ApiServer},
+    eventually,
     netns::Netns,
     require_root,
     topology::{POD_DEVICE_GLOB, Topology},
@@ -234,20 +235,6 @@ impl Cluster {
         let (code, resp) = http_get(&self.topo.node, HEALTHZ.parse().unwrap(), path).unwrap();
         let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         (code, serde_json::from_str(body).unwrap_or(Value::Null))
-    }
-}
-
-/// Polls `f` until it returns true or `timeout` passes.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -29,6 +29,20 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}{}x{n}", std::process::id())
 }
 
+/// Polls `f` every 20 ms until it returns true (then true) or `timeout` passes (then false).
+pub fn eventually(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Fails the test unless it runs as root: network tests must never pass by skipping.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
