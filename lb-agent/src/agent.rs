@@ -270,10 +270,10 @@ fn scan_ext_devices(
     pod_devices: &DevicePatterns,
     mode: DatapathMode,
     failed: &mut HashMap<String, u32>,
-) {
+) -> Option<Vec<nodeaddr::DeviceAddr>> {
     let (Ok(present), Ok(addrs)) = (devices::list(), nodeaddr::list()) else {
         warn!("listing network devices and addresses failed");
-        return;
+        return None;
     };
     let attached: HashMap<String, u32> = dp.ext_devices().map(|(n, i)| (n.to_owned(), i)).collect();
     for (name, ifindex) in &attached {
@@ -312,6 +312,7 @@ fn scan_ext_devices(
             }
         }
     }
+    Some(addrs)
 }
 
 /// Attaches to new matching devices and forgets vanished ones.
@@ -405,6 +406,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let mut failed_devices = HashMap::new();
     let mut failed_ext = HashMap::new();
+    // Returns the node's addresses it listed.
     let mut scan_all = |dp: &mut Datapath| {
         scan_devices(dp, &opts.pod_devices, &mut failed_devices);
         scan_ext_devices(
@@ -413,7 +415,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             &opts.pod_devices,
             opts.datapath_mode,
             &mut failed_ext,
-        );
+        )
     };
     scan_all(&mut dp);
     let mut device_tick = tokio::time::interval(DEVICE_SCAN_INTERVAL);
@@ -435,7 +437,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     r.context("waiting for the source's first complete state")?;
                     break;
                 }
-                _ = device_tick.tick() => scan_all(&mut dp),
+                _ = device_tick.tick() => {
+                    scan_all(&mut dp);
+                }
                 _ = notice.tick() => info!("still waiting for the first complete list from the API server"),
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = sigterm.recv() => return Ok(()),
@@ -482,10 +486,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 health_check_servers.update(&syncer.health_checks, &health).await;
             }
             _ = device_tick.tick() => {
-                scan_all(&mut dp);
                 // A node address that comes or goes changes the node ports: sync at once rather
                 // than at the next periodic resync.
-                let addrs = nodeaddr::list().ok();
+                let addrs = scan_all(&mut dp);
                 if addrs.is_some() && addrs != last_addrs {
                     if last_addrs.is_some() {
                         debug!("the node's addresses changed");

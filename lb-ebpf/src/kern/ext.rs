@@ -210,9 +210,9 @@ pub struct SnatReply<A> {
 }
 
 /// The SNAT entry of a backend on another node answering a flow SNATed to this node, if the
-/// packet is such a reply; its timestamp is refreshed when `touch`.
+/// packet is such a reply; its timestamp is refreshed.
 #[inline(always)]
-pub fn snat_entry<F: ExtFamily>(pkt: &Packet<F::Addr>, touch: bool) -> Option<SnatReply<F::Addr>> {
+pub fn snat_entry<F: ExtFamily>(pkt: &Packet<F::Addr>) -> Option<SnatReply<F::Addr>> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let reply_key = lb::flow_key::<F>(pkt, FLOW_REPLY);
@@ -222,9 +222,7 @@ pub fn snat_entry<F: ExtFamily>(pkt: &Packet<F::Addr>, touch: bool) -> Option<Sn
     if !lb::within_lifetime(pkt.proto, false, snat.last_seen_ns, now) {
         return None;
     }
-    if touch {
-        snat.last_seen_ns = now;
-    }
+    snat.last_seen_ns = now;
     Some(SnatReply {
         client: snat.client_addr,
         client_port: snat.client_port,
@@ -250,7 +248,7 @@ pub fn rewrite_reply<F: ExtFamily, C: Rewrite>(
 /// packet is not one.
 #[inline(never)]
 fn snat_reply<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> i32 {
-    let Some(reply) = snat_entry::<F>(pkt, true) else {
+    let Some(reply) = snat_entry::<F>(pkt) else {
         return NOT_A_REPLY;
     };
     if rewrite_reply::<F, _>(ctx, pkt, &reply).is_err() {

@@ -154,16 +154,16 @@ fn transmit(ctx: &XdpContext, route: &Route) -> u32 {
 /// packet is not one.
 #[inline(never)]
 fn snat_reply<F: ExtFamily>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> i32 {
-    let Some(reply) = ext::snat_entry::<F>(pkt, false) else {
+    // Refreshed here even when TC sends the reply: it refreshes it again, harmlessly.
+    let Some(reply) = ext::snat_entry::<F>(pkt) else {
         return NOT_A_REPLY;
     };
     let mut route = Route::none();
     if !find_route::<F>(ctx, pkt, &reply.service, &reply.client, &mut route) {
-        // TC finishes it, and refreshes the entry then.
+        // TC finishes it.
         count(stats::XDP_TO_TC);
         return XDP_PASS as i32;
     }
-    let _ = ext::snat_entry::<F>(pkt, true);
     if rewrite_reply::<F>(ctx, pkt, &reply) != 0 {
         // Half rewritten: sending it on would mistranslate.
         return XDP_DROP as i32;
