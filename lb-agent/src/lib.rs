@@ -1,22 +1,18 @@
 //! The node agent of the eBPF service load balancer.
 //!
-//! Pipeline: [`source`] ([`manifest`] files or the Kubernetes API, [`k8s`]) -> [`model`] (via
-//! [`convert`]) -> [`selection`] (kube-proxy's endpoint rules) -> [`datapath`] writer -> kernel
-//! programs ([`bpf`]). External traffic: [`external`] frontends on [`nodeaddr`] addresses, and
-//! [`healthcheck`] node ports.
+//! The pipeline, one folder a stage:
+//! [`source`] (manifest files or the Kubernetes API, both ending in one [`source::Snapshot`] of
+//! [`model`] objects) -> [`plan`] (pure: kube-proxy's endpoint rules and the external frontends,
+//! the whole desired state) -> [`lbmap`] (diffs the desired state against the maps and writes
+//! the difference through [`lbmap::MapOps`]) -> the kernel programs, which [`kernel`] loads,
+//! pins and attaches to the devices [`node`] finds. [`health`] serves `/healthz`, `/livez` and
+//! the per-service health check node ports; [`agent`] wires it all together and runs the loop.
 
 pub mod agent;
-pub mod bpf;
-pub mod convert;
-pub mod datapath;
-pub mod devices;
-pub mod ebpf_object;
-pub mod external;
 pub mod health;
-pub mod healthcheck;
-pub mod k8s;
-pub mod manifest;
+pub mod kernel;
+pub mod lbmap;
 pub mod model;
-pub mod nodeaddr;
-pub mod selection;
+pub mod node;
+pub mod plan;
 pub mod source;

@@ -1,16 +1,20 @@
 //! `lb-agent`: replaces kube-proxy with eBPF service load balancing.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use anyhow::Context as _;
 
 use clap::{Parser, Subcommand};
 use lb_agent::{
     agent::{self, RunOptions},
-    bpf::{DatapathMode, LoadOptions, SocketLb},
-    devices::DevicePatterns,
-    k8s::KubeOptions,
-    manifest::ManifestSource,
-    selection::{self, NodeContext},
-    source::SourceOptions,
+    kernel::{DatapathMode, LoadOptions, SocketLb},
+    node::{addrs::parse_cidrs, devices::DevicePatterns},
+    plan::{self, NodeFacts},
+    source::{SourceOptions, kube::KubeOptions, manifest::ManifestSource},
 };
 use lb_ebpf::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOCKETS};
 
@@ -43,8 +47,9 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/lb")]
         bpffs: PathBuf,
     },
-    /// Print what the datapath would serve for a manifest directory, and any problems; needs no
-    /// privileges.
+    /// Print every frontend the agent would program for a manifest directory (ClusterIPs, node
+    /// ports on the given node addresses, external and load balancer IPs), the health check node
+    /// ports and any problems, from the same plan the agent runs; needs no privileges.
     Plan {
         /// Directory of Service and EndpointSlice manifests.
         #[arg(long, value_name = "DIR")]
@@ -52,6 +57,10 @@ enum Command {
         /// This node's name, for endpoint locality.
         #[arg(long, env = "NODE_NAME")]
         node_name: Option<String>,
+        /// Comma-separated addresses node ports answer on (the agent takes them from its
+        /// external devices); none: no node port frontends are shown.
+        #[arg(long, value_name = "LIST", default_value = "")]
+        node_addresses: String,
     },
 }
 
@@ -135,39 +144,107 @@ fn init_logging() {
         .init();
 }
 
-fn plan(manifests: PathBuf, node_name: Option<String>) -> anyhow::Result<bool> {
-    let mut source = ManifestSource::new(&manifests);
-    let report = source.reload()?;
-    let (services, slices, duplicates) = source.snapshot();
-    let sel = selection::select(
-        &services,
-        &slices,
-        &NodeContext {
-            node_name,
-            zone: None,
-        },
-    );
-    for (frontend, state) in &sel.frontends {
-        let backends: Vec<String> = state.backends.iter().map(ToString::to_string).collect();
+/// Parses `--node-addresses`: comma-separated IP addresses, sorted as the agent sorts them.
+fn parse_addresses(list: &str) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<IpAddr>()
+                .map_err(|_| anyhow::anyhow!("--node-addresses: {s:?} is not an IP address"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// `lb-agent plan`: the frontends one per line (`FRONTEND KIND SERVICE-PORT [POLICY] ->
+/// [BACKENDS]`), then the health check node ports; problems on stderr. Fails when there are
+/// problems.
+fn plan(
+    manifests: PathBuf,
+    node_name: Option<String>,
+    node_addresses: &str,
+) -> anyhow::Result<bool> {
+    let node = NodeFacts {
+        name: node_name,
+        addresses: parse_addresses(node_addresses)?,
+    };
+    let snapshot = ManifestSource::new(&manifests)
+        .read(false)
+        .with_context(|| format!("reading {}", manifests.display()))?
+        .unwrap_or_default();
+    let desired = plan::plan(&snapshot, &node);
+    for (frontend, state) in &desired.frontends {
+        println!("{frontend} {state}");
+    }
+    for (port, check) in &desired.health_checks {
         println!(
-            "{frontend} {} -> [{}]",
-            state.service_port,
-            backends.join(", ")
+            "health-check-node-port {port} {} local-ready={}",
+            check.service, check.local_ready
         );
     }
-    let problems: Vec<String> = report
-        .problems
-        .into_iter()
-        .chain(duplicates)
-        .chain(sel.problems)
-        .collect();
-    for w in &report.warnings {
+    for w in &snapshot.warnings {
         eprintln!("warning: {w}");
     }
+    let problems: Vec<String> = snapshot
+        .problems
+        .iter()
+        .cloned()
+        .chain(desired.problems.iter().map(ToString::to_string))
+        .collect();
     for p in &problems {
         eprintln!("error: {p}");
     }
     Ok(problems.is_empty())
+}
+
+/// `lb-agent run`.
+fn run(args: RunArgs) -> anyhow::Result<bool> {
+    let pod_devices = DevicePatterns::parse(&args.pod_devices)
+        .map_err(|e| anyhow::anyhow!("--pod-devices: {e}"))?;
+    let devices = args
+        .devices
+        .as_deref()
+        .map(DevicePatterns::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--devices: {e}"))?;
+    let nodeport_addresses = parse_cidrs(&args.nodeport_addresses)
+        .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?;
+    let source = match args.manifests {
+        Some(dir) => SourceOptions::Manifests(dir),
+        None => SourceOptions::Kubernetes(KubeOptions {
+            kubeconfig: args.kubeconfig,
+        }),
+    };
+    let opts = RunOptions {
+        source,
+        pod_devices,
+        node_name: args.node_name,
+        load: LoadOptions {
+            pin_dir: args.bpffs,
+            max_services: args.max_services,
+            max_backends: args.max_backends,
+            max_flows: args.max_flows,
+            max_sockets: args.max_sockets,
+            socket_lb: match (args.socket_lb, args.cgroup) {
+                (false, _) => SocketLb::Off,
+                (true, Some(dir)) => SocketLb::Cgroup(dir),
+                (true, None) => SocketLb::HostRoot,
+            },
+        },
+        healthz_bind_address: args.healthz_bind_address,
+        devices,
+        nodeport_addresses,
+        datapath_mode: args.datapath_mode,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(agent::run(opts)).map(|()| true)
 }
 
 fn main() -> ExitCode {
@@ -177,8 +254,9 @@ fn main() -> ExitCode {
         Command::Plan {
             manifests,
             node_name,
-        } => plan(manifests, node_name),
-        Command::Stats { bpffs } => lb_agent::bpf::read_stats(&bpffs)
+            node_addresses,
+        } => plan(manifests, node_name, &node_addresses),
+        Command::Stats { bpffs } => lb_agent::kernel::read_stats(&bpffs)
             .map(|stats| {
                 for (name, value) in stats {
                     println!("{name} {value}");
@@ -186,7 +264,7 @@ fn main() -> ExitCode {
                 true
             })
             .map_err(|e| anyhow::anyhow!("reading the counters under {}: {e}", bpffs.display())),
-        Command::Cleanup { bpffs } => lb_agent::bpf::cleanup(&bpffs)
+        Command::Cleanup { bpffs } => lb_agent::kernel::cleanup(&bpffs)
             .map(|()| {
                 println!(
                     "removed {} (programs detached, maps unpinned)",
@@ -195,50 +273,7 @@ fn main() -> ExitCode {
                 true
             })
             .map_err(|e| anyhow::anyhow!("removing {}: {e}", bpffs.display())),
-        Command::Run(args) => (|| {
-            let pod_devices = DevicePatterns::parse(&args.pod_devices)
-                .map_err(|e| anyhow::anyhow!("--pod-devices: {e}"))?;
-            let devices = args
-                .devices
-                .as_deref()
-                .map(DevicePatterns::parse)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--devices: {e}"))?;
-            let nodeport_addresses = lb_agent::nodeaddr::parse_cidrs(&args.nodeport_addresses)
-                .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?;
-            let source = match args.manifests {
-                Some(dir) => SourceOptions::Manifests(dir),
-                None => SourceOptions::Kubernetes(KubeOptions {
-                    kubeconfig: args.kubeconfig,
-                }),
-            };
-            let opts = RunOptions {
-                source,
-                pod_devices,
-                node_name: args.node_name,
-                load: LoadOptions {
-                    pin_dir: args.bpffs,
-                    max_services: args.max_services,
-                    max_backends: args.max_backends,
-                    max_flows: args.max_flows,
-                    max_sockets: args.max_sockets,
-                    socket_lb: match (args.socket_lb, args.cgroup) {
-                        (false, _) => SocketLb::Off,
-                        (true, Some(dir)) => SocketLb::Cgroup(dir),
-                        (true, None) => SocketLb::HostRoot,
-                    },
-                },
-                healthz_bind_address: args.healthz_bind_address,
-                devices,
-                nodeport_addresses,
-                datapath_mode: args.datapath_mode,
-            };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            runtime.block_on(agent::run(opts)).map(|()| true)
-        })(),
+        Command::Run(args) => run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -13,9 +13,9 @@
 //!   was down disappear and nothing flickers meanwhile. While the API server is unreachable the
 //!   stores, and so the datapath, keep the last known state.
 
+mod cache;
 mod client;
 mod node;
-mod objects;
 
 use std::{fmt::Debug, hash::Hash, path::PathBuf};
 
@@ -34,17 +34,16 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 use thiserror::Error;
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use self::cache::{Converter, Notes};
 pub use self::node::{TO_BE_DELETED_TAINT, ZONE_LABEL, hostname, node_state};
-use self::objects::{Converter, Notes};
-use crate::{
+use super::{
     convert::{self, Converted},
-    manifest::Kind,
-    model::{EndpointSlice, Service},
-    source::{NodeState, Snapshot},
+    snapshot::{Changes, NodeState, Snapshot},
 };
+use crate::model::{EndpointSlice, Kind, Service};
 
 /// kube-proxy's selector for Services and EndpointSlices (`cmd/kube-proxy/app/server.go`):
 /// objects another proxy implementation owns, and headless services' slices, are not watched.
@@ -107,7 +106,7 @@ fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
     what: &'static str,
-    changes: mpsc::UnboundedSender<()>,
+    changes: Changes,
 ) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -127,7 +126,7 @@ where
                     if std::mem::take(&mut failing) {
                         info!("watching {what} again");
                     }
-                    let _ = changes.send(());
+                    changes.notify_one();
                 }
                 Err(e) => {
                     // One line per outage; the watcher retries with backoff meanwhile.
@@ -149,7 +148,7 @@ impl KubeSource {
     pub async fn start(
         opts: &KubeOptions,
         node_name: Option<&str>,
-        changes: mpsc::UnboundedSender<()>,
+        changes: Changes,
     ) -> Result<Self, KubeError> {
         let node_name = node_name.ok_or(KubeError::NoNodeName)?.to_owned();
         let client = client::client(opts).await?;

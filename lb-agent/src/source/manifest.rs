@@ -8,7 +8,7 @@
 
 use std::{
     collections::BTreeMap,
-    fmt, fs,
+    fs,
     hash::{DefaultHasher, Hash as _, Hasher as _},
     io,
     path::{Path, PathBuf},
@@ -20,40 +20,11 @@ use k8s_openapi::api::{
 };
 use serde::Deserialize;
 
-use crate::{
+use super::{
     convert,
-    model::{EndpointSlice, Service},
+    snapshot::{Changes, Snapshot},
 };
-
-/// Kinds of objects the proxy reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    Service,
-    EndpointSlice,
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Service => "Service",
-            Self::EndpointSlice => "EndpointSlice",
-        })
-    }
-}
-
-/// `kind namespace/name` of an object.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ObjectKey {
-    pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
-    }
-}
+use crate::model::{EndpointSlice, Kind, ObjectKey, Service};
 
 #[derive(Clone, Debug)]
 enum Object {
@@ -99,7 +70,7 @@ pub struct ManifestSource {
     files: BTreeMap<PathBuf, FileState>,
 }
 
-pub(crate) fn is_manifest(path: &Path) -> bool {
+fn is_manifest(path: &Path) -> bool {
     let hidden = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -177,6 +148,74 @@ impl ManifestSource {
         }
         (services, slices, problems)
     }
+}
+
+/// A manifest directory under watch: file events wake the agent, which then reads it again.
+pub struct ManifestWatch {
+    pub source: ManifestSource,
+    /// Wakes the agent while alive.
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl ManifestSource {
+    /// Watches the directory: every event that may change what it holds wakes `changes`.
+    pub fn watch(self, changes: Changes) -> notify::Result<ManifestWatch> {
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if res.is_ok_and(|event| changes_manifests(&event)) {
+                    changes.notify_one();
+                }
+            })?;
+        notify::Watcher::watch(&mut watcher, &self.dir, notify::RecursiveMode::NonRecursive)?;
+        Ok(ManifestWatch {
+            source: self,
+            _watcher: watcher,
+        })
+    }
+
+    /// Reads the directory again and returns what it holds, with every problem of the files and
+    /// of duplicate objects; with `only_if_changed`, `None` when no file changed since the last
+    /// read.
+    pub fn read(&mut self, only_if_changed: bool) -> io::Result<Option<Snapshot>> {
+        let report = self.reload()?;
+        if only_if_changed && !report.changed {
+            return Ok(None);
+        }
+        let (services, slices, duplicates) = self.snapshot();
+        Ok(Some(Snapshot {
+            services,
+            slices,
+            problems: report.problems.into_iter().chain(duplicates).collect(),
+            warnings: report.warnings,
+            node: None,
+        }))
+    }
+}
+
+/// Whether a file system event in the manifest directory may change what it holds. Reads and
+/// opens are not changes: the watch also reports the agent's own reads of the directory, and
+/// reacting to those would make every sync cause the next one.
+fn changes_manifests(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, MetadataKind, ModifyKind};
+    let kind_matters = match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        // Unknown kinds, and queue overflows (which carry no path): look again.
+        EventKind::Any | EventKind::Other => true,
+    };
+    kind_matters
+        && (event.need_rescan()
+            || event.paths.is_empty()
+            || event.paths.iter().any(|p| {
+                crate::source::manifest::is_manifest(p)
+                    // A ConfigMap volume: kubelet's atomic writer swaps the `..data` symlink that
+                    // every manifest links through.
+                    || p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(".."))
+            }))
 }
 
 fn file_stamp(path: &Path) -> io::Result<(SystemTime, u64)> {
@@ -482,3 +521,60 @@ fn decode(value: &serde_json::Value) -> Decoded {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod watch_tests {
+    use notify::{
+        Event,
+        event::{
+            AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind,
+            RenameMode,
+        },
+    };
+
+    use super::changes_manifests;
+
+    fn event(kind: EventKind, paths: &[&str]) -> Event {
+        paths
+            .iter()
+            .fold(Event::new(kind), |e, p| e.add_path(p.into()))
+    }
+
+    #[test]
+    fn writes_renames_and_removals_of_manifests_count_reads_do_not() {
+        let yaml = "/m/web.yaml";
+        for kind in [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Content)),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Remove(RemoveKind::File),
+        ] {
+            assert!(changes_manifests(&event(kind, &[yaml])), "{kind:?}");
+        }
+        // An atomic write: a hidden temporary file renamed to the manifest's name.
+        assert!(changes_manifests(&event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            &["/m/.web.yaml.tmp", yaml]
+        )));
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ] {
+            assert!(!changes_manifests(&event(kind, &["/m"])), "{kind:?}");
+            assert!(!changes_manifests(&event(kind, &[yaml])), "{kind:?}");
+        }
+        assert!(
+            !changes_manifests(&event(
+                EventKind::Modify(ModifyKind::Data(DataChange::Content)),
+                &["/m/.web.yaml.swp"]
+            )),
+            "an editor's swap file"
+        );
+        // A ConfigMap volume's update: `..data_tmp` renamed over `..data`.
+        assert!(changes_manifests(&event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            &["/m/..data_tmp", "/m/..data"]
+        )));
+    }
+}

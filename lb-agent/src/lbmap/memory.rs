@@ -1,6 +1,9 @@
 //! In-memory [`MapOps`]: the maps as ordered maps, for testing the control plane without root.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use lb_ebpf::ServiceValue;
 
@@ -12,7 +15,11 @@ use crate::model::{Frontend, IpFamily};
 pub struct MemoryMaps {
     pub services: BTreeMap<(Frontend, u16), ServiceValue>,
     pub backends: BTreeMap<BackendId, BackendKey>,
-    pub source_ranges: std::collections::BTreeSet<(u16, ipnet::IpNet)>,
+    pub source_ranges: BTreeSet<(u16, ipnet::IpNet)>,
+    /// The SNAT address per family; a family never set is absent.
+    pub node_addrs: BTreeMap<IpFamily, Option<IpAddr>>,
+    /// Devices XDP may redirect to.
+    pub xdp_devices: BTreeSet<u32>,
     /// Number of write and delete operations so far.
     pub ops: usize,
     /// Fail every operation after this many more have succeeded (for error-path tests).
@@ -23,7 +30,7 @@ impl MemoryMaps {
     fn step(&mut self) -> Result<(), MapError> {
         if let Some(n) = &mut self.fail_after {
             if *n == 0 {
-                return Err(MapError::Other("injected failure".into()));
+                return Err(MapError::Injected);
             }
             *n -= 1;
         }
@@ -70,6 +77,24 @@ impl MapOps for MemoryMaps {
     fn delete_slot(&mut self, frontend: &Frontend, slot: u16) -> Result<(), MapError> {
         self.step()?;
         self.services.remove(&(*frontend, slot));
+        Ok(())
+    }
+
+    fn set_node_addr(&mut self, family: IpFamily, addr: Option<IpAddr>) -> Result<(), MapError> {
+        self.step()?;
+        self.node_addrs.insert(family, addr);
+        Ok(())
+    }
+
+    fn put_xdp_device(&mut self, ifindex: u32) -> Result<(), MapError> {
+        self.step()?;
+        self.xdp_devices.insert(ifindex);
+        Ok(())
+    }
+
+    fn delete_xdp_device(&mut self, ifindex: u32) -> Result<(), MapError> {
+        self.step()?;
+        self.xdp_devices.remove(&ifindex);
         Ok(())
     }
 

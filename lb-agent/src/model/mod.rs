@@ -1,19 +1,25 @@
 //! The source-independent model: what a Service and its EndpointSlices mean to the proxy, with
-//! no Kubernetes or BPF types. Both sources (manifest files, the Kubernetes API) end here.
+//! no Kubernetes or BPF types. Both sources (manifest files, the Kubernetes API) end here, and
+//! [`frontend`] holds the desired state the plan computes from it.
 
-use std::{
-    fmt,
-    net::{IpAddr, SocketAddr},
+pub mod frontend;
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use frontend::{
+    Backend, Frontend, FrontendKind, FrontendState, ServiceHealth, ServicePortName, SnatAddrs,
 };
 
-/// `namespace/name` of a Service.
+use std::{fmt, net::IpAddr};
+
+/// `namespace/name` of an object (a Service, an EndpointSlice).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceName {
+pub struct NamespacedName {
     pub namespace: String,
     pub name: String,
 }
 
-impl fmt::Display for ServiceName {
+impl fmt::Display for NamespacedName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
     }
@@ -31,8 +37,8 @@ impl Protocol {
     /// IP protocol number.
     pub fn number(self) -> u8 {
         match self {
-            Self::Tcp => lb_ebpf::PROTO_TCP,
-            Self::Udp => lb_ebpf::PROTO_UDP,
+            Self::Tcp => 6,
+            Self::Udp => 17,
             Self::Sctp => 132,
         }
     }
@@ -115,7 +121,7 @@ pub struct ServicePort {
 /// A Service as the proxy sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
-    pub name: ServiceName,
+    pub name: NamespacedName,
     pub service_type: ServiceType,
     /// Cluster IPs, at most one per family, primary first. Empty for headless services.
     pub cluster_ips: Vec<IpAddr>,
@@ -166,52 +172,40 @@ pub struct Endpoint {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointSlice {
     /// The slice's own `namespace/name`.
-    pub name: ServiceName,
+    pub name: NamespacedName,
     /// The service named by the slice's `kubernetes.io/service-name` label.
-    pub service: ServiceName,
+    pub service: NamespacedName,
     pub family: IpFamily,
     pub ports: Vec<EndpointPort>,
     pub endpoints: Vec<Endpoint>,
 }
 
-/// A service address the datapath answers on: address, port and protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Frontend {
-    pub addr: SocketAddr,
-    pub protocol: Protocol,
+/// Kinds of objects the proxy reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
 }
 
-impl fmt::Display for Frontend {
-    /// `10.96.0.10:53/UDP`, `[fd00::10]:53/UDP`: IPv6 always in brackets.
+impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.protocol)
+        f.write_str(match self {
+            Self::Service => "Service",
+            Self::EndpointSlice => "EndpointSlice",
+        })
     }
 }
 
-/// Everything the datapath should serve on one frontend.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FrontendState {
-    /// `namespace/name:port-name` of the service port, for messages.
-    pub service_port: String,
-    /// Backends, sorted and without duplicates.
-    pub backends: Vec<SocketAddr>,
-    /// The backends that run on this node (reached from outside without SNAT), sorted.
-    pub local_backends: Vec<SocketAddr>,
-    /// Set for frontends that take traffic from outside the node: node ports, external IPs and
-    /// load balancer IPs.
-    pub external: Option<ExternalPolicy>,
-    /// The service port has no endpoint anywhere: connections are refused (kube-proxy's
-    /// REJECT). Without backends but with this unset (endpoints exist, none in this frontend's
-    /// scope), traffic is dropped.
-    pub reject: bool,
+/// `kind namespace/name` of an object, as problems name it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
 }
 
-/// How traffic from outside the node is served on a frontend.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ExternalPolicy {
-    /// `externalTrafficPolicy: Local`: the backends are this node's only, the client address is
-    /// kept, and traffic is dropped when there is none.
-    pub local_only: bool,
-    /// `loadBalancerSourceRanges` of the frontend's family; empty: every source.
-    pub source_ranges: Vec<ipnet::IpNet>,
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
 }

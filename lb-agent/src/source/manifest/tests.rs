@@ -11,12 +11,12 @@ use std::{
 
 use super::{ManifestSource, Report};
 use crate::model::{
-    Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, Service, ServiceName, ServicePort,
-    ServiceType, TrafficPolicy,
+    Endpoint, EndpointPort, EndpointSlice, IpFamily, NamespacedName, Protocol, Service,
+    ServicePort, ServiceType, TrafficPolicy,
 };
 
-const KUBECTL_YAML: &str = include_str!("../../tests/fixtures/kubectl-get-svc-endpointslices.yaml");
-const KUBECTL_JSON: &str = include_str!("../../tests/fixtures/kubectl-get-svc-endpointslices.json");
+const KUBECTL_YAML: &str = include_str!("../../../testdata/kubectl-get-svc-endpointslices.yaml");
+const KUBECTL_JSON: &str = include_str!("../../../testdata/kubectl-get-svc-endpointslices.json");
 
 /// A fresh directory under the system temp dir, named from pid and a counter so parallel tests
 /// and parallel runs never share one; removed on drop.
@@ -81,7 +81,7 @@ fn slices(source: &ManifestSource) -> Vec<EndpointSlice> {
     source.snapshot().1
 }
 
-fn names<'a>(names: impl IntoIterator<Item = &'a ServiceName>) -> Vec<String> {
+fn names<'a>(names: impl IntoIterator<Item = &'a NamespacedName>) -> Vec<String> {
     names.into_iter().map(ToString::to_string).collect()
 }
 
@@ -108,8 +108,8 @@ fn ips(list: &[&str]) -> Vec<IpAddr> {
     list.iter().map(|s| ip(s)).collect()
 }
 
-fn name(namespace: &str, name: &str) -> ServiceName {
-    ServiceName {
+fn name(namespace: &str, name: &str) -> NamespacedName {
+    NamespacedName {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
     }

@@ -19,15 +19,8 @@ use axum::{
 };
 use tracing::{error, info};
 
-use crate::{health::Health, model::ServiceName};
-
-/// What one health check node port reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceHealth {
-    pub service: ServiceName,
-    /// Local ready endpoints (both families together).
-    pub local_ready: usize,
-}
+use super::proxy::Health;
+use crate::model::ServiceHealth;
 
 #[derive(Clone)]
 struct Shared {
@@ -183,7 +176,7 @@ mod tests {
             let proxy = Health::new(Duration::from_secs(60));
             proxy.updated();
             let port = free_port();
-            let service = ServiceName {
+            let service = crate::model::NamespacedName {
                 namespace: "shop".into(),
                 name: "web".into(),
             };

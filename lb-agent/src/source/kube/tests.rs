@@ -37,14 +37,14 @@ impl Drop for Kubeconfig {
     }
 }
 
-async fn start(api: &ApiServer, kubeconfig: &Kubeconfig) -> KubeSource {
-    let (tx, _rx) = mpsc::unbounded_channel();
+/// The source on `kubeconfig` (written for the test API server), its first lists complete.
+async fn start(kubeconfig: &Kubeconfig) -> KubeSource {
     let source = KubeSource::start(
         &KubeOptions {
             kubeconfig: Some(kubeconfig.0.clone()),
         },
         Some("n1"),
-        tx,
+        Changes::default(),
     )
     .await
     .unwrap();
@@ -52,7 +52,6 @@ async fn start(api: &ApiServer, kubeconfig: &Kubeconfig) -> KubeSource {
         .await
         .expect("stores ready")
         .unwrap();
-    let _ = api;
     source
 }
 
@@ -120,7 +119,7 @@ async fn follows_creates_updates_deletes_labels_and_the_node() {
         headless["metadata"]["labels"] = json!({ "service.kubernetes.io/headless": "" });
         api.apply(headless).unwrap();
         let kc = Kubeconfig::new(&api);
-        let mut source = start(&api, &kc).await;
+        let mut source = start(&kc).await;
 
         let snap = source.snapshot();
         assert_eq!(
@@ -221,7 +220,7 @@ async fn a_restarted_api_server_replays_what_changed_meanwhile() {
         api.apply(apiserver::service("gone", &[ip("10.96.0.12")], PORTS))
             .unwrap();
         let kc = Kubeconfig::new(&api);
-        let mut source = start(&api, &kc).await;
+        let mut source = start(&kc).await;
         assert_eq!(service_names(&source.snapshot()), ["gone", "web"]);
         let lists = api.lists_served("Service");
 
@@ -266,7 +265,7 @@ async fn gone_410_relists_and_drops_objects_deleted_meanwhile() {
             .unwrap();
         }
         let kc = Kubeconfig::new(&api);
-        let mut source = start(&api, &kc).await;
+        let mut source = start(&kc).await;
         assert_eq!(source.snapshot().services.len(), 6);
 
         // Expired while connected: every watch gets 410 and relists.

@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::Node;
 
-use crate::source::NodeState;
+use crate::source::snapshot::NodeState;
 
 /// The well-known zone label (`v1.LabelTopologyZone`), matched against zone hints.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";

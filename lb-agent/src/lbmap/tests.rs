@@ -1,28 +1,15 @@
 use std::collections::BTreeMap;
 
 use super::{memory::MemoryMaps, stable_slots, *};
-use crate::model::{Frontend, FrontendState, Protocol};
-
-fn fe(s: &str) -> Frontend {
-    Frontend {
-        addr: s.parse().unwrap(),
-        protocol: Protocol::Tcp,
-    }
-}
+use crate::model::{
+    Backend, FrontendKind, FrontendState,
+    testing::{cluster_ip_state, frontend as fe},
+};
 
 fn desired(entries: &[(&str, &[&str])]) -> BTreeMap<Frontend, FrontendState> {
     entries
         .iter()
-        .map(|(f, backends)| {
-            (
-                fe(f),
-                FrontendState {
-                    service_port: format!("default/{f}"),
-                    backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
-                    ..Default::default()
-                },
-            )
-        })
+        .map(|(f, backends)| (fe(f), cluster_ip_state(f, backends)))
         .collect()
 }
 
@@ -273,9 +260,8 @@ fn inconsistent_frontends_are_not_adopted_and_get_repaired() {
 fn a_frontend_without_any_endpoint_carries_the_reject_flag_until_one_comes() {
     let f = fe("10.96.0.1:80");
     let empty = FrontendState {
-        service_port: "default/web".into(),
         reject: true,
-        ..Default::default()
+        ..cluster_ip_state("web", &[])
     };
     let mut w = writer();
     w.apply(&BTreeMap::from([(f, empty)]));
@@ -292,32 +278,31 @@ fn a_frontend_without_any_endpoint_carries_the_reject_flag_until_one_comes() {
 
 #[test]
 fn external_frontends_carry_flags_source_ranges_and_local_backends() {
-    use crate::model::ExternalPolicy;
     let f = fe("10.0.0.5:30080");
     let state = |local_only: bool, ranges: &[&str]| FrontendState {
-        service_port: "default/web".into(),
+        kind: FrontendKind::LoadBalancer,
         backends: vec![
-            "10.1.0.1:80".parse().unwrap(),
-            "10.2.0.1:80".parse().unwrap(),
+            Backend {
+                addr: "10.1.0.1:80".parse().unwrap(),
+                local: true,
+            },
+            Backend {
+                addr: "10.2.0.1:80".parse().unwrap(),
+                local: false,
+            },
         ],
-        local_backends: vec!["10.1.0.1:80".parse().unwrap()],
-        external: Some(ExternalPolicy {
-            local_only,
-            source_ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
-        }),
-        reject: false,
+        local_only,
+        // The plan has already kept the frontend's family only.
+        source_ranges: Some(ranges.iter().map(|r| r.parse().unwrap()).collect()),
+        ..cluster_ip_state("web", &[])
     };
     let mut w = writer();
-    w.apply(&BTreeMap::from([(
-        f,
-        state(false, &["192.0.2.0/24", "2001:db8::/32"]),
-    )]));
+    w.apply(&BTreeMap::from([(f, state(false, &["192.0.2.0/24"]))]));
     let head = w.maps().services[&(f, 0)];
     assert_eq!(
         head.flags,
         lb_ebpf::SVC_F_EXTERNAL | lb_ebpf::SVC_F_SOURCE_RANGES
     );
-    // Only the range of the frontend's family is programmed.
     let ranges: Vec<String> = w
         .maps()
         .source_ranges

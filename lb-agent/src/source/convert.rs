@@ -8,8 +8,8 @@ use k8s_openapi::api::{
 };
 
 use crate::model::{
-    Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, Service, ServiceName, ServicePort,
-    ServiceType, TrafficPolicy,
+    Endpoint, EndpointPort, EndpointSlice, IpFamily, NamespacedName, Protocol, Service,
+    ServicePort, ServiceType, TrafficPolicy,
 };
 
 /// Label that ties an EndpointSlice to its Service.
@@ -24,13 +24,13 @@ pub struct Converted<T> {
 
 fn object_name(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Result<ServiceName, String> {
+) -> Result<NamespacedName, String> {
     let name = meta
         .name
         .clone()
         .filter(|n| !n.is_empty())
         .ok_or("metadata.name is missing")?;
-    Ok(ServiceName {
+    Ok(NamespacedName {
         namespace: meta
             .namespace
             .clone()
@@ -352,7 +352,7 @@ pub fn endpoint_slice(
     }
     Ok(Some(Converted {
         value: EndpointSlice {
-            service: ServiceName {
+            service: NamespacedName {
                 namespace: name.namespace.clone(),
                 name: service.clone(),
             },

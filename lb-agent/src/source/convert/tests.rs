@@ -10,16 +10,16 @@ use serde_json::{Value, json};
 
 use super::{Converted, endpoint_slice, service};
 use crate::model::{
-    Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, Service, ServiceName, ServicePort,
-    ServiceType, TrafficPolicy,
+    Endpoint, EndpointPort, EndpointSlice, IpFamily, NamespacedName, Protocol, Service,
+    ServicePort, ServiceType, TrafficPolicy,
 };
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test IP literal")
 }
 
-fn name(namespace: &str, name: &str) -> ServiceName {
-    ServiceName {
+fn name(namespace: &str, name: &str) -> NamespacedName {
+    NamespacedName {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
     }

@@ -1,5 +1,7 @@
-//! The datapath writer: diffs the desired frontends against what it has programmed and writes
-//! only the difference, through [`MapOps`]. One write path into the maps.
+//! The map writer: diffs the desired state against what it has programmed and writes only the
+//! difference, through [`MapOps`]: frontends and their backends, the node's SNAT addresses and
+//! the XDP redirect devices. One write path into the maps; [`bpf::BpfMaps`] is the real
+//! implementation of [`MapOps`], [`memory::MemoryMaps`] the one for tests.
 //!
 //! Guarantees the kernel side relies on:
 //! - a frontend's backend slots are written before its count covers them, and its count shrinks
@@ -9,18 +11,19 @@
 //! - backend IDs are shared by every frontend of a backend and freed with the last reference;
 //! - every operation is idempotent, so a failed apply is repaired by the next one.
 
+pub mod bpf;
 pub mod memory;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
 };
 
 use ipnet::IpNet;
 use lb_ebpf::{SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_REJECT, SVC_F_SOURCE_RANGES, ServiceValue};
 use thiserror::Error;
 
-use crate::model::{Frontend, FrontendState, IpFamily, Protocol};
+use crate::model::{Frontend, FrontendState, IpFamily, Protocol, SnatAddrs};
 
 /// Identifies a backend in the backend maps and in flow entries.
 pub type BackendId = u32;
@@ -43,34 +46,23 @@ pub struct FrontendPolicy {
 }
 
 impl FrontendPolicy {
-    fn of(frontend: &Frontend, state: &FrontendState) -> Self {
-        let reject = if state.reject { SVC_F_REJECT } else { 0 };
-        let Some(ext) = &state.external else {
-            return Self {
-                flags: reject,
-                source_ranges: Vec::new(),
-            };
-        };
-        let family = IpFamily::of(&frontend.addr.ip());
-        let mut source_ranges: Vec<IpNet> = ext
-            .source_ranges
-            .iter()
-            .filter(|n| IpFamily::of(&n.addr()) == family)
-            .map(IpNet::trunc)
-            .collect();
-        source_ranges.sort();
-        source_ranges.dedup();
-        let mut flags = SVC_F_EXTERNAL | reject;
-        if ext.local_only {
-            flags |= SVC_F_LOCAL;
+    fn of(state: &FrontendState) -> Self {
+        let mut flags = 0;
+        if state.reject {
+            flags |= SVC_F_REJECT;
         }
-        // Ranges given, but none of this family: nothing of this family may pass.
-        if !ext.source_ranges.is_empty() {
+        if state.kind.is_external() {
+            flags |= SVC_F_EXTERNAL;
+            if state.local_only {
+                flags |= SVC_F_LOCAL;
+            }
+        }
+        if state.source_ranges.is_some() {
             flags |= SVC_F_SOURCE_RANGES;
         }
         Self {
             flags,
-            source_ranges,
+            source_ranges: state.source_ranges.clone().unwrap_or_default(),
         }
     }
 }
@@ -85,8 +77,15 @@ pub enum MapError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Other(String),
+    #[error("no free backend ID: raise --max-backends")]
+    NoBackendId,
+    #[error("no free reverse-NAT ID: more than 65535 frontends")]
+    NoRevNatId,
+    #[error("{0} backends: at most 65535")]
+    TooManyBackends(usize),
+    /// [`memory::MemoryMaps::fail_after`] ran out.
+    #[error("injected failure")]
+    Injected,
 }
 
 /// The map operations the writer needs; implemented on the real BPF maps and in memory.
@@ -102,6 +101,13 @@ pub trait MapOps {
     ) -> Result<(), MapError>;
     /// Deleting an absent entry succeeds.
     fn delete_slot(&mut self, frontend: &Frontend, slot: u16) -> Result<(), MapError>;
+    /// Sets the node's address of `family` that SNATed external flows leave from; `None`
+    /// clears it (external flows to other nodes' backends are then dropped).
+    fn set_node_addr(&mut self, family: IpFamily, addr: Option<IpAddr>) -> Result<(), MapError>;
+    /// Lets XDP redirect frames to the device `ifindex` (it runs the XDP program).
+    fn put_xdp_device(&mut self, ifindex: u32) -> Result<(), MapError>;
+    /// Deleting an absent entry succeeds.
+    fn delete_xdp_device(&mut self, ifindex: u32) -> Result<(), MapError>;
     /// Every service map entry present (entries of protocols the agent does not program are
     /// left out).
     fn list_slots(&self) -> Result<Vec<(Frontend, u16, ServiceValue)>, MapError>;
@@ -184,6 +190,9 @@ pub struct Writer<M> {
     /// [`Writer::sweep`] has deleted their entries, so no stale slot can name a new backend.
     orphan_backend_ids: HashSet<BackendId>,
     orphan_rev_nat_ids: HashSet<u16>,
+    /// The SNAT address last written per family; a family never written is absent (the maps
+    /// may hold an earlier run's).
+    snat: BTreeMap<IpFamily, Option<IpAddr>>,
 }
 
 impl<M: MapOps> Writer<M> {
@@ -196,6 +205,7 @@ impl<M: MapOps> Writer<M> {
             rev_nat_ids: IdPool::new(u32::from(u16::MAX)),
             orphan_backend_ids: HashSet::new(),
             orphan_rev_nat_ids: HashSet::new(),
+            snat: BTreeMap::new(),
         }
     }
 
@@ -203,13 +213,41 @@ impl<M: MapOps> Writer<M> {
         &self.maps
     }
 
-    pub fn maps_mut(&mut self) -> &mut M {
+    /// The maps, for tests that fake faults or drift behind the writer's back.
+    #[cfg(test)]
+    pub(crate) fn maps_mut(&mut self) -> &mut M {
         &mut self.maps
     }
 
-    /// Number of frontends programmed.
-    pub fn frontend_count(&self) -> usize {
-        self.frontends.len()
+    /// The maps, the writer gone (a restart hands them to the next writer).
+    pub fn into_maps(self) -> M {
+        self.maps
+    }
+
+    /// Writes the node's SNAT addresses where they differ from what was written; returns the
+    /// families that changed.
+    pub fn set_snat(&mut self, wanted: &SnatAddrs) -> Result<Vec<IpFamily>, MapError> {
+        let mut changed = Vec::new();
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let want = wanted.get(family);
+            if self.snat.get(&family) == Some(&want) {
+                continue;
+            }
+            self.maps.set_node_addr(family, want)?;
+            self.snat.insert(family, want);
+            changed.push(family);
+        }
+        Ok(changed)
+    }
+
+    /// Makes `ifindex` a target of XDP redirects.
+    pub fn add_xdp_device(&mut self, ifindex: u32) -> Result<(), MapError> {
+        self.maps.put_xdp_device(ifindex)
+    }
+
+    /// Stops XDP redirects to `ifindex` (its XDP program goes, or the device went).
+    pub fn remove_xdp_device(&mut self, ifindex: u32) -> Result<(), MapError> {
+        self.maps.delete_xdp_device(ifindex)
     }
 
     /// Makes the maps serve exactly `desired`.
@@ -231,14 +269,13 @@ impl<M: MapOps> Writer<M> {
             let wanted: Vec<BackendKey> = state
                 .backends
                 .iter()
-                .filter(|a| IpFamily::of(&a.ip()) == IpFamily::of(&frontend.addr.ip()))
-                .map(|addr| BackendKey {
-                    addr: *addr,
+                .map(|b| BackendKey {
+                    addr: b.addr,
                     protocol: frontend.protocol,
-                    local: state.local_backends.binary_search(addr).is_ok(),
+                    local: b.local,
                 })
                 .collect();
-            let policy = FrontendPolicy::of(frontend, state);
+            let policy = FrontendPolicy::of(state);
             if self
                 .frontends
                 .get(frontend)
@@ -250,7 +287,7 @@ impl<M: MapOps> Writer<M> {
                 Ok(()) => report.frontends_changed += 1,
                 Err(e) => report.errors.push(format!(
                     "programming {frontend} of service {}: {e}",
-                    state.service_port
+                    state.owner
                 )),
             }
         }
@@ -452,10 +489,7 @@ impl<M: MapOps> Writer<M> {
             *refs += 1;
             return Ok(*id);
         }
-        let id = self
-            .backend_ids
-            .take()
-            .ok_or_else(|| MapError::Other("no free backend ID: raise --max-backends".into()))?;
+        let id = self.backend_ids.take().ok_or(MapError::NoBackendId)?;
         if let Err(e) = self.maps.put_backend(id, backend) {
             self.backend_ids.give(id);
             return Err(e);
@@ -500,14 +534,16 @@ impl<M: MapOps> Writer<M> {
         let old = self.frontends.get(frontend).cloned();
         let rev_nat_id = match &old {
             Some(p) => p.rev_nat_id,
-            None => self.rev_nat_ids.take().map(|id| id as u16).ok_or_else(|| {
-                MapError::Other("no free reverse-NAT ID: more than 65535 frontends".into())
-            })?,
+            None => self
+                .rev_nat_ids
+                .take()
+                .map(|id| id as u16)
+                .ok_or(MapError::NoRevNatId)?,
         };
         let old_slots = old.as_ref().map(|p| p.slots.as_slice()).unwrap_or(&[]);
         let slots = stable_slots(old_slots, &ids);
-        let count = u16::try_from(slots.len())
-            .map_err(|_| MapError::Other(format!("{} backends: at most 65535", slots.len())))?;
+        let count =
+            u16::try_from(slots.len()).map_err(|_| MapError::TooManyBackends(slots.len()))?;
 
         let old_ranges: &[IpNet] = old
             .as_ref()

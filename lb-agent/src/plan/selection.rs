@@ -25,14 +25,17 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    fmt,
     net::{IpAddr, SocketAddr},
 };
 
+use ipnet::IpNet;
+
 use crate::model::{
-    EndpointSlice, Frontend, FrontendState, IpFamily, Protocol, Service, ServiceName, ServicePort,
-    ServiceType, TrafficPolicy,
+    EndpointSlice, IpFamily, NamespacedName, Protocol, Service, ServiceHealth, ServicePort,
+    ServicePortName, ServiceType, TrafficPolicy,
 };
+
+use super::Problem;
 
 /// What selection needs to know about this node.
 #[derive(Clone, Debug, Default)]
@@ -40,30 +43,6 @@ pub struct NodeContext {
     pub node_name: Option<String>,
     /// This Node's `topology.kubernetes.io/zone` label.
     pub zone: Option<String>,
-}
-
-/// One service port in one IP family: kube-proxy's `ServicePortName`, one per proxier family.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServicePortName {
-    /// The Service's `namespace/name`.
-    pub service: ServiceName,
-    /// The port's name; empty for a single unnamed port.
-    pub port: String,
-    /// The port's protocol; with the name, what EndpointSlice ports are matched by.
-    pub protocol: Protocol,
-    /// The family of the cluster IP (and of the endpoints) this entry is for.
-    pub family: IpFamily,
-}
-
-impl fmt::Display for ServicePortName {
-    /// `namespace/name:port/PROTO (family)`, the port part left out when unnamed.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.service)?;
-        if !self.port.is_empty() {
-            write!(f, ":{}", self.port)?;
-        }
-        write!(f, "/{} ({})", self.protocol, self.family)
-    }
 }
 
 /// The endpoints of one service port, per scope (kube-proxy's `CategorizeEndpoints`).
@@ -75,14 +54,22 @@ pub struct PortEndpoints {
     /// Local endpoints for traffic under the Local policy (ready, else serving and
     /// terminating); `None` when the port never uses the Local policy.
     pub local: Option<Vec<SocketAddr>>,
-    /// Every endpoint this node may send to: the union of both sets, sorted.
-    pub all_reachable: Vec<SocketAddr>,
+    /// Every endpoint of the port that runs on this node (its slice names this node), usable or
+    /// not, sorted: the one place locality is decided.
+    pub on_this_node: Vec<SocketAddr>,
     /// A usable endpoint exists somewhere in the cluster. With no endpoint at all the
     /// datapath rejects; with endpoints but none in the scope asked for, it drops.
     pub has_any_endpoints: bool,
     /// Local endpoints that are ready: what a health check node port reports (terminating
     /// ones do not count there, although traffic still goes to them).
     pub local_ready: usize,
+}
+
+impl PortEndpoints {
+    /// Whether the endpoint runs on this node.
+    pub fn is_local(&self, addr: &SocketAddr) -> bool {
+        self.on_this_node.binary_search(addr).is_ok()
+    }
 }
 
 /// Everything the datapath needs for one service port in one family.
@@ -98,6 +85,9 @@ pub struct ServicePortInfo {
     pub external_ips: Vec<IpAddr>,
     /// Load balancer ingress IPs (VIP mode) of this family.
     pub load_balancer_ips: Vec<IpAddr>,
+    /// `loadBalancerSourceRanges` of this family, sorted and without duplicates; `None` when
+    /// the service has none (of any family): every source may use the load balancer IPs.
+    pub source_ranges: Option<Vec<IpNet>>,
     /// `internalTrafficPolicy: Local`.
     pub internal_policy_local: bool,
     /// `externalTrafficPolicy: Local` on a service that can take external traffic.
@@ -173,17 +163,18 @@ struct Candidate {
     node_hints: Vec<String>,
 }
 
-/// The desired datapath state, plus what could not be served and why.
+/// Every service port's endpoints, plus what could not be served and why.
 #[derive(Debug, Default)]
 pub struct Selection {
-    /// ClusterIP frontends and the endpoints their `internalTrafficPolicy` chooses.
-    pub frontends: BTreeMap<Frontend, FrontendState>,
     /// Every service port per family, with both scopes' endpoints.
     pub ports: BTreeMap<ServicePortName, ServicePortInfo>,
     /// Services that program nothing, by rule.
-    pub skipped: BTreeMap<ServiceName, SkipReason>,
-    /// Messages naming the service (`namespace/name`) and the reason.
-    pub problems: Vec<String>,
+    pub skipped: BTreeMap<NamespacedName, SkipReason>,
+    /// The health check node ports of services with `externalTrafficPolicy: Local`, with the
+    /// number of this node's ready endpoints (all ports and families of the service together).
+    pub health_checks: BTreeMap<u16, ServiceHealth>,
+    /// Ports that cannot be served.
+    pub problems: Vec<Problem>,
 }
 
 /// Why a service is not proxied at all, if it is not.
@@ -204,97 +195,107 @@ fn of_family(ips: &[IpAddr], family: IpFamily) -> Vec<IpAddr> {
         .collect()
 }
 
-/// Builds the desired state from every service and slice known.
+/// The source ranges of one family; `None` when the service has none at all.
+fn ranges_of_family(ranges: &[IpNet], family: IpFamily) -> Option<Vec<IpNet>> {
+    if ranges.is_empty() {
+        return None;
+    }
+    let of_family: BTreeSet<IpNet> = ranges
+        .iter()
+        .filter(|n| IpFamily::of(&n.addr()) == family)
+        .copied()
+        .collect();
+    Some(of_family.into_iter().collect())
+}
+
+/// Selects the endpoints of every service port from every service and slice known.
 pub fn select(services: &[Service], slices: &[EndpointSlice], node: &NodeContext) -> Selection {
-    let mut by_service: HashMap<&ServiceName, Vec<&EndpointSlice>> = HashMap::new();
+    let mut by_service: HashMap<&NamespacedName, Vec<&EndpointSlice>> = HashMap::new();
     for slice in slices {
         by_service.entry(&slice.service).or_default().push(slice);
     }
     let mut out = Selection::default();
-    let mut proxied = Vec::new();
     for svc in services {
         match skip_reason(svc) {
             Some(reason) => {
                 out.skipped.insert(svc.name.clone(), reason);
             }
-            None => proxied.push(svc),
+            None => {
+                let slices = by_service.get(&svc.name).map(Vec::as_slice).unwrap_or(&[]);
+                select_service(svc, slices, node, &mut out);
+            }
         }
-    }
-    // Deterministic winner when two services claim one frontend.
-    proxied.sort_by(|a, b| a.name.cmp(&b.name));
-
-    let mut owners: HashMap<Frontend, &ServiceName> = HashMap::new();
-    for svc in proxied {
-        let slices = by_service.get(&svc.name).map(Vec::as_slice).unwrap_or(&[]);
-        // kube-proxy's ExternalPolicyLocal: only a service that takes external traffic has an
-        // external policy at all.
-        let takes_external = matches!(
-            svc.service_type,
-            ServiceType::NodePort | ServiceType::LoadBalancer
-        ) || !svc.external_ips.is_empty();
-        let external_policy_local =
-            takes_external && svc.external_traffic_policy == TrafficPolicy::Local;
-        for port in &svc.ports {
-            if port.protocol == Protocol::Sctp {
-                out.problems.push(format!(
-                    "service {}: port {:?} is SCTP, which the datapath does not translate; skipped",
-                    svc.name, port.name
-                ));
-                continue;
-            }
-            for ip in &svc.cluster_ips {
-                let family = IpFamily::of(ip);
-                let mut info = ServicePortInfo {
-                    cluster_ip: *ip,
-                    port: port.port,
-                    node_port: port.node_port,
-                    external_ips: of_family(&svc.external_ips, family),
-                    load_balancer_ips: of_family(&svc.load_balancer_ips, family),
-                    internal_policy_local: svc.internal_traffic_policy == TrafficPolicy::Local,
-                    external_policy_local,
-                    endpoints: PortEndpoints::default(),
-                };
-                let candidates = merge(slices, family, port, node);
-                info.endpoints = categorize(&candidates, &info, node);
-
-                let frontend = Frontend {
-                    addr: SocketAddr::new(*ip, port.port),
-                    protocol: port.protocol,
-                };
-                if let Some(owner) = owners.get(&frontend) {
-                    out.problems.push(format!(
-                        "service {}: {frontend} is already served for service {owner}; skipped",
-                        svc.name
-                    ));
-                } else {
-                    owners.insert(frontend, &svc.name);
-                    out.frontends.insert(
-                        frontend,
-                        FrontendState {
-                            service_port: if port.name.is_empty() {
-                                svc.name.to_string()
-                            } else {
-                                format!("{}:{}", svc.name, port.name)
-                            },
-                            backends: info.internal_endpoints().to_vec(),
-                            reject: !info.endpoints.has_any_endpoints,
-                            ..Default::default()
-                        },
-                    );
-                }
-                out.ports.insert(
-                    ServicePortName {
-                        service: svc.name.clone(),
-                        port: port.name.clone(),
-                        protocol: port.protocol,
-                        family,
-                    },
-                    info,
-                );
-            }
+        if let Some(port) = svc.health_check_node_port
+            && svc.external_traffic_policy == TrafficPolicy::Local
+        {
+            let local_ready = out
+                .ports
+                .iter()
+                .filter(|(spn, _)| spn.service == svc.name)
+                .map(|(_, info)| info.endpoints.local_ready)
+                .max()
+                .unwrap_or(0);
+            out.health_checks.insert(
+                port,
+                ServiceHealth {
+                    service: svc.name.clone(),
+                    local_ready,
+                },
+            );
         }
     }
     out
+}
+
+/// The ports of one proxied service, both families.
+fn select_service(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    node: &NodeContext,
+    out: &mut Selection,
+) {
+    // kube-proxy's ExternalPolicyLocal: only a service that takes external traffic has an
+    // external policy at all.
+    let takes_external = matches!(
+        svc.service_type,
+        ServiceType::NodePort | ServiceType::LoadBalancer
+    ) || !svc.external_ips.is_empty();
+    let external_policy_local =
+        takes_external && svc.external_traffic_policy == TrafficPolicy::Local;
+    for port in &svc.ports {
+        if port.protocol == Protocol::Sctp {
+            out.problems.push(Problem::SctpPort {
+                service: svc.name.clone(),
+                port: port.name.clone(),
+            });
+            continue;
+        }
+        for ip in &svc.cluster_ips {
+            let family = IpFamily::of(ip);
+            let mut info = ServicePortInfo {
+                cluster_ip: *ip,
+                port: port.port,
+                node_port: port.node_port,
+                external_ips: of_family(&svc.external_ips, family),
+                load_balancer_ips: of_family(&svc.load_balancer_ips, family),
+                source_ranges: ranges_of_family(&svc.load_balancer_source_ranges, family),
+                internal_policy_local: svc.internal_traffic_policy == TrafficPolicy::Local,
+                external_policy_local,
+                endpoints: PortEndpoints::default(),
+            };
+            let candidates = merge(slices, family, port, node);
+            info.endpoints = categorize(&candidates, &info, node);
+            out.ports.insert(
+                ServicePortName {
+                    service: svc.name.clone(),
+                    port: port.name.clone(),
+                    protocol: port.protocol,
+                    family,
+                },
+                info,
+            );
+        }
+    }
 }
 
 /// Merges the slices of one service for one port and family: ports matched by name and protocol,
@@ -314,7 +315,11 @@ fn merge(
         else {
             continue;
         };
-        for ep in &slice.endpoints {
+        for ep in slice
+            .endpoints
+            .iter()
+            .filter(|e| IpFamily::of(&e.addr) == family)
+        {
             let addr = SocketAddr::new(ep.addr, ep_port.port);
             let is_local = node.node_name.is_some() && ep.node_name == node.node_name;
             let candidate = Candidate {
@@ -380,6 +385,8 @@ fn categorize(
 ) -> PortEndpoints {
     let mut out = PortEndpoints {
         local_ready: candidates.iter().filter(|c| c.is_local && c.ready).count(),
+        // Candidates are sorted by address.
+        on_this_node: addrs(candidates.iter().filter(|c| c.is_local)),
         ..PortEndpoints::default()
     };
     if info.uses_cluster_endpoints() {
@@ -411,14 +418,6 @@ fn categorize(
         }
         out.local = Some(chosen);
     }
-    let all: BTreeSet<SocketAddr> = out
-        .cluster
-        .iter()
-        .chain(out.local.iter())
-        .flatten()
-        .copied()
-        .collect();
-    out.all_reachable = all.into_iter().collect();
     out
 }
 
@@ -427,7 +426,13 @@ mod tests {
     //! One table-driven test per rule of the module documentation, named after the rule.
 
     use super::*;
-    use crate::model::{Endpoint, EndpointPort};
+    use crate::{
+        model::{
+            Endpoint, Frontend, FrontendState,
+            testing::{EpExt as _, ep, name, slice_of, svc},
+        },
+        plan::frontends,
+    };
 
     const TCP: Protocol = Protocol::Tcp;
     const UDP: Protocol = Protocol::Udp;
@@ -437,116 +442,9 @@ mod tests {
     /// Expected endpoints, `ip:port`.
     type Addrs = &'static [&'static str];
 
-    fn name(n: &str) -> ServiceName {
-        ServiceName {
-            namespace: "default".into(),
-            name: n.into(),
-        }
-    }
-
-    fn svc(n: &str, ips: &[&str], ports: &[(&str, u16, Protocol)]) -> Service {
-        Service {
-            name: name(n),
-            service_type: ServiceType::ClusterIp,
-            cluster_ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
-            ports: ports
-                .iter()
-                .map(|(n, p, proto)| ServicePort {
-                    name: (*n).into(),
-                    port: *p,
-                    protocol: *proto,
-                    node_port: None,
-                })
-                .collect(),
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            internal_traffic_policy: TrafficPolicy::Cluster,
-            external_traffic_policy: TrafficPolicy::Cluster,
-            health_check_node_port: None,
-            load_balancer_source_ranges: vec![],
-        }
-    }
-
     /// The usual service of these tests: `web`, 10.96.0.1 and fd00::1, one unnamed TCP port 80.
     fn web() -> Service {
         svc("web", &["10.96.0.1", "fd00::1"], &[("", 80, TCP)])
-    }
-
-    /// A ready endpoint on node `n2` (not this node).
-    fn ep(addr: &str) -> Endpoint {
-        Endpoint {
-            addr: addr.parse().unwrap(),
-            ready: true,
-            serving: true,
-            terminating: false,
-            node_name: Some("n2".into()),
-            zone: None,
-            zone_hints: vec![],
-            node_hints: vec![],
-        }
-    }
-
-    /// Builders for endpoint conditions, locality and hints.
-    trait EpExt {
-        fn local(self) -> Self;
-        fn on(self, node: &str) -> Self;
-        fn unready(self) -> Self;
-        /// Terminating, still serving or not.
-        fn terminating(self, serving: bool) -> Self;
-        fn zones(self, zones: &[&str]) -> Self;
-        fn for_nodes(self, nodes: &[&str]) -> Self;
-    }
-
-    impl EpExt for Endpoint {
-        fn local(self) -> Self {
-            self.on("n1")
-        }
-        fn on(mut self, node: &str) -> Self {
-            self.node_name = Some(node.into());
-            self
-        }
-        fn unready(mut self) -> Self {
-            self.ready = false;
-            self.serving = false;
-            self
-        }
-        fn terminating(mut self, serving: bool) -> Self {
-            self.ready = false;
-            self.serving = serving;
-            self.terminating = true;
-            self
-        }
-        fn zones(mut self, zones: &[&str]) -> Self {
-            self.zone_hints = zones.iter().map(|z| (*z).into()).collect();
-            self
-        }
-        fn for_nodes(mut self, nodes: &[&str]) -> Self {
-            self.node_hints = nodes.iter().map(|n| (*n).into()).collect();
-            self
-        }
-    }
-
-    fn slice_of(
-        slice_name: &str,
-        svc: &str,
-        family: IpFamily,
-        ports: &[(&str, u16, Protocol)],
-        endpoints: Vec<Endpoint>,
-    ) -> EndpointSlice {
-        EndpointSlice {
-            name: name(slice_name),
-            service: name(svc),
-            family,
-            ports: ports
-                .iter()
-                .map(|(n, p, proto)| EndpointPort {
-                    name: (*n).into(),
-                    port: *p,
-                    protocol: *proto,
-                })
-                .collect(),
-            endpoints,
-        }
     }
 
     /// A slice of `web` with one unnamed TCP port 8080; the family follows the first endpoint.
@@ -582,12 +480,21 @@ mod tests {
         &sel.ports[&port_name("web", "", TCP, family)]
     }
 
+    /// The frontends the plan makes of a selection, no node addresses.
+    fn frontends_of(sel: &Selection) -> BTreeMap<Frontend, FrontendState> {
+        frontends(&sel.ports, &[]).0
+    }
+
     fn frontend_backends(sel: &Selection, frontend: &str, protocol: Protocol) -> Vec<String> {
         let fe = Frontend {
             addr: frontend.parse().unwrap(),
             protocol,
         };
-        strings(&sel.frontends[&fe].backends)
+        frontends_of(sel)[&fe]
+            .backends
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect()
     }
 
     /// Checks the Cluster and Local sets (`None`: the scope is not used) of `web`'s IPv4 port.
@@ -616,23 +523,18 @@ mod tests {
                 "{}: frontend",
                 c.rule
             );
-            assert!(info.all_reachable_is_union(), "{}: all reachable", c.rule);
+            assert!(info.local_set_is_on_this_node(), "{}: locality", c.rule);
         }
     }
 
     impl ServicePortInfo {
-        fn all_reachable_is_union(&self) -> bool {
-            let mut union: Vec<SocketAddr> = self
-                .endpoints
-                .cluster
+        /// Every endpoint of the Local set runs on this node.
+        fn local_set_is_on_this_node(&self) -> bool {
+            self.endpoints
+                .local
                 .iter()
-                .chain(self.endpoints.local.iter())
                 .flatten()
-                .copied()
-                .collect();
-            union.sort();
-            union.dedup();
-            union == self.endpoints.all_reachable
+                .all(|a| self.endpoints.is_local(a))
         }
     }
 
@@ -823,7 +725,7 @@ mod tests {
                 }
                 None => {
                     assert!(v6_port.is_none(), "{rule}");
-                    assert_eq!(sel.frontends.len(), 1, "{rule}");
+                    assert_eq!(frontends_of(&sel).len(), 1, "{rule}");
                 }
             }
         }
@@ -870,7 +772,7 @@ mod tests {
             let sel = select(std::slice::from_ref(&service), &slices, &node());
             assert_eq!(skip_reason(&service), want, "{rule}");
             assert_eq!(sel.skipped.get(&service.name).copied(), want, "{rule}");
-            assert_eq!(sel.frontends.is_empty(), want.is_some(), "{rule}");
+            assert_eq!(frontends_of(&sel).is_empty(), want.is_some(), "{rule}");
             assert_eq!(sel.ports.is_empty(), want.is_some(), "{rule}");
         }
     }
@@ -1132,7 +1034,7 @@ mod tests {
                 *external,
                 "{rule}: external"
             );
-            assert!(info.all_reachable_is_union(), "{rule}");
+            assert!(info.local_set_is_on_this_node(), "{rule}");
         }
     }
 
@@ -1335,18 +1237,22 @@ mod tests {
             addr: "10.96.0.1:80".parse().unwrap(),
             protocol: TCP,
         };
-        assert_eq!(sel.frontends[&fe].service_port, "default/a");
-        assert_eq!(sel.problems.len(), 1);
-        assert!(sel.problems[0].contains("default/b"), "{:?}", sel.problems);
+        let (frontends, problems) = frontends(&sel.ports, &[]);
+        assert_eq!(frontends[&fe].owner.short(), "default/a");
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].to_string().contains("default/b"),
+            "{problems:?}"
+        );
     }
 
     #[test]
     fn rule_sctp_ports_are_reported_not_served() {
         let s = svc("s", &["10.96.0.1"], &[("", 80, Protocol::Sctp)]);
         let sel = select(&[s], &[], &node());
-        assert!(sel.frontends.is_empty());
+        assert!(frontends_of(&sel).is_empty());
         assert!(sel.ports.is_empty());
-        assert!(sel.problems[0].contains("SCTP"));
+        assert!(sel.problems[0].to_string().contains("SCTP"));
     }
 
     #[test]

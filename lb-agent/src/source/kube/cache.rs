@@ -7,8 +7,8 @@ use std::{collections::HashMap, sync::Arc};
 use kube::ResourceExt as _;
 
 use crate::{
-    convert::Converted,
-    manifest::{Kind, ObjectKey},
+    model::{Kind, ObjectKey},
+    source::convert::Converted,
 };
 
 #[derive(Debug)]
@@ -110,7 +110,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::convert;
+    use crate::source::convert;
 
     fn svc(name: &str, rv: &str, ip: &str) -> Arc<K8sService> {
         Arc::new(K8sService {

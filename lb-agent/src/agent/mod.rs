@@ -1,0 +1,224 @@
+//! The agent's run loop: the source wakes it, [`sync::Syncer`] programs the plan of the
+//! source's state, [`devices::DeviceScanner`] keeps the programs on the devices, and the health
+//! servers answer from what the syncs did.
+//!
+//! Every sync rebuilds the desired state from the source's whole current state, after a short
+//! debounce so that a burst of changes becomes one sync, and again periodically.
+
+pub mod devices;
+pub mod sync;
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use ipnet::IpNet;
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+use tracing::{debug, info, warn};
+
+use self::{devices::DeviceScanner, sync::Syncer};
+use crate::{
+    health::{
+        proxy::{self, Health},
+        service::HealthCheckServers,
+    },
+    kernel::{DatapathMode, LoadOptions, Programs},
+    lbmap::{Writer, bpf::BpfMaps},
+    node::{addrs::DeviceAddr, devices::DevicePatterns},
+    plan::NodeFacts,
+    source::{Changes, Source, SourceOptions, kube},
+};
+
+/// How long a change may wait for a sync before health turns 503 (kube-proxy: 2 x sync period).
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often devices are rescanned.
+const DEVICE_SCAN_INTERVAL: Duration = Duration::from_millis(500);
+/// How often to say that the agent still waits for its source's first complete state.
+const WAITING_NOTICE: Duration = Duration::from_secs(10);
+
+/// Options of `lb-agent run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Where services come from: manifest files or the Kubernetes API.
+    pub source: SourceOptions,
+    /// Names or globs of the pod-facing devices the programs attach to.
+    pub pod_devices: DevicePatterns,
+    /// This node's name, for endpoint locality and the Node object; with the Kubernetes source
+    /// it defaults to the host name, as kube-proxy's.
+    pub node_name: Option<String>,
+    /// Map sizes, pin directory and socket programs.
+    pub load: LoadOptions,
+    /// Address of `/healthz` and `/livez`.
+    pub healthz_bind_address: SocketAddr,
+    /// The node's devices for external traffic (node ports, external and load balancer IPs);
+    /// `None`: every device with a usable address that is not a pod device.
+    pub devices: Option<DevicePatterns>,
+    /// `--nodeport-addresses`: node ports answer only on node addresses in these CIDRs.
+    pub nodeport_addresses: Vec<IpNet>,
+    /// XDP, TC or a choice per device for external traffic.
+    pub datapath_mode: DatapathMode,
+}
+
+/// A writer that takes over what an earlier run left in the pinned maps, so a restart rewrites
+/// nothing that is still right.
+fn resume_writer(maps: BpfMaps, max_backends: u32) -> Writer<BpfMaps> {
+    let mut writer = Writer::new(maps, max_backends);
+    match writer.adopt() {
+        Ok(0) => {}
+        Ok(n) => info!("took over {n} frontends from the pinned maps of an earlier run"),
+        Err(e) => warn!("reading the pinned maps of an earlier run: {e}; rewriting them"),
+    }
+    writer
+}
+
+/// Forwards kernel-side aya-log records to the agent's logger.
+fn spawn_kernel_logger(programs: &mut Programs) {
+    match aya_log::EbpfLogger::init(programs.ebpf_mut()) {
+        // SAFETY: the logger owns its ring buffer's fd and neither closes nor replaces it while
+        // registered.
+        Ok(logger) => {
+            match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+            {
+                Ok(mut fd) => {
+                    tokio::spawn(async move {
+                        loop {
+                            let Ok(mut guard) = fd.readable_mut().await else {
+                                return;
+                            };
+                            guard.get_inner_mut().flush();
+                            guard.clear_ready();
+                        }
+                    });
+                }
+                Err(e) => warn!("kernel log records will not be shown: {e}"),
+            }
+        }
+        Err(e) => warn!("kernel log records will not be shown: {e}"),
+    }
+}
+
+/// The node facts a sync plans with, from the addresses the last device scan listed.
+fn node_facts(
+    node_name: &Option<String>,
+    scanner: &DeviceScanner,
+    addrs: Option<&[DeviceAddr]>,
+) -> NodeFacts {
+    NodeFacts {
+        name: node_name.clone(),
+        addresses: addrs.map_or_else(Vec::new, |a| scanner.nodeport_addresses(a)),
+    }
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // The source first: a bad kubeconfig or manifest directory fails before the datapath is
+    // touched.
+    let node_name = match (&opts.source, &opts.node_name) {
+        (_, Some(name)) => Some(name.clone()),
+        (SourceOptions::Kubernetes(_), None) => kube::hostname(),
+        (SourceOptions::Manifests(_), None) => None,
+    };
+    let changes = Changes::default();
+    let mut source = Source::start(&opts.source, node_name.as_deref(), changes.clone())
+        .await
+        .context("starting the source of services")?;
+
+    let mut programs = Programs::load(&opts.load).context("loading the datapath")?;
+    let maps = BpfMaps::take(programs.ebpf_mut()).context("taking the datapath's maps")?;
+    info!(pin_dir = %opts.load.pin_dir.display(), "datapath loaded");
+    spawn_kernel_logger(&mut programs);
+
+    let health = Health::new(HEALTH_TIMEOUT);
+    let listener = tokio::net::TcpListener::bind(opts.healthz_bind_address)
+        .await
+        .with_context(|| format!("binding healthz to {}", opts.healthz_bind_address))?;
+    let server_health = health.clone();
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, proxy::router(server_health)).await {
+            tracing::error!("healthz server: {e}");
+        }
+    });
+
+    let mut scanner = DeviceScanner::new(
+        opts.pod_devices.clone(),
+        opts.devices.clone(),
+        opts.nodeport_addresses.clone(),
+        opts.datapath_mode,
+    );
+    // The writer takes over the earlier run's maps before the first scan, which may write the
+    // XDP redirect devices; frontends are written only once the source is ready.
+    let mut syncer = Syncer::new(resume_writer(maps, opts.load.max_backends), health.clone());
+    let mut last_addrs = scanner.scan(&mut programs, syncer.writer_mut());
+    let mut device_tick = tokio::time::interval(DEVICE_SCAN_INTERVAL);
+    // After a stall (a starved CPU, a stopped process) one tick, not a burst of missed ones.
+    device_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+
+    // The first sync waits for the complete state: programming a partial view would delete
+    // what an earlier run left in the pinned maps and still serves. Meanwhile devices are
+    // attached, /livez answers 200 and /healthz 503.
+    {
+        let ready = source.ready();
+        tokio::pin!(ready);
+        let mut notice =
+            tokio::time::interval_at(tokio::time::Instant::now() + WAITING_NOTICE, WAITING_NOTICE);
+        loop {
+            tokio::select! {
+                r = &mut ready => {
+                    r.context("waiting for the source's first complete state")?;
+                    break;
+                }
+                _ = device_tick.tick() => {
+                    if let Some(addrs) = scanner.scan(&mut programs, syncer.writer_mut()) {
+                        last_addrs = Some(addrs);
+                    }
+                }
+                _ = notice.tick() => info!("still waiting for the first complete list from the API server"),
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = sigterm.recv() => return Ok(()),
+            }
+        }
+    }
+
+    let debounce = source.debounce();
+    let mut resync_tick = tokio::time::interval(source.resync_interval());
+    resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut health_check_servers = HealthCheckServers::default();
+    let mut facts = node_facts(&node_name, &scanner, last_addrs.as_deref());
+    syncer.sync(&mut source, &facts, false);
+    health_check_servers
+        .update(syncer.health_checks(), &health)
+        .await;
+    resync_tick.reset();
+    loop {
+        let periodic = tokio::select! {
+            () = changes.notified() => {
+                health.queued();
+                tokio::time::sleep(debounce).await;
+                // The burst's later changes left one wake-up behind; this sync covers them.
+                let _ = futures::FutureExt::now_or_never(changes.notified());
+                false
+            }
+            _ = resync_tick.tick() => true,
+            _ = device_tick.tick() => {
+                // A node address that comes or goes changes the node ports: sync at once rather
+                // than at the next periodic resync.
+                let addrs = scanner.scan(&mut programs, syncer.writer_mut());
+                if addrs.is_none() || addrs == last_addrs {
+                    continue;
+                }
+                debug!("the node's addresses changed");
+                last_addrs = addrs;
+                facts = node_facts(&node_name, &scanner, last_addrs.as_deref());
+                false
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        };
+        syncer.sync(&mut source, &facts, periodic);
+        health_check_servers
+            .update(syncer.health_checks(), &health)
+            .await;
+    }
+    info!("stopping");
+    Ok(())
+}

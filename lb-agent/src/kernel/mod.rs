@@ -1,0 +1,285 @@
+//! The kernel side: loads the embedded programs with their maps pinned under `--bpffs`
+//! ([`Programs::load`]), attaches them to devices and cgroups through pinned links
+//! ([`attach`]), and keeps the file systems they need ([`fs`]). What the maps should hold is
+//! [`crate::lbmap`]'s business; this module never writes a map entry.
+
+pub mod attach;
+mod fs;
+mod object;
+pub mod pins;
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, MapError as AyaMapError, PerCpuArray},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, Xdp,
+        links::{FdLink, PinnedLink},
+    },
+};
+use lb_ebpf::{map_names, program_names};
+use thiserror::Error;
+
+pub use self::{
+    attach::{Attached, DatapathMode},
+    fs::resolve_cgroup,
+    pins::{cleanup, read_stats},
+};
+
+#[derive(Debug, Error)]
+pub enum KernelError {
+    #[error("{path} is not on a BPF filesystem (mount one with `mount -t bpf bpf {path}`)")]
+    NotBpfFs { path: String },
+    #[error("creating pin directory {path}: {source}")]
+    PinDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("{path} is not a cgroup2 directory (socket programs need cgroup v2)")]
+    NotCgroup2 { path: String },
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("link of program {name}: {source}")]
+    Link {
+        name: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: String,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("program {0} missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: AyaMapError,
+    },
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// Where the socket programs attach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SocketLb {
+    /// No socket-level load balancing.
+    Off,
+    /// The host's cgroup2 root: `/sys/fs/cgroup` or `/sys/fs/cgroup/unified`, or a cgroup2
+    /// hierarchy the agent mounts when the host has only cgroup v1 hierarchies.
+    HostRoot,
+    /// A given cgroup2 directory: only processes below it are affected.
+    Cgroup(PathBuf),
+}
+
+/// Map sizes, where to pin, and where socket programs attach.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub pin_dir: PathBuf,
+    pub max_services: u32,
+    pub max_backends: u32,
+    pub max_flows: u32,
+    pub max_sockets: u32,
+    pub socket_lb: SocketLb,
+}
+
+/// The cgroup sock_addr programs.
+const SOCK_PROGRAMS: [&str; 8] = [
+    program_names::SOCK_CONNECT4,
+    program_names::SOCK_CONNECT6,
+    program_names::SOCK_SENDMSG4,
+    program_names::SOCK_SENDMSG6,
+    program_names::SOCK_RECVMSG4,
+    program_names::SOCK_RECVMSG6,
+    program_names::SOCK_GETPEERNAME4,
+    program_names::SOCK_GETPEERNAME6,
+];
+
+/// Subdirectory of the pin directory holding the pinned links.
+const LINKS_DIR: &str = "links";
+
+/// A program of the loaded object, as its type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, KernelError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(KernelError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| KernelError::Program { name, source })
+}
+
+/// The loaded programs and where they are attached.
+pub struct Programs {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    /// Device attachments.
+    pub devices: attach::Devices,
+    /// Links of the socket programs, pinned; held so they stay attached while the agent runs.
+    _cgroup_links: Vec<PinnedLink>,
+}
+
+impl Programs {
+    /// Loads the programs. Maps already pinned under `pin_dir` (by an earlier run of the agent
+    /// with the same directory) are reused, so established flows survive a restart; the socket
+    /// programs are attached at once. Take the agent's maps with
+    /// [`crate::lbmap::bpf::BpfMaps::take`] on [`Programs::ebpf_mut`].
+    pub fn load(opts: &LoadOptions) -> Result<Self, KernelError> {
+        fs::ensure_bpffs(&opts.pin_dir)?;
+        create_dir(&opts.pin_dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&opts.pin_dir)
+            .map_max_entries(map_names::SERVICES_V4, opts.max_services)
+            .map_max_entries(map_names::SERVICES_V6, opts.max_services)
+            .map_max_entries(map_names::BACKENDS_V4, opts.max_backends)
+            .map_max_entries(map_names::BACKENDS_V6, opts.max_backends)
+            .map_max_entries(map_names::FLOWS_V4, opts.max_flows)
+            .map_max_entries(map_names::FLOWS_V6, opts.max_flows)
+            .map_max_entries(map_names::SOCK_REVNAT_V4, opts.max_sockets)
+            .map_max_entries(map_names::SOCK_REVNAT_V6, opts.max_sockets)
+            .load(object::EBPF_OBJECT)?;
+        load_programs(&mut ebpf)?;
+        let links_dir = opts.pin_dir.join(LINKS_DIR);
+        create_dir(&links_dir)?;
+        let cgroup_links = attach_socket_programs(&mut ebpf, &opts.socket_lb, &links_dir)?;
+        Ok(Self {
+            ebpf,
+            pin_dir: opts.pin_dir.clone(),
+            devices: attach::Devices::new(links_dir),
+            _cgroup_links: cgroup_links,
+        })
+    }
+
+    /// The loaded object: for taking the agent's maps, attaching the kernel logger, and the
+    /// packet tests.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Attaches the pod programs to a device; see [`attach::Devices::attach_pod`].
+    pub fn attach_pod_device(&mut self, device: &str, ifindex: u32) -> Result<(), KernelError> {
+        self.devices.attach_pod(&mut self.ebpf, device, ifindex)
+    }
+
+    /// Detaches from a pod device, or forgets one that went away.
+    pub fn detach_pod_device(&mut self, device: &str) {
+        self.devices.detach_pod(&mut self.ebpf, device);
+    }
+
+    /// Attaches the external programs to a device; see [`attach::Devices::attach_ext`].
+    pub fn attach_ext_device(
+        &mut self,
+        device: &str,
+        ifindex: u32,
+        mode: DatapathMode,
+    ) -> Result<Attached, KernelError> {
+        self.devices
+            .attach_ext(&mut self.ebpf, device, ifindex, mode)
+    }
+
+    /// Takes the XDP program off an external device, leaving TC to serve it alone.
+    pub fn detach_xdp(&mut self, device: &str) {
+        self.devices.detach_xdp(&mut self.ebpf, device);
+    }
+
+    /// Detaches from an external device, or forgets one that went away.
+    pub fn detach_ext_device(&mut self, device: &str) {
+        self.devices.detach_ext(&mut self.ebpf, device);
+    }
+
+    /// A counter of `lb_ebpf::stats`, summed over CPUs (0 when unreadable).
+    pub fn stat(&self, index: u32) -> u64 {
+        self.ebpf
+            .map(map_names::STATS)
+            .and_then(|map| PerCpuArray::<&MapData, u64>::try_from(map).ok())
+            .map_or(0, |stats| pins::counter(&stats, index))
+    }
+}
+
+fn create_dir(path: &Path) -> Result<(), KernelError> {
+    std::fs::create_dir_all(path).map_err(|source| KernelError::PinDir {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Loads the device programs into the kernel (the socket programs load as they attach).
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+    let name = program_names::XDP_EXT;
+    program::<Xdp>(ebpf, name)?
+        .load()
+        .map_err(|source| KernelError::Program { name, source })?;
+    for name in [
+        program_names::TC_POD_INGRESS,
+        program_names::TC_POD_EGRESS,
+        program_names::TC_EXT_INGRESS,
+    ] {
+        program::<SchedClassifier>(ebpf, name)?
+            .load()
+            .map_err(|source| KernelError::Program { name, source })?;
+    }
+    Ok(())
+}
+
+/// Attaches the socket programs to the cgroup `socket_lb` names, through pinned links that
+/// replace an earlier run's; with socket load balancing off, an earlier run's links go.
+fn attach_socket_programs(
+    ebpf: &mut Ebpf,
+    socket_lb: &SocketLb,
+    links_dir: &Path,
+) -> Result<Vec<PinnedLink>, KernelError> {
+    let Some(dir) = resolve_cgroup(socket_lb)? else {
+        attach::remove_older_pins(links_dir, "cgroup-", Path::new(""));
+        return Ok(Vec::new());
+    };
+    let file = std::fs::File::open(&dir).map_err(|source| KernelError::Cgroup {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let mut links = Vec::new();
+    for name in SOCK_PROGRAMS {
+        let prog = program::<CgroupSockAddr>(ebpf, name)?;
+        prog.load()
+            .map_err(|source| KernelError::Program { name, source })?;
+        // Attached as a BPF link (kernel 5.7+), which always coexists with other programs on
+        // the cgroup (a CNI's, systemd's); the kernel rejects any mode flag on links, so the
+        // mode must be the flag-less `Single`.
+        let id = prog
+            .attach(&file, CgroupAttachMode::Single)
+            .map_err(|source| KernelError::Program { name, source })?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(|source| KernelError::Program { name, source })?
+            .try_into()
+            .map_err(|source| KernelError::Link { name, source })?;
+        // The new link is attached next to the earlier run's, which then goes: for a moment
+        // both run, and the second finds nothing left to translate.
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = links_dir.join(format!("cgroup-{name}-{generation}"));
+        links.push(attach::pin_link(link, &path)?);
+        attach::remove_older_pins(links_dir, &format!("cgroup-{name}-"), &path);
+    }
+    tracing::info!(cgroup = %dir.display(), "socket programs attached");
+    Ok(links)
+}

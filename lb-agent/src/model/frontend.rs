@@ -1,0 +1,200 @@
+//! The desired state: what the datapath should serve, as [`crate::plan`] computes it and
+//! [`crate::lbmap::Writer`] programs it. Every decision (which endpoints, which are local, which
+//! family, which source ranges, who owns a frontend) is already made here; the writer only
+//! encodes.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use ipnet::IpNet;
+
+use super::{IpFamily, NamespacedName, Protocol};
+
+/// A service address the datapath answers on: address, port and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+}
+
+impl Frontend {
+    pub fn new(ip: IpAddr, port: u16, protocol: Protocol) -> Self {
+        Self {
+            addr: SocketAddr::new(ip, port),
+            protocol,
+        }
+    }
+
+    pub fn family(&self) -> IpFamily {
+        IpFamily::of(&self.addr.ip())
+    }
+}
+
+impl fmt::Display for Frontend {
+    /// `10.96.0.10:53/UDP`, `[fd00::10]:53/UDP`: IPv6 always in brackets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.protocol)
+    }
+}
+
+/// One service port in one IP family: kube-proxy's `ServicePortName`, one per proxier family.
+/// It owns the frontends it is served on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServicePortName {
+    /// The Service's `namespace/name`.
+    pub service: NamespacedName,
+    /// The port's name; empty for a single unnamed port.
+    pub port: String,
+    /// The port's protocol; with the name, what EndpointSlice ports are matched by.
+    pub protocol: Protocol,
+    /// The family of the cluster IP (and of the endpoints) this entry is for.
+    pub family: IpFamily,
+}
+
+impl ServicePortName {
+    /// `namespace/name:port`, the port part left out when unnamed: the port as a person names it
+    /// (protocol and family are in the frontend next to it).
+    pub fn short(&self) -> String {
+        if self.port.is_empty() {
+            self.service.to_string()
+        } else {
+            format!("{}:{}", self.service, self.port)
+        }
+    }
+}
+
+impl fmt::Display for ServicePortName {
+    /// `namespace/name:port/PROTO (family)`, the port part left out when unnamed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{} ({})", self.short(), self.protocol, self.family)
+    }
+}
+
+/// How a frontend is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FrontendKind {
+    /// A cluster IP: traffic from pods and node processes, `internalTrafficPolicy`.
+    ClusterIp,
+    /// A node port on one of the node's addresses, `externalTrafficPolicy`.
+    NodePort,
+    /// A `spec.externalIPs` address, `externalTrafficPolicy`.
+    ExternalIp,
+    /// A load balancer ingress IP, `externalTrafficPolicy` and `loadBalancerSourceRanges`.
+    LoadBalancer,
+}
+
+impl FrontendKind {
+    /// Takes traffic from outside the node.
+    pub fn is_external(self) -> bool {
+        self != Self::ClusterIp
+    }
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ClusterIp => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::ExternalIp => "ExternalIP",
+            Self::LoadBalancer => "LoadBalancer",
+        })
+    }
+}
+
+/// One backend of a frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// Runs on this node: traffic from outside reaches it without SNAT.
+    pub local: bool,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.addr)?;
+        if self.local {
+            f.write_str(" (local)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything the datapath should serve on one frontend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendState {
+    /// The service port that owns the frontend.
+    pub owner: ServicePortName,
+    pub kind: FrontendKind,
+    /// Backends of the frontend's family, sorted by address and without duplicates.
+    pub backends: Vec<Backend>,
+    /// `externalTrafficPolicy: Local` on an external frontend: the backends are this node's
+    /// only, the client address is kept, and traffic is dropped when there is none.
+    pub local_only: bool,
+    /// `loadBalancerSourceRanges` of the frontend's family, truncated, sorted and without
+    /// duplicates; `None`: every source may connect. `Some` of an empty list: the service has
+    /// ranges, none of this family, so no source of this family may connect.
+    pub source_ranges: Option<Vec<IpNet>>,
+    /// The service port has no endpoint anywhere: connections are refused (kube-proxy's
+    /// REJECT). Without backends but with this unset (endpoints exist, none in this frontend's
+    /// scope), traffic is dropped.
+    pub reject: bool,
+}
+
+impl fmt::Display for FrontendState {
+    /// `ClusterIP default/web:http -> [10.0.0.1:8080, 10.0.0.2:8080 (local)]`, with the policy
+    /// words that apply between the owner and the arrow.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind, self.owner.short())?;
+        if self.local_only {
+            f.write_str(" local-only")?;
+        }
+        if let Some(ranges) = &self.source_ranges {
+            let ranges: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+            write!(f, " source-ranges=[{}]", ranges.join(", "))?;
+        }
+        if self.reject {
+            return f.write_str(" -> reject");
+        }
+        let backends: Vec<String> = self.backends.iter().map(ToString::to_string).collect();
+        write!(f, " -> [{}]", backends.join(", "))
+    }
+}
+
+/// What one health check node port (`healthCheckNodePort`) reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceHealth {
+    pub service: NamespacedName,
+    /// Local ready endpoints (all ports and families of the service together).
+    pub local_ready: usize,
+}
+
+/// The node's addresses that flows SNATed to other nodes' backends leave from, per family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatAddrs {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl SnatAddrs {
+    /// The first of each family among the node port addresses.
+    pub fn of(addresses: &[IpAddr]) -> Self {
+        let mut out = Self::default();
+        for addr in addresses {
+            match addr {
+                IpAddr::V4(a) if out.v4.is_none() => out.v4 = Some(*a),
+                IpAddr::V6(a) if out.v6.is_none() => out.v6 = Some(*a),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    pub fn get(&self, family: IpFamily) -> Option<IpAddr> {
+        match family {
+            IpFamily::V4 => self.v4.map(IpAddr::V4),
+            IpFamily::V6 => self.v6.map(IpAddr::V6),
+        }
+    }
+}
