@@ -12,7 +12,10 @@ use clap::{Parser, Subcommand};
 use lb_agent::{
     agent::{self, RunOptions},
     kernel::{DatapathMode, LoadOptions, SocketLb},
-    node::{addrs::parse_cidrs, devices::DevicePatterns},
+    node::{
+        addrs::{parse_cidrs, usable},
+        devices::DevicePatterns,
+    },
     plan::{self, NodeFacts},
     source::{SourceOptions, kube::KubeOptions, manifest::ManifestSource},
 };
@@ -144,25 +147,28 @@ fn init_logging() {
         .init();
 }
 
-/// Parses `--node-addresses`: comma-separated IP addresses, sorted as the agent sorts them.
+/// Parses `--node-addresses`: comma-separated IP addresses, sorted as the agent sorts them;
+/// the ones the agent never serves node ports on (loopback, link-local) are left out, with a
+/// warning.
 fn parse_addresses(list: &str) -> anyhow::Result<Vec<IpAddr>> {
-    let mut out = list
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<IpAddr>()
-                .map_err(|_| anyhow::anyhow!("--node-addresses: {s:?} is not an IP address"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut out = Vec::new();
+    for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let addr: IpAddr = s
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--node-addresses: {s:?} is not an IP address"))?;
+        if usable(&addr) {
+            out.push(addr);
+        } else {
+            eprintln!("warning: --node-addresses: {addr} never serves node ports; left out");
+        }
+    }
     out.sort();
     out.dedup();
     Ok(out)
 }
 
-/// `lb-agent plan`: the frontends one per line (`FRONTEND KIND SERVICE-PORT [POLICY] ->
-/// [BACKENDS]`), then the health check node ports; problems on stderr. Fails when there are
-/// problems.
+/// `lb-agent plan`: the plan as [`plan::Desired`] prints it; warnings and problems on stderr.
+/// Fails when there are problems.
 fn plan(
     manifests: PathBuf,
     node_name: Option<String>,
@@ -177,15 +183,7 @@ fn plan(
         .with_context(|| format!("reading {}", manifests.display()))?
         .unwrap_or_default();
     let desired = plan::plan(&snapshot, &node);
-    for (frontend, state) in &desired.frontends {
-        println!("{frontend} {state}");
-    }
-    for (port, check) in &desired.health_checks {
-        println!(
-            "health-check-node-port {port} {} local-ready={}",
-            check.service, check.local_ready
-        );
-    }
+    print!("{desired}");
     for w in &snapshot.warnings {
         eprintln!("warning: {w}");
     }

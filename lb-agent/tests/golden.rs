@@ -1,69 +1,98 @@
-//! Golden test, no root: Kubernetes YAML in (the demo manifests, including a `kind: List` dump),
-//! expected map contents out, through the same pipeline the agent runs.
+//! Golden cases, no root: one folder per case under `testdata/plan/`, each with Kubernetes
+//! manifests in (`manifests/`), the node's facts (`node`: `name NAME` and `addresses A,B`
+//! lines), the `lb-agent plan` text expected (`plan.txt`) and the map contents expected
+//! (`maps.txt`), through the same [`plan::plan`] and [`Writer`] the agent runs.
+//!
+//! `GOLDEN_UPDATE=1 cargo test --test golden` rewrites the expected files from the code; review
+//! the diff before committing it.
 
-use std::path::Path;
-
-use lb_agent::{
-    datapath::{Writer, memory::MemoryMaps},
-    manifest::ManifestSource,
-    selection::{NodeContext, select},
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
 };
 
-fn render(maps: &MemoryMaps) -> String {
-    let mut out = String::new();
-    for ((frontend, slot), value) in &maps.services {
-        if *slot == 0 {
-            out.push_str(&format!("{frontend} count={}\n", value.count));
-        } else {
-            let backend = maps.backends[&value.backend_id];
-            out.push_str(&format!(
-                "{frontend} slot {slot} -> {}/{}\n",
-                backend.addr, backend.protocol
-            ));
+use lb_agent::{
+    lbmap::{Writer, memory::MemoryMaps},
+    plan::{self, NodeFacts},
+    source::manifest::ManifestSource,
+};
+
+fn cases() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/plan");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    cases
+}
+
+fn node_facts(case: &Path) -> NodeFacts {
+    let text = std::fs::read_to_string(case.join("node")).unwrap_or_default();
+    let mut facts = NodeFacts::default();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match line.split_once(' ') {
+            Some(("name", name)) => facts.name = Some(name.trim().to_owned()),
+            Some(("addresses", list)) => {
+                facts.addresses = list
+                    .split(',')
+                    .map(|a| a.trim().parse::<IpAddr>().expect("an address"))
+                    .collect();
+                facts.addresses.sort();
+            }
+            _ => panic!("{}: bad node line {line:?}", case.display()),
         }
     }
-    out
+    facts
+}
+
+/// Compares `got` with the file, or rewrites the file with GOLDEN_UPDATE set.
+fn expect(case: &Path, file: &str, got: &str) -> Result<(), String> {
+    let path = case.join(file);
+    if std::env::var_os("GOLDEN_UPDATE").is_some() {
+        std::fs::write(&path, got).unwrap();
+        return Ok(());
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    if want == got {
+        Ok(())
+    } else {
+        Err(format!("{}: got\n{got}\nwant\n{want}", path.display()))
+    }
 }
 
 #[test]
-fn demo_manifests_program_the_expected_maps() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/demo");
-    let mut source = ManifestSource::new(&dir);
-    let report = source.reload().unwrap();
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
-    let (services, slices, duplicates) = source.snapshot();
-    assert!(duplicates.is_empty(), "{duplicates:?}");
-    let node = NodeContext {
-        node_name: Some("node-a".into()),
-        zone: None,
-    };
-    let selection = select(&services, &slices, &node);
-    assert!(selection.problems.is_empty(), "{:?}", selection.problems);
-    let mut writer = Writer::new(MemoryMaps::default(), 1000);
-    let applied = writer.apply(&selection.frontends);
-    assert!(applied.errors.is_empty(), "{:?}", applied.errors);
-    let mut expected = String::new();
-    for (vip, v4) in [
-        ("10.96.0.10", true),
-        ("10.96.0.20", true),
-        ("[fd00:96::10]", false),
-        ("[fd00:96::20]", false),
-    ] {
-        for (port, target, proto) in [(53, 5353, "UDP"), (80, 8080, "TCP")] {
-            expected.push_str(&format!("{vip}:{port}/{proto} count=3\n"));
-            for (slot, pod) in [(1, 2), (2, 3), (3, 4)] {
-                let backend = if v4 {
-                    format!("10.200.{pod}.2:{target}")
-                } else {
-                    format!("[fd00:200:{pod}::2]:{target}")
-                };
-                expected.push_str(&format!(
-                    "{vip}:{port}/{proto} slot {slot} -> {backend}/{proto}\n"
-                ));
-            }
+fn every_case_plans_and_programs_as_expected() {
+    let cases = cases();
+    assert!(cases.len() >= 8, "the table lost cases: {cases:?}");
+    let mut failures = Vec::new();
+    for case in &cases {
+        let snapshot = ManifestSource::new(case.join("manifests"))
+            .read(false)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.display()))
+            .expect("a first read always has a snapshot");
+        let desired = plan::plan(&snapshot, &node_facts(case));
+        let mut plan_text = desired.to_string();
+        for problem in snapshot
+            .problems
+            .iter()
+            .cloned()
+            .chain(desired.problems.iter().map(ToString::to_string))
+        {
+            plan_text.push_str(&format!("error: {problem}\n"));
         }
+        let mut writer = Writer::new(MemoryMaps::default(), 1000);
+        writer.set_snat(&desired.snat).unwrap();
+        let applied = writer.apply(&desired.frontends);
+        assert!(
+            applied.errors.is_empty(),
+            "{}: {:?}",
+            case.display(),
+            applied.errors
+        );
+        failures.extend(expect(case, "plan.txt", &plan_text).err());
+        failures.extend(expect(case, "maps.txt", &writer.maps().to_string()).err());
     }
-    assert_eq!(render(writer.maps()), expected);
-    // 12 distinct (address, port, protocol) backends: 3 pods x 2 families x 2 ports.
-    assert_eq!(writer.maps().backends.len(), 12);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

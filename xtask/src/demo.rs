@@ -28,12 +28,15 @@ fn agent_binary(root: &Path) -> PathBuf {
     target.join("debug").join("lb-agent")
 }
 
-/// Frontends of `lb-agent plan` output lines: `10.96.0.10:80/TCP default/web:http -> [...]`.
+/// Frontends of `lb-agent plan` output lines: `10.96.0.10:80/TCP ClusterIP default/web:http ->
+/// [...]` (health check and SNAT lines, which start with a word, are not frontends).
 fn frontends(plan: &str) -> anyhow::Result<Vec<(SocketAddr, String, String)>> {
     plan.lines()
+        .filter(|line| line.starts_with(|c: char| c.is_ascii_digit() || c == '['))
         .map(|line| {
             let mut words = line.split_whitespace();
             let frontend = words.next().context("empty plan line")?;
+            let _kind = words.next().context("plan line without a kind")?;
             let service = words.next().context("plan line without service")?;
             let (addr, proto) = frontend
                 .rsplit_once('/')

@@ -50,6 +50,69 @@ impl MemoryMaps {
     }
 }
 
+impl std::fmt::Display for MemoryMaps {
+    /// Every entry, one a line, in map order: what a golden test compares.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for ((frontend, slot), value) in &self.services {
+            if *slot == 0 {
+                writeln!(
+                    f,
+                    "service {frontend} count={} rev_nat={} flags={}",
+                    value.count,
+                    value.rev_nat_id,
+                    flag_names(value.flags)
+                )?;
+            } else {
+                writeln!(
+                    f,
+                    "service {frontend} slot={slot} backend={}",
+                    value.backend_id
+                )?;
+            }
+        }
+        for (id, backend) in &self.backends {
+            let local = if backend.local { " local" } else { "" };
+            writeln!(
+                f,
+                "backend {id} {}/{}{local}",
+                backend.addr, backend.protocol
+            )?;
+        }
+        for (rev_nat_id, range) in &self.source_ranges {
+            writeln!(f, "source-range rev_nat={rev_nat_id} {range}")?;
+        }
+        for (family, addr) in &self.node_addrs {
+            match addr {
+                Some(addr) => writeln!(f, "node-addr {family} {addr}")?,
+                None => writeln!(f, "node-addr {family} none")?,
+            }
+        }
+        for ifindex in &self.xdp_devices {
+            writeln!(f, "xdp-device {ifindex}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `lb_ebpf::SVC_F_*` by name, `|`-separated; `-` for none.
+fn flag_names(flags: u8) -> String {
+    let names: Vec<&str> = [
+        (lb_ebpf::SVC_F_EXTERNAL, "external"),
+        (lb_ebpf::SVC_F_LOCAL, "local"),
+        (lb_ebpf::SVC_F_SOURCE_RANGES, "source-ranges"),
+        (lb_ebpf::SVC_F_REJECT, "reject"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, name)| name)
+    .collect();
+    if names.is_empty() {
+        "-".to_owned()
+    } else {
+        names.join("|")
+    }
+}
+
 impl MapOps for MemoryMaps {
     fn put_backend(&mut self, id: BackendId, backend: &BackendKey) -> Result<(), MapError> {
         self.step()?;

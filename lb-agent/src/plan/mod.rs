@@ -85,6 +85,33 @@ pub struct Desired {
     pub problems: Vec<Problem>,
 }
 
+impl fmt::Display for Desired {
+    /// What `lb-agent plan` prints: one line per frontend (`FRONTEND KIND SERVICE-PORT
+    /// [local-only] [source-ranges=[..]] -> [BACKENDS]` or `-> reject`), then one per health
+    /// check node port and the SNAT addresses. Problems are not part of it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (frontend, state) in &self.frontends {
+            writeln!(f, "{frontend} {state}")?;
+        }
+        for (port, check) in &self.health_checks {
+            writeln!(
+                f,
+                "health-check-node-port {port} {} local-ready={}",
+                check.service, check.local_ready
+            )?;
+        }
+        for (family, addr) in [
+            ("IPv4", self.snat.v4.map(IpAddr::V4)),
+            ("IPv6", self.snat.v6.map(IpAddr::V6)),
+        ] {
+            if let Some(addr) = addr {
+                writeln!(f, "snat {family} {addr}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The desired state for `snapshot` on this node.
 pub fn plan(snapshot: &Snapshot, node: &NodeFacts) -> Desired {
     let context = NodeContext {

@@ -15,7 +15,9 @@ use crate::model::{
     ServicePort, ServiceType, TrafficPolicy,
 };
 
-const KUBECTL_YAML: &str = include_str!("../../../testdata/kubectl-get-svc-endpointslices.yaml");
+const KUBECTL_YAML: &str = include_str!(
+    "../../../testdata/plan/kubectl-dump/manifests/kubectl-get-svc-endpointslices.yaml"
+);
 const KUBECTL_JSON: &str = include_str!("../../../testdata/kubectl-get-svc-endpointslices.json");
 
 /// A fresh directory under the system temp dir, named from pid and a counter so parallel tests
