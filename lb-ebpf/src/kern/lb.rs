@@ -19,12 +19,8 @@ use super::{
     nat::{End, Rewrite},
     parse::{Packet, Parsed, parse},
     reject::{RejectFamily, reject},
+    tcp::{TCP_ACK, TCP_SYN, closing_flag},
 };
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// Packets leaving a pod: translate a service destination to a backend.
 #[inline(always)]
@@ -90,16 +86,6 @@ fn backend_present<F: Family>(flow: &F::Flow) -> bool {
     match unsafe { F::backends().get(&flow.backend_id()) } {
         Some(b) => b.addr == flow.nat_addr() && b.port == flow.nat_port(),
         None => false,
-    }
-}
-
-/// `FLOW_F_CLOSING` for a packet carrying FIN or RST.
-#[inline(always)]
-pub fn closing_flag<A>(pkt: &Packet<A>) -> u8 {
-    if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        FLOW_F_CLOSING
-    } else {
-        0
     }
 }
 
@@ -300,12 +286,7 @@ fn reply<F: Family>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> 
     if !is_live::<F>(flow, pkt.proto, now) {
         return Ok(TC_ACT_OK as i32);
     }
-    let closing = if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        FLOW_F_CLOSING
-    } else {
-        0
-    };
-    flow.touch(now, closing);
+    flow.touch(now, closing_flag(pkt));
     let (addr, port) = (flow.nat_addr(), flow.nat_port());
     ctx.rewrite_port(pkt, End::Source, port)?;
     F::rewrite_addr(ctx, pkt, End::Source, addr)?;
