@@ -175,6 +175,16 @@ pub struct ServiceValue {
     pub _pad: [u8; 3],
 }
 
+impl ServiceValue {
+    /// Whether this frontend refuses what is sent to it: no backend slot, and [`SVC_F_REJECT`]
+    /// (no endpoint anywhere). A frontend without backends but without the flag has endpoints,
+    /// none in its scope, and drops instead. Read by the kernel on every new flow.
+    #[inline(always)]
+    pub const fn refuses(&self) -> bool {
+        self.count == 0 && self.flags & SVC_F_REJECT != 0
+    }
+}
+
 /// Value of the backend maps, keyed by a `u32` backend ID.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -399,5 +409,27 @@ mod tests {
         assert_eq!(size_of::<Sock6Key>(), 32);
         assert_eq!(size_of::<Sock4Value>(), 8);
         assert_eq!(size_of::<Sock6Value>(), 20);
+    }
+
+    #[test]
+    fn only_frontends_without_backends_and_with_the_reject_flag_refuse() {
+        let frontend = |count, flags| ServiceValue {
+            backend_id: 0,
+            count,
+            rev_nat_id: 1,
+            flags,
+            _pad: [0; 3],
+        };
+        assert!(frontend(0, SVC_F_REJECT).refuses());
+        assert!(frontend(0, SVC_F_REJECT | SVC_F_EXTERNAL | SVC_F_LOCAL).refuses());
+        assert!(
+            !frontend(0, SVC_F_EXTERNAL | SVC_F_LOCAL).refuses(),
+            "endpoints, none in scope: dropped, not refused"
+        );
+        assert!(
+            !frontend(2, SVC_F_REJECT).refuses(),
+            "backends win over a stale flag"
+        );
+        assert!(!frontend(2, 0).refuses());
     }
 }

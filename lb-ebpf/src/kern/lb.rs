@@ -9,8 +9,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use lb_ebpf::{
     Backend, FLOW_F_CLOSING, FLOW_FORWARD, FLOW_REPLY, FLOW_TCP_CLOSING_NS, FLOW_TCP_LIFETIME_NS,
-    FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, SCOPE_CLUSTER, SVC_F_REJECT, ServiceKey,
-    ServiceValue, stats,
+    FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, SCOPE_CLUSTER, ServiceKey, ServiceValue, stats,
 };
 
 use super::{
@@ -179,15 +178,16 @@ fn forward<F: RejectFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i3
     let Some(frontend) = frontend::<F>(pkt.daddr, pkt.dport, pkt.proto) else {
         return Ok(TC_ACT_OK as i32);
     };
+    // No endpoint anywhere: refused, as kube-proxy rejects.
+    if frontend.refuses() {
+        count(stats::NO_BACKEND);
+        return Ok(reject::<F>(ctx, pkt));
+    }
+    // Endpoints, but none in this frontend's scope (internalTrafficPolicy Local): dropped, as
+    // kube-proxy drops.
     if frontend.count == 0 {
         count(stats::NO_BACKEND);
-        // No endpoint anywhere: refused, as kube-proxy rejects. Endpoints, but none in this
-        // frontend's scope (internalTrafficPolicy Local): dropped, as kube-proxy drops.
-        return Ok(if frontend.flags & SVC_F_REJECT != 0 {
-            reject::<F>(ctx, pkt)
-        } else {
-            TC_ACT_SHOT
-        });
+        return Ok(TC_ACT_SHOT);
     }
     // SAFETY: helper without arguments.
     let pick = unsafe { bpf_get_prandom_u32() };

@@ -14,7 +14,7 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::SockAddrContext,
 };
-use lb_ebpf::{PROTO_TCP, PROTO_UDP, SVC_F_REJECT, SockKey, SockValue};
+use lb_ebpf::{PROTO_TCP, PROTO_UDP, SockKey, SockValue};
 
 use super::{
     family::{Family, V4, V6},
@@ -228,7 +228,7 @@ fn translate<F: SockFamily, View: SockAddrView<F>>(ctx: &SockAddrContext) -> i32
     let Some(frontend) = frontend::<F>(addr, port, proto) else {
         return ALLOW;
     };
-    if frontend.count == 0 && frontend.flags & SVC_F_REJECT != 0 && proto == PROTO_TCP {
+    if frontend.refuses() && proto == PROTO_TCP {
         // No endpoint anywhere: connect() fails at once with "connection refused", as it does
         // when kube-proxy's REJECT rule answers the SYN. (UDP has no connection to refuse.)
         // SAFETY: plain helper call; the kernel returns the value to the caller of connect().
