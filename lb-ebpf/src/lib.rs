@@ -12,11 +12,6 @@ pub const PROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.
 pub const PROTO_UDP: u8 = 17;
 
-/// Scope of a service entry: the backend list used for cluster-wide traffic.
-pub const SCOPE_CLUSTER: u8 = 0;
-/// Scope of a service entry: the backend list of endpoints on this node (traffic policy Local).
-pub const SCOPE_LOCAL: u8 = 1;
-
 /// Flow direction stored in a flow key: client towards the service.
 pub const FLOW_FORWARD: u8 = 0;
 /// Flow direction stored in a flow key: backend replying to the client.
@@ -25,7 +20,8 @@ pub const FLOW_REPLY: u8 = 1;
 /// Flow flag: a FIN or RST was seen, so the 4-tuple may be reused by a new connection soon.
 pub const FLOW_F_CLOSING: u8 = 1;
 
-/// Names of the maps in the object file; the agent pins them under `--bpffs`.
+/// Names of the maps the agent opens or sizes. Every map of the object file (the SNAT maps,
+/// which only the kernel reads and writes, too) is pinned under `--bpffs` by its own name.
 pub mod map_names {
     pub const SERVICES_V4: &str = "LB_SERVICES_V4";
     pub const SERVICES_V6: &str = "LB_SERVICES_V6";
@@ -33,8 +29,6 @@ pub mod map_names {
     pub const BACKENDS_V6: &str = "LB_BACKENDS_V6";
     pub const FLOWS_V4: &str = "LB_FLOWS_V4";
     pub const FLOWS_V6: &str = "LB_FLOWS_V6";
-    pub const SNAT_V4: &str = "LB_SNAT_V4";
-    pub const SNAT_V6: &str = "LB_SNAT_V6";
     pub const SOURCE_RANGES_V4: &str = "LB_SOURCE_RANGES_V4";
     pub const SOURCE_RANGES_V6: &str = "LB_SOURCE_RANGES_V6";
     /// This node's address per family (index 0), the source of SNATed flows.
@@ -151,9 +145,10 @@ pub struct ServiceKey<A> {
     pub port: u16,
     pub slot: u16,
     pub proto: u8,
-    /// [`SCOPE_CLUSTER`] or [`SCOPE_LOCAL`].
-    pub scope: u8,
-    pub _pad: [u8; 2],
+    /// Always zero. The first byte was a `scope` field that only ever held 0 (`SCOPE_CLUSTER`;
+    /// Local traffic policies are resolved into the backend slots instead), so keys pinned by an
+    /// earlier agent have the same bytes and stay valid.
+    pub _pad: [u8; 3],
 }
 
 /// Key of the IPv4 service map.

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use lb_ebpf::{
     Backend, FLOW_F_CLOSING, FLOW_FORWARD, FLOW_REPLY, FLOW_TCP_CLOSING_NS, FLOW_TCP_LIFETIME_NS,
-    FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, SCOPE_CLUSTER, ServiceKey, ServiceValue, stats,
+    FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, ServiceKey, ServiceValue, stats,
 };
 
 use super::{
@@ -213,8 +213,7 @@ pub fn frontend<F: Family>(addr: F::Addr, port: u16, proto: u8) -> Option<Servic
         port,
         slot: 0,
         proto,
-        scope: SCOPE_CLUSTER,
-        _pad: [0; 2],
+        _pad: [0; 3],
     };
     // SAFETY: read-only copy of a map value.
     unsafe { F::services().get(&key) }.copied()
@@ -239,8 +238,7 @@ pub fn pick_backend<F: Family>(
         port,
         slot: (pick % u32::from(frontend.count)) as u16 + 1,
         proto,
-        scope: SCOPE_CLUSTER,
-        _pad: [0; 2],
+        _pad: [0; 3],
     };
     // SAFETY: read-only copies of map values.
     let chosen = unsafe { F::services().get(&slot_key) }
