@@ -81,6 +81,11 @@ pub const MAX_XDP_DEVICES: u32 = 1_024;
 pub const DEFAULT_MAX_FLOWS: u32 = 524_288;
 
 /// Indexes of the per-CPU counters in the `LB_STATS` array.
+///
+/// A packet dropped or refused by rule counts once, under the most specific of
+/// [`NO_BACKEND`](stats::NO_BACKEND), [`SOURCE_RANGE_DROPPED`](stats::SOURCE_RANGE_DROPPED),
+/// [`NO_ENDPOINT_DROPPED`](stats::NO_ENDPOINT_DROPPED), [`SNAT_FAILED`](stats::SNAT_FAILED) and
+/// [`REJECTED`](stats::REJECTED). Where XDP hands a packet to TC untouched, only TC counts it.
 pub mod stats {
     /// Packets whose destination was translated to a backend.
     pub const TRANSLATED: u32 = 0;
@@ -88,7 +93,12 @@ pub mod stats {
     pub const REVERSED: u32 = 1;
     /// New flows: a backend was chosen and the flow recorded.
     pub const NEW_FLOWS: u32 = 2;
-    /// Packets to a service that had no usable backend (passed on untouched).
+    /// Pod packets, and node processes' `connect()`/`sendmsg()`, to a service port without a
+    /// usable backend that are not refused ([`REJECTED`]): a pod's packet is dropped when the
+    /// frontend has no backend (endpoints exist, none in its scope: internalTrafficPolicy Local),
+    /// passed on untouched when a slot or its backend is missing (an update applied halfway); a
+    /// node process's call goes on untranslated. External packets count as
+    /// [`NO_ENDPOINT_DROPPED`] instead.
     pub const NO_BACKEND: u32 = 3;
     /// IP fragments, passed on untouched by rule: ports are only in the first fragment.
     pub const FRAGMENTS: u32 = 4;
@@ -98,9 +108,11 @@ pub mod stats {
     pub const FLOW_UPDATE_FAILED: u32 = 6;
     /// External packets dropped by loadBalancerSourceRanges.
     pub const SOURCE_RANGE_DROPPED: u32 = 7;
-    /// External packets dropped because the service has no (local) endpoint.
+    /// External packets (TC or XDP) dropped because the service has endpoints but none this
+    /// frontend may use (externalTrafficPolicy Local: none on this node).
     pub const NO_ENDPOINT_DROPPED: u32 = 8;
-    /// External packets dropped because no SNAT port or route was found.
+    /// External packets, and replies of SNATed flows, dropped because no SNAT port, node
+    /// address or route was found.
     pub const SNAT_FAILED: u32 = 9;
     /// Packets sent on by FIB lookup and redirect (SNATed flows and their replies) from TC.
     pub const REDIRECTED: u32 = 10;
@@ -109,7 +121,9 @@ pub mod stats {
     /// Translatable frames XDP left untouched to the TC program: the next hop's neighbour entry
     /// is not resolved, the egress device runs no XDP, or the frame exceeds the egress MTU.
     pub const XDP_TO_TC: u32 = 12;
-    /// Packets to a service port without any endpoint, refused (TCP reset) or dropped.
+    /// Refusals of a service port without any endpoint: packets answered with a TCP reset or
+    /// dropped by the TC programs (XDP leaves them to TC), and TCP `connect()` calls of node
+    /// processes failed with ECONNREFUSED by the socket programs.
     pub const REJECTED: u32 = 13;
     /// Number of counters.
     pub const COUNT: u32 = 14;

@@ -319,7 +319,7 @@ pub fn decide<F: ExtFamily, C: EbpfContext>(ctx: &C, pkt: &Packet<F::Addr>) -> D
     let Some(chosen) = lb::pick_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, &frontend, pick)
     else {
         // No endpoint (or, for Local, no local endpoint): drop rather than let the kernel
-        // answer for a port it does not serve.
+        // answer for a port it does not serve. The one count of this drop: not NO_BACKEND too.
         count(stats::NO_ENDPOINT_DROPPED);
         return Decision::Drop;
     };

@@ -178,9 +178,8 @@ fn forward<F: RejectFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i3
     let Some(frontend) = frontend::<F>(pkt.daddr, pkt.dport, pkt.proto) else {
         return Ok(TC_ACT_OK as i32);
     };
-    // No endpoint anywhere: refused, as kube-proxy rejects.
+    // No endpoint anywhere: refused, as kube-proxy rejects (counted as such by `reject`).
     if frontend.refuses() {
-        count(stats::NO_BACKEND);
         return Ok(reject::<F>(ctx, pkt));
     }
     // Endpoints, but none in this frontend's scope (internalTrafficPolicy Local): dropped, as
@@ -192,6 +191,8 @@ fn forward<F: RejectFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i3
     // SAFETY: helper without arguments.
     let pick = unsafe { bpf_get_prandom_u32() };
     let Some(chosen) = pick_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, &frontend, pick) else {
+        // A slot or its backend missing (an update applied halfway): passed on untouched.
+        count(stats::NO_BACKEND);
         return Ok(TC_ACT_OK as i32);
     };
     record_flow::<F, _>(ctx, pkt, &chosen, 0, now);
@@ -219,8 +220,10 @@ pub fn frontend<F: Family>(addr: F::Addr, port: u16, proto: u8) -> Option<Servic
     unsafe { F::services().get(&key) }.copied()
 }
 
-/// Picks the backend in slot `1 + pick % count` of a frontend; `None` (counted) when it has no
-/// usable backend. Shared by the TC and socket programs, so both balance alike.
+/// Picks the backend in slot `1 + pick % count` of a frontend; `None` when it has no usable
+/// backend. Shared by the TC and socket programs, so both balance alike. Not counted here: each
+/// caller counts the packet once, under the reason only it knows (a pod's or node process's
+/// packet without backend, an external packet dropped without endpoint).
 #[inline(always)]
 pub fn pick_backend<F: Family>(
     addr: F::Addr,
@@ -230,7 +233,6 @@ pub fn pick_backend<F: Family>(
     pick: u32,
 ) -> Option<Chosen<F::Addr>> {
     if frontend.count == 0 {
-        count(stats::NO_BACKEND);
         return None;
     }
     let slot_key = ServiceKey {
@@ -241,7 +243,7 @@ pub fn pick_backend<F: Family>(
         _pad: [0; 3],
     };
     // SAFETY: read-only copies of map values.
-    let chosen = unsafe { F::services().get(&slot_key) }
+    unsafe { F::services().get(&slot_key) }
         .copied()
         .and_then(|slot| {
             let backend = unsafe { F::backends().get(&slot.backend_id) }.copied()?;
@@ -250,11 +252,7 @@ pub fn pick_backend<F: Family>(
                 backend_id: slot.backend_id,
                 backend,
             })
-        });
-    if chosen.is_none() {
-        count(stats::NO_BACKEND);
-    }
-    chosen
+        })
 }
 
 /// Rewrites the destination to a backend.
