@@ -21,7 +21,7 @@ use std::{
 use anyhow::Context as _;
 use aya::programs::ProgramError;
 use common::{
-    Lb,
+    Lb, assert_drops,
     frame::{
         ETH_HLEN, Ext, IP_MF, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, arp_request,
         assert_frame_eq, summary, verify_checksums,
@@ -942,27 +942,25 @@ fn packets_of_one_flow_stay_with_its_backend() -> TestResult {
 }
 
 #[test]
-fn service_without_endpoints_in_its_scope_drops_and_counts() -> TestResult {
+fn service_without_endpoints_in_its_scope_drops_and_counts_once_for_both_families() -> TestResult {
     // Endpoints exist, none in this frontend's scope (internalTrafficPolicy Local without a
     // local one): kube-proxy drops.
-    let service = sock(SERVICE4, SERVICE_PORT);
-    let mut lb = serving(frontend(service, Protocol::Tcp), &[])?;
-    let frame = Packet::tcp(sock(CLIENT4, CLIENT_PORT), service, TCP_SYN).frame();
-    let (verdict, _) = lb.ingress_verdict(&frame)?;
-    assert_eq!(
-        verdict, TC_ACT_SHOT,
-        "SYN to a service without backends in scope"
-    );
-    assert_counters(
-        &lb,
-        &[
-            (stats::NO_BACKEND, 1),
-            (stats::REJECTED, 0),
-            (stats::TRANSLATED, 0),
-            (stats::NEW_FLOWS, 0),
-        ],
-    );
-    assert!(lb.maps().flows_v4().is_empty(), "no flow");
+    for (service, client) in [
+        (sock(SERVICE4, SERVICE_PORT), sock(CLIENT4, CLIENT_PORT)),
+        (sock(SERVICE6, SERVICE_PORT), sock(CLIENT6, CLIENT_PORT)),
+    ] {
+        let mut lb = serving(frontend(service, Protocol::Tcp), &[])?;
+        let frame = Packet::tcp(client, service, TCP_SYN).frame();
+        let (verdict, _) = lb.ingress_verdict(&frame)?;
+        assert_eq!(
+            verdict, TC_ACT_SHOT,
+            "SYN to {service} without backends in scope"
+        );
+        assert_drops(&lb, &[(stats::NO_BACKEND, 1)], &service.to_string());
+        assert_counters(&lb, &[(stats::TRANSLATED, 0), (stats::NEW_FLOWS, 0)]);
+        assert!(lb.maps().flows_v4().is_empty(), "no IPv4 flow");
+        assert!(lb.maps().flows_v6().is_empty(), "no IPv6 flow");
+    }
     Ok(())
 }
 
@@ -1031,7 +1029,8 @@ fn connections_to_a_service_without_any_endpoint_are_reset_from_the_service_for_
             let (verdict, _) = lb.ingress_verdict(&frame)?;
             assert_eq!(verdict, TC_ACT_SHOT);
         }
-        assert_eq!(lb.stat(stats::REJECTED), 5, "{service}");
+        // Five refusals, each counted once: as refused, not also as without a backend.
+        assert_drops(&lb, &[(stats::REJECTED, 5)], &service.to_string());
         assert_eq!(lb.stat(stats::TRANSLATED), 0);
     }
     Ok(())

@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use common::{
-    Lb,
-    frame::{Packet, TCP_SYN, assert_frame_eq, summary, verify_checksums},
+    Lb, assert_drops,
+    frame::{Packet, TCP_RST, TCP_SYN, assert_frame_eq, summary, verify_checksums},
 };
 use lb_agent::model::{ExternalPolicy, Frontend, FrontendState, Protocol};
 use lb_ebpf::stats;
@@ -23,6 +23,7 @@ type TestResult = anyhow::Result<()>;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 
 fn sock(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -126,13 +127,13 @@ fn source_ranges_let_listed_clients_in_and_drop_the_others() -> TestResult {
         let denied = Packet::tcp(sock(outside), sock(lb_ip), TCP_SYN);
         let (verdict, _) = lb.ext_ingress(&denied.frame())?;
         assert_eq!(verdict, TC_ACT_SHOT, "{outside} is outside the ranges");
-        assert_eq!(lb.stat(stats::SOURCE_RANGE_DROPPED), 1);
+        assert_drops(&lb, &[(stats::SOURCE_RANGE_DROPPED, 1)], outside);
     }
     Ok(())
 }
 
 #[test]
-fn local_policy_without_local_endpoints_drops() -> TestResult {
+fn local_policy_without_local_endpoints_drops_and_counts_once() -> TestResult {
     for (node_port, client) in [
         ("192.0.2.1:30081", CLIENT4),
         ("[2001:db8::1]:30081", CLIENT6),
@@ -141,11 +142,72 @@ fn local_policy_without_local_endpoints_drops() -> TestResult {
             local_only: true,
             source_ranges: vec![],
         };
+        // Endpoints exist on other nodes (so no refusal), none on this one: the Local frontend
+        // has no backend slot.
         let mut lb = lb_with(&[external(node_port, &[], policy)])?;
         let frame = Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame();
         let (verdict, _) = lb.ext_ingress(&frame)?;
         assert_eq!(verdict, TC_ACT_SHOT, "{node_port}: no local endpoint");
-        assert_eq!(lb.stat(stats::NO_ENDPOINT_DROPPED), 1);
+        // One drop, one reason: not also counted as a pod packet without a backend.
+        assert_drops(&lb, &[(stats::NO_ENDPOINT_DROPPED, 1)], node_port);
+        assert_eq!(lb.stat(stats::TRANSLATED), 0);
+    }
+    Ok(())
+}
+
+#[test]
+fn external_connections_to_a_service_without_any_endpoint_are_reset_and_counted_once() -> TestResult
+{
+    for (node_port, client) in [
+        ("192.0.2.1:30082", CLIENT4),
+        ("[2001:db8::1]:30082", CLIENT6),
+    ] {
+        let (frontend, mut state) = external(node_port, &[], ExternalPolicy::default());
+        state.reject = true;
+        let mut lb = lb_with(&[(frontend, state)])?;
+        let (verdict, out) =
+            lb.ext_ingress(&Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame())?;
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{node_port}: reset sent back");
+        let reset = summary(&out).map_err(anyhow::Error::msg)?;
+        assert_eq!(
+            (reset.src, reset.dst),
+            (sock(node_port), sock(client)),
+            "{node_port}"
+        );
+        verify_checksums(&out).map_err(anyhow::Error::msg)?;
+        // A reset is answered with nothing: dropped, and counted as refused all the same.
+        let (verdict, _) =
+            lb.ext_ingress(&Packet::tcp(sock(client), sock(node_port), TCP_RST).frame())?;
+        assert_eq!(verdict, TC_ACT_SHOT, "{node_port}: RST");
+        assert_drops(&lb, &[(stats::REJECTED, 2)], node_port);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_backend_on_another_node_without_a_node_address_to_snat_to_drops_and_counts_once() -> TestResult
+{
+    for (node_port, backend, client) in [
+        ("192.0.2.1:30083", "10.202.1.2:8080", CLIENT4),
+        ("[2001:db8::1]:30083", "[fd00:202:1::2]:8080", CLIENT6),
+    ] {
+        // Not local: the flow would be SNATed to this node's address, which is not set.
+        let mut lb = lb_with(&[common::external_frontend(
+            node_port,
+            Protocol::Tcp,
+            &[backend],
+            &[],
+            ExternalPolicy::default(),
+        )])?;
+        let (verdict, _) =
+            lb.ext_ingress(&Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame())?;
+        assert_eq!(verdict, TC_ACT_SHOT, "{node_port}: no SNAT address");
+        assert_drops(&lb, &[(stats::SNAT_FAILED, 1)], node_port);
+        assert_eq!(
+            lb.stat(stats::NEW_FLOWS),
+            0,
+            "{node_port}: no flow recorded"
+        );
     }
     Ok(())
 }

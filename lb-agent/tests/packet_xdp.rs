@@ -13,7 +13,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 
 use common::{
-    Lb,
+    Lb, assert_drops,
     frame::{Packet, TCP_ACK, TCP_SYN, Transport, assert_frame_eq, verify_checksums},
 };
 use lb_agent::{
@@ -201,13 +201,76 @@ fn source_ranges_and_local_policy_without_endpoints_drop() -> TestResult {
         assert_eq!(verdict, XDP_PASS, "{inside} is inside the ranges");
         let (verdict, _) = lb.xdp(&Packet::tcp(sock(outside), sock(lb_ip), TCP_SYN).frame(), 0)?;
         assert_eq!(verdict, XDP_DROP, "{outside} is outside the ranges");
-        assert_eq!(lb.stat(stats::SOURCE_RANGE_DROPPED), 1);
+        assert_drops(&lb, &[(stats::SOURCE_RANGE_DROPPED, 1)], outside);
+        // Endpoints exist on other nodes (so no refusal), none on this one.
         let (verdict, _) = lb.xdp(
             &Packet::tcp(sock(inside), sock(node_port), TCP_SYN).frame(),
             0,
         )?;
         assert_eq!(verdict, XDP_DROP, "{node_port}: no local endpoint");
-        assert_eq!(lb.stat(stats::NO_ENDPOINT_DROPPED), 1);
+        // One drop, one reason: not also counted as a packet without a backend.
+        assert_drops(
+            &lb,
+            &[
+                (stats::SOURCE_RANGE_DROPPED, 1),
+                (stats::NO_ENDPOINT_DROPPED, 1),
+            ],
+            node_port,
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn refusals_are_left_to_tc_and_counted_there_not_in_xdp() -> TestResult {
+    for (node_port, client) in [
+        ("192.0.2.1:30082", CLIENT4),
+        ("[2001:db8::1]:30082", CLIENT6),
+    ] {
+        let (frontend, mut state) = external(
+            node_port,
+            Protocol::Tcp,
+            &[],
+            &[],
+            ExternalPolicy::default(),
+        );
+        state.reject = true;
+        let mut lb = lb_with(&[(frontend, state)])?;
+        let frame = Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame();
+        let (verdict, out) = lb.xdp(&frame, 0)?;
+        assert_eq!(verdict, XDP_PASS, "{node_port}: TC answers with the reset");
+        assert_frame_eq(&out, &frame, node_port);
+        // TC counts the refusal when it answers; counting it here too would count it twice.
+        assert_drops(&lb, &[], node_port);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_backend_on_another_node_without_a_node_address_to_snat_to_drops_and_counts_once() -> TestResult
+{
+    for (node_port, backend, client) in [
+        ("192.0.2.1:30083", "10.202.1.2:8080", CLIENT4),
+        ("[2001:db8::1]:30083", "[fd00:202:1::2]:8080", CLIENT6),
+    ] {
+        let mut lb = lb_with(&[external(
+            node_port,
+            Protocol::Tcp,
+            &[backend],
+            &[],
+            ExternalPolicy::default(),
+        )])?;
+        let (verdict, _) = lb.xdp(
+            &Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame(),
+            0,
+        )?;
+        assert_eq!(verdict, XDP_DROP, "{node_port}: no SNAT address");
+        assert_drops(&lb, &[(stats::SNAT_FAILED, 1)], node_port);
+        assert_eq!(
+            lb.stat(stats::NEW_FLOWS),
+            0,
+            "{node_port}: no flow recorded"
+        );
     }
     Ok(())
 }

@@ -12,11 +12,6 @@ pub const PROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.
 pub const PROTO_UDP: u8 = 17;
 
-/// Scope of a service entry: the backend list used for cluster-wide traffic.
-pub const SCOPE_CLUSTER: u8 = 0;
-/// Scope of a service entry: the backend list of endpoints on this node (traffic policy Local).
-pub const SCOPE_LOCAL: u8 = 1;
-
 /// Flow direction stored in a flow key: client towards the service.
 pub const FLOW_FORWARD: u8 = 0;
 /// Flow direction stored in a flow key: backend replying to the client.
@@ -25,7 +20,8 @@ pub const FLOW_REPLY: u8 = 1;
 /// Flow flag: a FIN or RST was seen, so the 4-tuple may be reused by a new connection soon.
 pub const FLOW_F_CLOSING: u8 = 1;
 
-/// Names of the maps in the object file; the agent pins them under `--bpffs`.
+/// Names of the maps the agent opens or sizes. Every map of the object file (the SNAT maps,
+/// which only the kernel reads and writes, too) is pinned under `--bpffs` by its own name.
 pub mod map_names {
     pub const SERVICES_V4: &str = "LB_SERVICES_V4";
     pub const SERVICES_V6: &str = "LB_SERVICES_V6";
@@ -33,8 +29,6 @@ pub mod map_names {
     pub const BACKENDS_V6: &str = "LB_BACKENDS_V6";
     pub const FLOWS_V4: &str = "LB_FLOWS_V4";
     pub const FLOWS_V6: &str = "LB_FLOWS_V6";
-    pub const SNAT_V4: &str = "LB_SNAT_V4";
-    pub const SNAT_V6: &str = "LB_SNAT_V6";
     pub const SOURCE_RANGES_V4: &str = "LB_SOURCE_RANGES_V4";
     pub const SOURCE_RANGES_V6: &str = "LB_SOURCE_RANGES_V6";
     /// This node's address per family (index 0), the source of SNATed flows.
@@ -87,6 +81,11 @@ pub const MAX_XDP_DEVICES: u32 = 1_024;
 pub const DEFAULT_MAX_FLOWS: u32 = 524_288;
 
 /// Indexes of the per-CPU counters in the `LB_STATS` array.
+///
+/// A packet dropped or refused by rule counts once, under the most specific of
+/// [`NO_BACKEND`](stats::NO_BACKEND), [`SOURCE_RANGE_DROPPED`](stats::SOURCE_RANGE_DROPPED),
+/// [`NO_ENDPOINT_DROPPED`](stats::NO_ENDPOINT_DROPPED), [`SNAT_FAILED`](stats::SNAT_FAILED) and
+/// [`REJECTED`](stats::REJECTED). Where XDP hands a packet to TC untouched, only TC counts it.
 pub mod stats {
     /// Packets whose destination was translated to a backend.
     pub const TRANSLATED: u32 = 0;
@@ -94,7 +93,12 @@ pub mod stats {
     pub const REVERSED: u32 = 1;
     /// New flows: a backend was chosen and the flow recorded.
     pub const NEW_FLOWS: u32 = 2;
-    /// Packets to a service that had no usable backend (passed on untouched).
+    /// Pod packets, and node processes' `connect()`/`sendmsg()`, to a service port without a
+    /// usable backend that are not refused ([`REJECTED`]): a pod's packet is dropped when the
+    /// frontend has no backend (endpoints exist, none in its scope: internalTrafficPolicy Local),
+    /// passed on untouched when a slot or its backend is missing (an update applied halfway); a
+    /// node process's call goes on untranslated. External packets count as
+    /// [`NO_ENDPOINT_DROPPED`] instead.
     pub const NO_BACKEND: u32 = 3;
     /// IP fragments, passed on untouched by rule: ports are only in the first fragment.
     pub const FRAGMENTS: u32 = 4;
@@ -104,9 +108,11 @@ pub mod stats {
     pub const FLOW_UPDATE_FAILED: u32 = 6;
     /// External packets dropped by loadBalancerSourceRanges.
     pub const SOURCE_RANGE_DROPPED: u32 = 7;
-    /// External packets dropped because the service has no (local) endpoint.
+    /// External packets (TC or XDP) dropped because the service has endpoints but none this
+    /// frontend may use (externalTrafficPolicy Local: none on this node).
     pub const NO_ENDPOINT_DROPPED: u32 = 8;
-    /// External packets dropped because no SNAT port or route was found.
+    /// External packets, and replies of SNATed flows, dropped because no SNAT port, node
+    /// address or route was found.
     pub const SNAT_FAILED: u32 = 9;
     /// Packets sent on by FIB lookup and redirect (SNATed flows and their replies) from TC.
     pub const REDIRECTED: u32 = 10;
@@ -115,7 +121,9 @@ pub mod stats {
     /// Translatable frames XDP left untouched to the TC program: the next hop's neighbour entry
     /// is not resolved, the egress device runs no XDP, or the frame exceeds the egress MTU.
     pub const XDP_TO_TC: u32 = 12;
-    /// Packets to a service port without any endpoint, refused (TCP reset) or dropped.
+    /// Refusals of a service port without any endpoint: packets answered with a TCP reset or
+    /// dropped by the TC programs (XDP leaves them to TC), and TCP `connect()` calls of node
+    /// processes failed with ECONNREFUSED by the socket programs.
     pub const REJECTED: u32 = 13;
     /// Number of counters.
     pub const COUNT: u32 = 14;
@@ -151,9 +159,10 @@ pub struct ServiceKey<A> {
     pub port: u16,
     pub slot: u16,
     pub proto: u8,
-    /// [`SCOPE_CLUSTER`] or [`SCOPE_LOCAL`].
-    pub scope: u8,
-    pub _pad: [u8; 2],
+    /// Always zero. The first byte was a `scope` field that only ever held 0 (`SCOPE_CLUSTER`;
+    /// Local traffic policies are resolved into the backend slots instead), so keys pinned by an
+    /// earlier agent have the same bytes and stay valid.
+    pub _pad: [u8; 3],
 }
 
 /// Key of the IPv4 service map.
@@ -173,6 +182,16 @@ pub struct ServiceValue {
     pub rev_nat_id: u16,
     pub flags: u8,
     pub _pad: [u8; 3],
+}
+
+impl ServiceValue {
+    /// Whether this frontend refuses what is sent to it: no backend slot, and [`SVC_F_REJECT`]
+    /// (no endpoint anywhere). A frontend without backends but without the flag has endpoints,
+    /// none in its scope, and drops instead. Read by the kernel on every new flow.
+    #[inline(always)]
+    pub const fn refuses(&self) -> bool {
+        self.count == 0 && self.flags & SVC_F_REJECT != 0
+    }
 }
 
 /// Value of the backend maps, keyed by a `u32` backend ID.
@@ -399,5 +418,27 @@ mod tests {
         assert_eq!(size_of::<Sock6Key>(), 32);
         assert_eq!(size_of::<Sock4Value>(), 8);
         assert_eq!(size_of::<Sock6Value>(), 20);
+    }
+
+    #[test]
+    fn only_frontends_without_backends_and_with_the_reject_flag_refuse() {
+        let frontend = |count, flags| ServiceValue {
+            backend_id: 0,
+            count,
+            rev_nat_id: 1,
+            flags,
+            _pad: [0; 3],
+        };
+        assert!(frontend(0, SVC_F_REJECT).refuses());
+        assert!(frontend(0, SVC_F_REJECT | SVC_F_EXTERNAL | SVC_F_LOCAL).refuses());
+        assert!(
+            !frontend(0, SVC_F_EXTERNAL | SVC_F_LOCAL).refuses(),
+            "endpoints, none in scope: dropped, not refused"
+        );
+        assert!(
+            !frontend(2, SVC_F_REJECT).refuses(),
+            "backends win over a stale flag"
+        );
+        assert!(!frontend(2, 0).refuses());
     }
 }

@@ -13,8 +13,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use lb_ebpf::{
-    BACKEND_F_LOCAL, Backend4, Backend6, Flow4Key, Flow4Value, Flow6Key, Flow6Value, SCOPE_CLUSTER,
-    Service4Key, Service6Key, ServiceKey, ServiceValue, SourceRange, map_names, port_to_map,
+    BACKEND_F_LOCAL, Backend4, Backend6, Flow4Key, Flow4Value, Flow6Key, Flow6Value, Service4Key,
+    Service6Key, ServiceKey, ServiceValue, SourceRange, map_names, port_to_map,
 };
 use thiserror::Error;
 
@@ -112,8 +112,7 @@ fn service_key<A>(addr: A, frontend: &Frontend, slot: u16) -> ServiceKey<A> {
         port: port_to_map(frontend.addr.port()),
         slot,
         proto: frontend.protocol.number(),
-        scope: SCOPE_CLUSTER,
-        _pad: [0; 2],
+        _pad: [0; 3],
     }
 }
 

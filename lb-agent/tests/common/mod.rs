@@ -19,6 +19,7 @@ use lb_agent::{
     datapath::Writer,
     model::{ExternalPolicy, Frontend, FrontendState, Protocol},
 };
+use lb_ebpf::stats;
 
 /// Where bpffs is mounted on the test machines.
 const BPFFS: &str = "/sys/fs/bpf";
@@ -259,6 +260,45 @@ impl Lb {
         })?;
         check_verdict(name, run.retval)?;
         Ok(run.out)
+    }
+}
+
+/// The counters of packets dropped or refused by rule, one per reason: a packet the datapath
+/// drops or refuses raises exactly one of them, once.
+pub const DROP_COUNTERS: [u32; 5] = [
+    stats::NO_BACKEND,
+    stats::SOURCE_RANGE_DROPPED,
+    stats::NO_ENDPOINT_DROPPED,
+    stats::SNAT_FAILED,
+    stats::REJECTED,
+];
+
+/// Asserts the drop counters of a freshly loaded `lb`: each of `expected` at its value, every
+/// other drop counter at 0, so a packet counted under two reasons fails.
+#[allow(
+    dead_code,
+    reason = "used by some of the test binaries sharing this module"
+)]
+pub fn assert_drops(lb: &Lb, expected: &[(u32, u64)], what: &str) {
+    let name = |index: u32| {
+        stats::NAMES
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map_or("?", |(_, name)| *name)
+    };
+    for index in DROP_COUNTERS {
+        let want = expected
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map_or(0, |(_, n)| *n);
+        assert_eq!(lb.stat(index), want, "{what}: counter {}", name(index));
+    }
+    for (index, _) in expected {
+        assert!(
+            DROP_COUNTERS.contains(index),
+            "{what}: {} is not a drop counter",
+            name(*index)
+        );
     }
 }
 

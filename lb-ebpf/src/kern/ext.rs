@@ -21,8 +21,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_ebpf::{
-    BACKEND_F_LOCAL, FLOW_REPLY, FlowKey, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_REJECT,
-    SVC_F_SOURCE_RANGES, SnatValue, SourceRange, stats,
+    BACKEND_F_LOCAL, FLOW_REPLY, FlowKey, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_SOURCE_RANGES,
+    SnatValue, SourceRange, stats,
 };
 
 use super::{
@@ -311,7 +311,7 @@ pub fn decide<F: ExtFamily, C: EbpfContext>(ctx: &C, pkt: &Packet<F::Addr>) -> D
             return Decision::Drop;
         }
     }
-    if frontend.count == 0 && frontend.flags & SVC_F_REJECT != 0 {
+    if frontend.refuses() {
         return Decision::Reject;
     }
     // SAFETY: helper without arguments.
@@ -319,7 +319,7 @@ pub fn decide<F: ExtFamily, C: EbpfContext>(ctx: &C, pkt: &Packet<F::Addr>) -> D
     let Some(chosen) = lb::pick_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, &frontend, pick)
     else {
         // No endpoint (or, for Local, no local endpoint): drop rather than let the kernel
-        // answer for a port it does not serve.
+        // answer for a port it does not serve. The one count of this drop: not NO_BACKEND too.
         count(stats::NO_ENDPOINT_DROPPED);
         return Decision::Drop;
     };

@@ -9,8 +9,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use lb_ebpf::{
     Backend, FLOW_F_CLOSING, FLOW_FORWARD, FLOW_REPLY, FLOW_TCP_CLOSING_NS, FLOW_TCP_LIFETIME_NS,
-    FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, SCOPE_CLUSTER, SVC_F_REJECT, ServiceKey,
-    ServiceValue, stats,
+    FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, ServiceKey, ServiceValue, stats,
 };
 
 use super::{
@@ -19,12 +18,8 @@ use super::{
     nat::{End, Rewrite},
     parse::{Packet, Parsed, parse},
     reject::{RejectFamily, reject},
+    tcp::{TCP_ACK, TCP_SYN, closing_flag},
 };
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// Packets leaving a pod: translate a service destination to a backend.
 #[inline(always)]
@@ -90,16 +85,6 @@ fn backend_present<F: Family>(flow: &F::Flow) -> bool {
     match unsafe { F::backends().get(&flow.backend_id()) } {
         Some(b) => b.addr == flow.nat_addr() && b.port == flow.nat_port(),
         None => false,
-    }
-}
-
-/// `FLOW_F_CLOSING` for a packet carrying FIN or RST.
-#[inline(always)]
-pub fn closing_flag<A>(pkt: &Packet<A>) -> u8 {
-    if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        FLOW_F_CLOSING
-    } else {
-        0
     }
 }
 
@@ -193,19 +178,21 @@ fn forward<F: RejectFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i3
     let Some(frontend) = frontend::<F>(pkt.daddr, pkt.dport, pkt.proto) else {
         return Ok(TC_ACT_OK as i32);
     };
+    // No endpoint anywhere: refused, as kube-proxy rejects (counted as such by `reject`).
+    if frontend.refuses() {
+        return Ok(reject::<F>(ctx, pkt));
+    }
+    // Endpoints, but none in this frontend's scope (internalTrafficPolicy Local): dropped, as
+    // kube-proxy drops.
     if frontend.count == 0 {
         count(stats::NO_BACKEND);
-        // No endpoint anywhere: refused, as kube-proxy rejects. Endpoints, but none in this
-        // frontend's scope (internalTrafficPolicy Local): dropped, as kube-proxy drops.
-        return Ok(if frontend.flags & SVC_F_REJECT != 0 {
-            reject::<F>(ctx, pkt)
-        } else {
-            TC_ACT_SHOT
-        });
+        return Ok(TC_ACT_SHOT);
     }
     // SAFETY: helper without arguments.
     let pick = unsafe { bpf_get_prandom_u32() };
     let Some(chosen) = pick_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, &frontend, pick) else {
+        // A slot or its backend missing (an update applied halfway): passed on untouched.
+        count(stats::NO_BACKEND);
         return Ok(TC_ACT_OK as i32);
     };
     record_flow::<F, _>(ctx, pkt, &chosen, 0, now);
@@ -227,15 +214,16 @@ pub fn frontend<F: Family>(addr: F::Addr, port: u16, proto: u8) -> Option<Servic
         port,
         slot: 0,
         proto,
-        scope: SCOPE_CLUSTER,
-        _pad: [0; 2],
+        _pad: [0; 3],
     };
     // SAFETY: read-only copy of a map value.
     unsafe { F::services().get(&key) }.copied()
 }
 
-/// Picks the backend in slot `1 + pick % count` of a frontend; `None` (counted) when it has no
-/// usable backend. Shared by the TC and socket programs, so both balance alike.
+/// Picks the backend in slot `1 + pick % count` of a frontend; `None` when it has no usable
+/// backend. Shared by the TC and socket programs, so both balance alike. Not counted here: each
+/// caller counts the packet once, under the reason only it knows (a pod's or node process's
+/// packet without backend, an external packet dropped without endpoint).
 #[inline(always)]
 pub fn pick_backend<F: Family>(
     addr: F::Addr,
@@ -245,7 +233,6 @@ pub fn pick_backend<F: Family>(
     pick: u32,
 ) -> Option<Chosen<F::Addr>> {
     if frontend.count == 0 {
-        count(stats::NO_BACKEND);
         return None;
     }
     let slot_key = ServiceKey {
@@ -253,11 +240,10 @@ pub fn pick_backend<F: Family>(
         port,
         slot: (pick % u32::from(frontend.count)) as u16 + 1,
         proto,
-        scope: SCOPE_CLUSTER,
-        _pad: [0; 2],
+        _pad: [0; 3],
     };
     // SAFETY: read-only copies of map values.
-    let chosen = unsafe { F::services().get(&slot_key) }
+    unsafe { F::services().get(&slot_key) }
         .copied()
         .and_then(|slot| {
             let backend = unsafe { F::backends().get(&slot.backend_id) }.copied()?;
@@ -266,11 +252,7 @@ pub fn pick_backend<F: Family>(
                 backend_id: slot.backend_id,
                 backend,
             })
-        });
-    if chosen.is_none() {
-        count(stats::NO_BACKEND);
-    }
-    chosen
+        })
 }
 
 /// Rewrites the destination to a backend.
@@ -300,12 +282,7 @@ fn reply<F: Family>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> 
     if !is_live::<F>(flow, pkt.proto, now) {
         return Ok(TC_ACT_OK as i32);
     }
-    let closing = if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        FLOW_F_CLOSING
-    } else {
-        0
-    };
-    flow.touch(now, closing);
+    flow.touch(now, closing_flag(pkt));
     let (addr, port) = (flow.nat_addr(), flow.nat_port());
     ctx.rewrite_port(pkt, End::Source, port)?;
     F::rewrite_addr(ctx, pkt, End::Source, addr)?;

@@ -11,6 +11,7 @@ pub mod nat;
 pub mod parse;
 pub mod reject;
 pub mod sock;
+pub mod tcp;
 pub mod xdp;
 
 use aya_ebpf::bindings::TC_ACT_OK;

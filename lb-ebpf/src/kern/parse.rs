@@ -2,7 +2,11 @@
 
 use lb_ebpf::{PROTO_TCP, PROTO_UDP, stats};
 
-use super::{frame::Frame, maps::count};
+use super::{
+    frame::Frame,
+    maps::count,
+    tcp::{TCP_CSUM_OFF, TCP_FLAGS_OFF},
+};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -20,8 +24,6 @@ const MAX_EXT_HEADERS: usize = 4;
 /// IPv4 "more fragments" flag and fragment offset bits, host order.
 const IP_MF_OFFSET_MASK: u16 = 0x3fff;
 
-const TCP_FLAGS_OFF: usize = 13;
-const TCP_CSUM_OFF: usize = 16;
 const UDP_CSUM_OFF: usize = 6;
 
 #[repr(C)]

@@ -17,18 +17,17 @@ use aya_ebpf::{
 };
 use lb_ebpf::{PROTO_TCP, stats};
 
-use super::{family::Family, frame::Frame, maps::count, parse::Packet};
+use super::{
+    family::Family,
+    frame::Frame,
+    maps::count,
+    parse::Packet,
+    tcp::{
+        TCP_ACK, TCP_ACK_OFF, TCP_DOFF_OFF, TCP_FIN, TCP_HLEN_MIN, TCP_RST, TCP_SEQ_OFF, TCP_SYN,
+        TCP_URG_OFF, TCP_WINDOW_OFF,
+    },
+};
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-
-const TCP_SEQ_OFF: usize = 4;
-const TCP_ACK_OFF: usize = 8;
-const TCP_DOFF_OFF: usize = 12;
-const TCP_WINDOW_OFF: usize = 14;
-const TCP_URG_OFF: usize = 18;
 /// Length of an Ethernet address.
 const ETH_ALEN: usize = 6;
 
@@ -83,7 +82,7 @@ fn reset<F: RejectFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<bool
     }
     let doff = usize::from(ctx.load::<u8>(pkt.l4_off + TCP_DOFF_OFF)? >> 4) * 4;
     let data_len = F::ip_end(ctx, pkt)?.saturating_sub(pkt.l4_off + doff);
-    if doff < 20 || data_len != 0 {
+    if doff < TCP_HLEN_MIN || data_len != 0 {
         return Ok(false);
     }
     let seq = u32::from_be(ctx.load::<u32>(pkt.l4_off + TCP_SEQ_OFF)?);

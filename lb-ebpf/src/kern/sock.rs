@@ -14,12 +14,12 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::SockAddrContext,
 };
-use lb_ebpf::{PROTO_TCP, PROTO_UDP, SVC_F_REJECT, SockKey, SockValue};
+use lb_ebpf::{PROTO_TCP, PROTO_UDP, SockKey, SockValue, stats};
 
 use super::{
     family::{Family, V4, V6},
     lb::{Chosen, frontend, pick_backend},
-    maps::{LB_SOCK_REVNAT_V4, LB_SOCK_REVNAT_V6},
+    maps::{LB_SOCK_REVNAT_V4, LB_SOCK_REVNAT_V6, count},
 };
 
 /// What a sock_addr program returns to let the call proceed.
@@ -228,9 +228,11 @@ fn translate<F: SockFamily, View: SockAddrView<F>>(ctx: &SockAddrContext) -> i32
     let Some(frontend) = frontend::<F>(addr, port, proto) else {
         return ALLOW;
     };
-    if frontend.count == 0 && frontend.flags & SVC_F_REJECT != 0 && proto == PROTO_TCP {
+    if frontend.refuses() && proto == PROTO_TCP {
         // No endpoint anywhere: connect() fails at once with "connection refused", as it does
         // when kube-proxy's REJECT rule answers the SYN. (UDP has no connection to refuse.)
+        // No packet leaves, so no TC program counts it: counted here.
+        count(stats::REJECTED);
         // SAFETY: plain helper call; the kernel returns the value to the caller of connect().
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return DENY;
@@ -241,6 +243,7 @@ fn translate<F: SockFamily, View: SockAddrView<F>>(ctx: &SockAddrContext) -> i32
         ..
     }) = pick_backend::<F>(addr, port, proto, &frontend, pick_for(cookie))
     else {
+        count(stats::NO_BACKEND);
         return ALLOW;
     };
     let value = SockValue {
