@@ -15,6 +15,46 @@ use crate::model::{
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// Why an object cannot be used. Every message starts with the field it is about.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConvertError {
+    message: String,
+}
+
+impl ConvertError {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+
+    /// The field at fault: `metadata.name`, `spec.clusterIPs`, `spec.ports[1].nodePort`,
+    /// `addressType`, ...
+    pub fn field(&self) -> &str {
+        self.message.split([' ', ':']).next().unwrap_or_default()
+    }
+}
+
+impl From<String> for ConvertError {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for ConvertError {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
+}
+
+/// A [`ConvertError`] from a message in `format!` syntax.
+macro_rules! invalid {
+    ($($arg:tt)*) => {
+        ConvertError::new(format!($($arg)*))
+    };
+}
+
 /// A conversion result with the warnings met on the way.
 #[derive(Debug)]
 pub struct Converted<T> {
@@ -24,7 +64,7 @@ pub struct Converted<T> {
 
 fn object_name(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Result<NamespacedName, String> {
+) -> Result<NamespacedName, ConvertError> {
     let name = meta
         .name
         .clone()
@@ -40,12 +80,12 @@ fn object_name(
     })
 }
 
-fn parse_ip(field: &str, s: &str) -> Result<IpAddr, String> {
+fn parse_ip(field: &str, s: &str) -> Result<IpAddr, ConvertError> {
     let ip: IpAddr = s
         .parse()
         .map_err(|_| format!("{field} {s:?} is not an IP address"))?;
     if is_ipv4_mapped(&ip) {
-        return Err(format!(
+        return Err(invalid!(
             "{field} {s:?} is an IPv4-mapped IPv6 address; write the IPv4 address"
         ));
     }
@@ -58,18 +98,18 @@ fn is_ipv4_mapped(ip: &IpAddr) -> bool {
     matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
 }
 
-fn parse_port(field: &str, port: i32) -> Result<u16, String> {
+fn parse_port(field: &str, port: i32) -> Result<u16, ConvertError> {
     u16::try_from(port)
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| format!("{field} {port} is not a port number (1-65535)"))
+        .ok_or_else(|| invalid!("{field} {port} is not a port number (1-65535)"))
 }
 
-fn parse_policy(field: &str, s: Option<&str>) -> Result<TrafficPolicy, String> {
+fn parse_policy(field: &str, s: Option<&str>) -> Result<TrafficPolicy, ConvertError> {
     match s {
         None | Some("Cluster") => Ok(TrafficPolicy::Cluster),
         Some("Local") => Ok(TrafficPolicy::Local),
-        Some(other) => Err(format!("{field} {other:?} is neither Cluster nor Local")),
+        Some(other) => Err(invalid!("{field} {other:?} is neither Cluster nor Local")),
     }
 }
 
@@ -90,7 +130,7 @@ pub fn service(
     svc: &K8sService,
     raw: Option<&serde_json::Value>,
     require_cluster_ip: bool,
-) -> Result<Converted<Service>, String> {
+) -> Result<Converted<Service>, ConvertError> {
     let name = object_name(&svc.metadata)?;
     let mut warnings = Vec::new();
     if let Some(old) = raw
@@ -108,7 +148,7 @@ pub fn service(
         Some("NodePort") => ServiceType::NodePort,
         Some("LoadBalancer") => ServiceType::LoadBalancer,
         Some("ExternalName") => ServiceType::ExternalName,
-        Some(other) => return Err(format!("spec.type {other:?} is not a Service type")),
+        Some(other) => return Err(invalid!("spec.type {other:?} is not a Service type")),
     };
 
     // clusterIPs is authoritative when set; clusterIP must then equal its first entry.
@@ -121,14 +161,14 @@ pub fn service(
         && !ip.is_empty()
         && ip != first
     {
-        return Err(format!(
+        return Err(invalid!(
             "spec.clusterIP {ip:?} differs from spec.clusterIPs[0] {first:?}"
         ));
     }
     let headless = ip_strings.first().is_some_and(|ip| *ip == "None");
     if headless {
         if ip_strings.len() > 1 {
-            return Err("spec.clusterIPs: \"None\" (headless) must be the only entry".to_owned());
+            return Err("spec.clusterIPs: \"None\" (headless) must be the only entry".into());
         }
         ip_strings.clear();
     }
@@ -139,7 +179,7 @@ pub fn service(
             .iter()
             .any(|c| IpFamily::of(c) == IpFamily::of(&ip))
         {
-            return Err(format!(
+            return Err(invalid!(
                 "spec.clusterIPs has two {} addresses; at most one per family",
                 IpFamily::of(&ip)
             ));
@@ -156,7 +196,7 @@ pub fn service(
             if let Some(f) = families.get(i)
                 && *f != IpFamily::of(ip)
             {
-                return Err(format!(
+                return Err(invalid!(
                     "spec.clusterIPs[{i}] {ip} is not of family spec.ipFamilies[{i}] {f}"
                 ));
             }
@@ -168,7 +208,7 @@ pub fn service(
             "SingleStack" | "PreferDualStack" | "RequireDualStack"
         )
     {
-        return Err(format!(
+        return Err(invalid!(
             "spec.ipFamilyPolicy {policy:?} is not SingleStack, PreferDualStack or RequireDualStack"
         ));
     }
@@ -180,7 +220,7 @@ pub fn service(
         return Err(
             "spec.clusterIP/spec.clusterIPs is missing: without an API server nothing allocates \
              one, so write the address into the manifest (or clusterIP: None for a headless service)"
-                .to_owned(),
+                .into(),
         );
     }
 
@@ -198,7 +238,7 @@ pub fn service(
             .iter()
             .any(|q: &ServicePort| q.name == name && q.protocol == protocol)
         {
-            return Err(format!(
+            return Err(invalid!(
                 "spec.ports[{i}]: port name {name:?} with protocol {protocol} is used twice"
             ));
         }
@@ -272,13 +312,13 @@ pub fn service(
 /// `kubernetes.io/service-name` label.
 pub fn endpoint_slice(
     slice: &K8sEndpointSlice,
-) -> Result<Option<Converted<EndpointSlice>>, String> {
+) -> Result<Option<Converted<EndpointSlice>>, ConvertError> {
     let name = object_name(&slice.metadata)?;
     let family = match slice.address_type.as_str() {
         "IPv4" => IpFamily::V4,
         "IPv6" => IpFamily::V6,
         "FQDN" => return Ok(None),
-        other => return Err(format!("addressType {other:?} is not IPv4, IPv6 or FQDN")),
+        other => return Err(invalid!("addressType {other:?} is not IPv4, IPv6 or FQDN")),
     };
     let Some(service) = slice
         .metadata

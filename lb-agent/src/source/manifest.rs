@@ -502,20 +502,20 @@ fn decode(value: &serde_json::Value) -> Decoded {
         };
         return Decoded::Invalid(Some(key), reason);
     }
-    let result = match kind {
+    let result: Result<_, convert::ConvertError> = match kind {
         Kind::Service => K8sService::deserialize(value)
-            .map_err(|e| format!("not a valid Service: {e}"))
+            .map_err(|e| format!("not a valid Service: {e}").into())
             .and_then(|svc| convert::service(&svc, Some(value), true))
             .map(|c| Some((Object::Service(c.value), c.warnings))),
         Kind::EndpointSlice => K8sEndpointSlice::deserialize(value)
-            .map_err(|e| format!("not a valid EndpointSlice: {e}"))
+            .map_err(|e| format!("not a valid EndpointSlice: {e}").into())
             .and_then(|s| convert::endpoint_slice(&s))
             .map(|c| c.map(|c| (Object::EndpointSlice(c.value), c.warnings))),
     };
     match result {
         Ok(Some((object, warnings))) => Decoded::Object(key, object, warnings),
         Ok(None) => Decoded::Ignored,
-        Err(reason) => Decoded::Invalid(Some(key), reason),
+        Err(reason) => Decoded::Invalid(Some(key), reason.to_string()),
     }
 }
 

@@ -46,7 +46,7 @@ fn svc_json(spec: Value) -> Value {
 
 fn convert_service(raw: &Value, require_cluster_ip: bool) -> Result<Converted<Service>, String> {
     let svc: K8sService = serde_json::from_value(raw.clone()).expect("test Service decodes");
-    service(&svc, Some(raw), require_cluster_ip)
+    service(&svc, Some(raw), require_cluster_ip).map_err(|e| e.to_string())
 }
 
 fn service_ok(raw: &Value) -> Service {
@@ -504,7 +504,7 @@ fn slice_json(address_type: &str, endpoints: Value) -> Value {
 
 fn convert_slice(raw: &Value) -> Result<Option<Converted<EndpointSlice>>, String> {
     let slice: K8sEndpointSlice = serde_json::from_value(raw.clone()).expect("test slice decodes");
-    endpoint_slice(&slice)
+    endpoint_slice(&slice).map_err(|e| e.to_string())
 }
 
 fn slice_ok(raw: &Value) -> Converted<EndpointSlice> {
@@ -828,4 +828,24 @@ fn slice_service_lives_in_the_slice_namespace() {
     let converted = slice_ok(&raw);
     assert_eq!(converted.value.name, name("default", "web-abcde"));
     assert_eq!(converted.value.service, name("default", "web"));
+}
+
+#[test]
+fn errors_name_the_field_at_fault() {
+    let svc: K8sService = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80, "nodePort": 70000}]}
+    }))
+    .unwrap();
+    let e = service(&svc, None, true).unwrap_err();
+    assert_eq!(e.field(), "spec.ports[0].nodePort", "{e}");
+    let svc: K8sService = serde_json::from_value(json!({
+        "metadata": {"namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.1"}
+    }))
+    .unwrap();
+    assert_eq!(
+        service(&svc, None, true).unwrap_err().field(),
+        "metadata.name"
+    );
 }

@@ -8,7 +8,7 @@ use kube::ResourceExt as _;
 
 use crate::{
     model::{Kind, ObjectKey},
-    source::convert::Converted,
+    source::convert::{ConvertError, Converted},
 };
 
 #[derive(Debug)]
@@ -17,7 +17,7 @@ struct Entry<T> {
     /// The last version that converted.
     good: Option<T>,
     /// Why the current version did not convert.
-    error: Option<String>,
+    error: Option<ConvertError>,
 }
 
 /// Conversions of the objects of one kind, by object.
@@ -50,7 +50,7 @@ impl<T: Clone> Converter<T> {
     pub fn update<K: kube::Resource>(
         &mut self,
         objects: &[Arc<K>],
-        convert: impl Fn(&K) -> Result<Converted<T>, String>,
+        convert: impl Fn(&K) -> Result<Converted<T>, ConvertError>,
         notes: &mut Notes,
     ) -> Vec<T> {
         let mut seen = HashMap::with_capacity(objects.len());
