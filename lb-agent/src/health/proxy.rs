@@ -12,7 +12,6 @@
 //! for an unreachable API server is not restarted for it.
 
 use std::{
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
@@ -87,12 +86,6 @@ impl Health {
     /// Whether this node may receive traffic: false while its Node object is being deleted.
     pub fn set_node_eligible(&self, eligible: bool) {
         self.lock().node_eligible = eligible;
-    }
-
-    /// `(synced and no update overdue, lastUpdated)`: what `/healthz` reports, node aside.
-    pub fn status(&self) -> (bool, Option<SystemTime>) {
-        let s = self.snapshot();
-        (s.synced, s.last_updated)
     }
 
     /// The whole health state now.
@@ -181,11 +174,6 @@ pub fn router(health: Health) -> Router {
 }
 
 /// Serves until the task is dropped.
-pub async fn serve(addr: SocketAddr, health: Health) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, router(health)).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,11 +181,11 @@ mod tests {
     #[test]
     fn unhealthy_until_first_sync_then_healthy() {
         let h = Health::new(Duration::from_secs(60));
-        assert!(!h.status().0);
+        assert!(!h.snapshot().synced);
         h.queued();
         h.updated();
-        assert!(h.status().0);
-        assert!(h.status().1.is_some());
+        assert!(h.snapshot().synced);
+        assert!(h.snapshot().last_updated.is_some());
     }
 
     #[test]
@@ -206,9 +194,9 @@ mod tests {
         h.updated();
         h.queued();
         std::thread::sleep(Duration::from_millis(5));
-        assert!(!h.status().0);
+        assert!(!h.snapshot().synced);
         h.updated();
-        assert!(h.status().0);
+        assert!(h.snapshot().synced);
     }
 
     #[test]

@@ -45,7 +45,7 @@ async fn answer(State(shared): State<Shared>) -> impl IntoResponse {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let proxy_healthy = shared.proxy.status().0;
+    let proxy_healthy = shared.proxy.snapshot().synced;
     let body = serde_json::json!({
         "service": {"namespace": state.service.namespace, "name": state.service.name},
         "localEndpoints": state.local_ready,

@@ -136,13 +136,6 @@ pub struct Service {
     pub load_balancer_source_ranges: Vec<ipnet::IpNet>,
 }
 
-impl Service {
-    /// Headless and ExternalName services program nothing.
-    pub fn is_proxied(&self) -> bool {
-        self.service_type != ServiceType::ExternalName && !self.cluster_ips.is_empty()
-    }
-}
-
 /// A port of an EndpointSlice. Kubernetes has already resolved named target ports per pod, so a
 /// service port finds its endpoints' port by name (and protocol).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -217,7 +217,7 @@ fn headless_service_has_no_cluster_ips_and_is_not_proxied() {
         json!({"clusterIP": "None", "ports": [{"port": 80}]}),
     ));
     assert!(svc.cluster_ips.is_empty());
-    assert!(!svc.is_proxied());
+    assert!(crate::plan::selection::skip_reason(&svc).is_some());
 }
 
 #[test]
@@ -228,7 +228,7 @@ fn external_name_service_needs_no_cluster_ip() {
     })));
     assert_eq!(svc.service_type, ServiceType::ExternalName);
     assert!(svc.cluster_ips.is_empty());
-    assert!(!svc.is_proxied());
+    assert!(crate::plan::selection::skip_reason(&svc).is_some());
 }
 
 #[test]
