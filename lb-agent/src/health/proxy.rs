@@ -211,7 +211,7 @@ mod tests {
         assert!(h.snapshot().live && h.snapshot().synced);
     }
 
-    async fn get(addr: SocketAddr, path: &str) -> String {
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(
