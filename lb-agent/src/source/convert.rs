@@ -62,6 +62,22 @@ pub struct Converted<T> {
     pub warnings: Vec<String>,
 }
 
+impl<T> From<Option<Converted<T>>> for Converted<Option<T>> {
+    /// An ignored object (`None`) converts to nothing, without warnings.
+    fn from(converted: Option<Converted<T>>) -> Self {
+        match converted {
+            Some(c) => Self {
+                value: Some(c.value),
+                warnings: c.warnings,
+            },
+            None => Self {
+                value: None,
+                warnings: Vec::new(),
+            },
+        }
+    }
+}
+
 fn object_name(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> Result<NamespacedName, ConvertError> {

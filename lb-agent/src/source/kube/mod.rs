@@ -215,18 +215,7 @@ impl KubeSource {
             .slice_objects
             .update(
                 &self.slices.state(),
-                |s| {
-                    Ok(match convert::endpoint_slice(s)? {
-                        Some(c) => Converted {
-                            value: Some(c.value),
-                            warnings: c.warnings,
-                        },
-                        None => Converted {
-                            value: None,
-                            warnings: Vec::new(),
-                        },
-                    })
-                },
+                |s| convert::endpoint_slice(s).map(Converted::from),
                 &mut notes,
             )
             .into_iter()
