@@ -1,20 +1,14 @@
-//! Packet tests through BPF_PROG_TEST_RUN for `lb_xdp_ext`, the XDP fast path on the node's
-//! external devices, both families: DNAT to local backends, what passes untouched, what is
-//! dropped by rule, and, in a network namespace of the test's own with routes and neighbours,
-//! SNATed flows to other nodes and their replies leaving by `XDP_TX` and redirect, and the
-//! hand-off to the TC path when the next hop is not resolved.
-
-#[allow(
-    dead_code,
-    reason = "the helpers shared with packet.rs are not all used here"
-)]
-mod common;
+//! Packet tests of `lb_xdp_ext`, the XDP fast path on the node's external devices, both
+//! families: DNAT to local backends, what passes untouched, what is dropped by rule, and, in a
+//! network namespace of the test's own with routes and neighbours, SNATed flows to other nodes
+//! and their replies leaving by `XDP_TX` and redirect, and the hand-off to the TC path when the
+//! next hop is not resolved.
 
 use std::net::{IpAddr, SocketAddr};
 
-use common::{
-    Lb,
+use crate::support::{
     frame::{Packet, TCP_ACK, TCP_SYN, Transport, assert_frame_eq, verify_checksums},
+    lb::{Lb, external_frontend as external},
 };
 use lb_agent::{
     bpf::DatapathMode,
@@ -34,8 +28,6 @@ const XDP_REDIRECT: u32 = 4;
 fn sock(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
-
-use common::external_frontend as external;
 
 fn lb_with(states: &[(Frontend, FrontendState)]) -> anyhow::Result<Lb> {
     let mut lb = Lb::load()?;

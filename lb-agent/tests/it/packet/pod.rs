@@ -1,16 +1,5 @@
-//! Packet tests of the pod TC programs through BPF_PROG_TEST_RUN, katran-style: a frame built by
-//! hand goes in, and the frame that comes out is compared byte for byte with an expected frame
-//! built independently, whose checksums are computed from scratch (RFC 1071), never patched.
-//!
-//! Services are programmed through the agent's real writer. Each test loads its own datapath with
-//! maps pinned in a directory of its own. Needs root and bpffs: a test that cannot load the
-//! programs fails, it never skips.
-
-#[allow(
-    dead_code,
-    reason = "the helpers shared with packet_ext.rs are not all used here"
-)]
-mod common;
+//! Packet tests of the pod TC programs (`lb_tc_pod_ingress`, DNAT, and `lb_tc_pod_egress`,
+//! reverse NAT), both families.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -18,15 +7,15 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use anyhow::Context as _;
-use aya::programs::ProgramError;
-use common::{
-    Lb,
+use crate::support::{
     frame::{
         ETH_HLEN, Ext, IP_MF, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, arp_request,
         assert_frame_eq, summary, verify_checksums,
     },
+    lb::Lb,
 };
+use anyhow::Context as _;
+use aya::programs::ProgramError;
 use lb_agent::model::{Frontend, FrontendState, Protocol};
 use lb_ebpf::{
     FLOW_F_CLOSING, FLOW_FORWARD, FLOW_REPLY, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP,

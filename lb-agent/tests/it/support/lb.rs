@@ -2,8 +2,6 @@
 //! a counter (tests run in parallel threads), programmed through the agent's real writer, and the
 //! TC programs run on crafted frames with BPF_PROG_TEST_RUN.
 
-pub mod frame;
-
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -110,10 +108,6 @@ impl Lb {
 
     /// Makes the maps serve exactly these frontends with their whole state (external policy,
     /// local backends), through the agent's writer.
-    #[allow(
-        dead_code,
-        reason = "used by some of the test binaries sharing this module"
-    )]
     pub fn apply_states(&mut self, states: &[(Frontend, FrontendState)]) -> anyhow::Result<()> {
         let desired: BTreeMap<Frontend, FrontendState> = states.iter().cloned().collect();
         let report = self.writer.apply(&desired);
@@ -122,10 +116,6 @@ impl Lb {
     }
 
     /// Runs `lb_tc_ext_ingress` (external traffic) on a frame: the verdict and the frame.
-    #[allow(
-        dead_code,
-        reason = "used by some of the test binaries sharing this module"
-    )]
     pub fn ext_ingress(&mut self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
         let name = lb_ebpf::program_names::TC_EXT_INGRESS;
         run_program(self.classifier(name)?, name, frame, None)
@@ -134,10 +124,6 @@ impl Lb {
     /// Runs `lb_xdp_ext` (the XDP fast path for external traffic) on a frame received on
     /// device `ingress_ifindex` of the calling thread's network namespace (0: none, and no FIB
     /// lookup can succeed): the verdict and the frame.
-    #[allow(
-        dead_code,
-        reason = "used by some of the test binaries sharing this module"
-    )]
     pub fn xdp(&mut self, frame: &[u8], ingress_ifindex: u32) -> anyhow::Result<(u32, Vec<u8>)> {
         let name = lb_ebpf::program_names::XDP_EXT;
         let program: &mut Xdp = self
@@ -161,10 +147,6 @@ impl Lb {
     }
 
     /// The writer's maps, for settings outside the service table (the node's SNAT address).
-    #[allow(
-        dead_code,
-        reason = "used by some of the test binaries sharing this module"
-    )]
     pub fn maps_mut(&mut self) -> &mut BpfMaps {
         self.writer.maps_mut()
     }
@@ -174,10 +156,6 @@ impl Lb {
     }
 
     /// The loaded programs, for attaching them to devices.
-    #[allow(
-        dead_code,
-        reason = "used by some of the test binaries sharing this module"
-    )]
     pub fn datapath_mut(&mut self) -> &mut Datapath {
         &mut self.datapath
     }
@@ -193,10 +171,6 @@ impl Lb {
     }
 
     /// Runs `lb_tc_pod_ingress` on a frame: the verdict and the frame, whatever the verdict.
-    #[allow(
-        dead_code,
-        reason = "used by some of the test binaries sharing this module"
-    )]
     pub fn ingress_verdict(&mut self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
         let name = lb_ebpf::program_names::TC_POD_INGRESS;
         run_program(self.classifier(name)?, name, frame, None)
@@ -264,10 +238,6 @@ impl Lb {
 
 /// An external frontend (node port, external or load balancer IP) with its backends, the
 /// `local` ones on this node.
-#[allow(
-    dead_code,
-    reason = "used by some of the test binaries sharing this module"
-)]
 pub fn external_frontend(
     frontend: &str,
     protocol: Protocol,

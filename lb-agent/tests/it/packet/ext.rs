@@ -1,21 +1,15 @@
-//! Packet tests through BPF_PROG_TEST_RUN for `lb_tc_ext_ingress`, the program on the node's
-//! external devices: node ports, external IPs and load balancer IPs, both families.
-//! (The SNAT path to other nodes' backends needs a FIB to route with; the two-node end-to-end
-//! tests in `external_e2e.rs` cover it.)
-
-#[allow(
-    dead_code,
-    reason = "the helpers shared with packet.rs are not all used here"
-)]
-mod common;
+//! Packet tests of `lb_tc_ext_ingress`, the TC program on the node's external devices: node
+//! ports, external IPs and load balancer IPs, both families. (The SNAT path to other nodes'
+//! backends needs a FIB to route with; the two-node end-to-end tests in [`crate::e2e::external`]
+//! cover it.)
 
 use std::net::SocketAddr;
 
-use anyhow::Context as _;
-use common::{
-    Lb,
-    frame::{Packet, TCP_SYN, assert_frame_eq, summary, verify_checksums},
+use crate::support::{
+    frame::{Packet, TCP_ACK, TCP_SYN, assert_frame_eq, summary, verify_checksums},
+    lb::{Lb, external_frontend},
 };
+use anyhow::Context as _;
 use lb_agent::model::{ExternalPolicy, Frontend, FrontendState, Protocol};
 use lb_ebpf::stats;
 
@@ -34,7 +28,7 @@ fn external(
     backends: &[&str],
     policy: ExternalPolicy,
 ) -> (Frontend, FrontendState) {
-    common::external_frontend(frontend, Protocol::Tcp, backends, backends, policy)
+    external_frontend(frontend, Protocol::Tcp, backends, backends, policy)
 }
 
 fn lb_with(states: &[(Frontend, FrontendState)]) -> anyhow::Result<Lb> {
@@ -165,7 +159,7 @@ fn established_external_flows_keep_their_backend() -> TestResult {
             .map_err(anyhow::Error::msg)?
             .dst;
         for _ in 0..5 {
-            let ack = Packet::tcp(client, sock("192.0.2.1:30080"), common::frame::TCP_ACK);
+            let ack = Packet::tcp(client, sock("192.0.2.1:30080"), TCP_ACK);
             let again = summary(&lb.ext_ingress(&ack.frame())?.1)
                 .map_err(anyhow::Error::msg)?
                 .dst;
