@@ -25,7 +25,7 @@ use lb_tests::{
     http::{HttpServer, RateReport, connection_rate, http_server},
     manifests::{ManifestDir, endpoint_slice, service},
     netns::Netns,
-    topology::{POD_DEVICE_GLOB, Topology},
+    topology::Topology,
 };
 
 use super::{Config, Svc, kubeproxy};
@@ -342,8 +342,10 @@ impl LbAgent {
     fn start(binary: &Path, lab: &Lab, extra: &[String], change: &Svc) -> anyhow::Result<Self> {
         let dir = ManifestDir::new()?;
         dir.write("change.yaml", &manifests(std::slice::from_ref(change)))?;
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        let mut agent = Agent::start(binary, &lab.topo.node, &dir, POD_DEVICE_GLOB, &extra)?;
+        let mut agent = Agent::builder(binary, &lab.topo.node)
+            .manifests(&dir)
+            .args(extra)
+            .start()?;
         agent.wait_healthy(&lab.topo.node, Duration::from_secs(60))?;
         let mut agent = Self {
             agent,

@@ -7,7 +7,6 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
-    path::Path,
     time::Duration,
 };
 
@@ -16,7 +15,7 @@ use lb_tests::{
     eventually,
     manifests::{ManifestDir, ServiceSpec, endpoint_slice_on_nodes},
     require_root,
-    topology::{NODE_DEVICE, POD_DEVICE_GLOB, TwoNodes},
+    topology::{NODE_DEVICE, TwoNodes},
     traffic::{
         Server, TcpSession, http_get, tcp_request, tcp_server, tcp_whoami_server, udp_request,
         udp_server,
@@ -139,15 +138,12 @@ impl Lan {
     /// Starts an agent on each node and checks that the mode's programs are the ones attached.
     fn start_agents(&mut self) {
         for node in ["a", "b"] {
-            let mut agent = Agent::start_on_node(
-                Path::new(AGENT),
-                &self.net.node(node).ns,
-                node,
-                &self.manifests,
-                POD_DEVICE_GLOB,
-                &["--devices", NODE_DEVICE, "--datapath-mode", self.mode.arg()],
-            )
-            .unwrap();
+            let mut agent = Agent::builder(AGENT, &self.net.node(node).ns)
+                .node_name(node)
+                .manifests(&self.manifests)
+                .args(["--devices", NODE_DEVICE, "--datapath-mode", self.mode.arg()])
+                .start()
+                .unwrap();
             agent
                 .wait_healthy(&self.net.node(node).ns, Duration::from_secs(20))
                 .unwrap();

@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr, TcpListener},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -16,12 +16,12 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Agent, HEALTHZ},
+    agent::{Agent, HEALTHZ, NODE_NAME},
     apiserver::{self, ApiServer},
     eventually,
     netns::Netns,
     require_root,
-    topology::{POD_DEVICE_GLOB, Topology},
+    topology::Topology,
     traffic::{Server, http_get, tcp_request, tcp_server, udp_request, udp_server},
 };
 use serde_json::{Value, json};
@@ -33,8 +33,6 @@ const READY: Duration = Duration::from_secs(20);
 const CONVERGE: Duration = Duration::from_secs(20);
 const PORTS: &[apiserver::Port<'static>] = &[("http", 80, "TCP"), ("dns", 53, "UDP")];
 const TARGET_PORTS: &[apiserver::Port<'static>] = &[("http", 8080, "TCP"), ("dns", 5353, "UDP")];
-/// The node name the harness gives the agent.
-const NODE: &str = "node-a";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -82,7 +80,8 @@ impl Cluster {
             .expect("bind the API server");
         api.serve(listener).expect("serve");
         let api_addr = api.addr().expect("address");
-        api.apply(apiserver::node(NODE, Some("zone-a"))).unwrap();
+        api.apply(apiserver::node(NODE_NAME, Some("zone-a")))
+            .unwrap();
         let kubeconfig =
             std::env::temp_dir().join(format!("{}.kubeconfig", lb_tests::unique_name("lbk")));
         api.write_kubeconfig(&kubeconfig).unwrap();
@@ -100,14 +99,10 @@ impl Cluster {
     }
 
     fn start_agent(&self) -> Agent {
-        let mut agent = Agent::start_kube(
-            Path::new(AGENT),
-            &self.topo.node,
-            &self.kubeconfig,
-            POD_DEVICE_GLOB,
-            &[],
-        )
-        .expect("start agent");
+        let mut agent = Agent::builder(AGENT, &self.topo.node)
+            .kubeconfig(&self.kubeconfig)
+            .start()
+            .expect("start agent");
         agent
             .wait_healthy(&self.topo.node, READY)
             .expect("agent healthy");
@@ -137,7 +132,7 @@ impl Cluster {
     fn put_slice(&self, service: &str, suffix: &str, v6: bool, backends: &[&str]) {
         let eps: Vec<apiserver::Ep<'_>> = backends
             .iter()
-            .map(|b| (self.topo.pod(b).addr(v6), true, NODE))
+            .map(|b| (self.topo.pod(b).addr(v6), true, NODE_NAME))
             .collect();
         let family = if v6 { "v6" } else { "v4" };
         self.api
@@ -348,7 +343,7 @@ fn healthz_reports_the_node_object() {
         "{body}"
     );
 
-    let mut node = apiserver::node(NODE, Some("zone-a"));
+    let mut node = apiserver::node(NODE_NAME, Some("zone-a"));
     node["metadata"]["deletionTimestamp"] = json!("2025-01-01T00:00:00Z");
     c.api.apply(node).unwrap();
     assert!(
@@ -361,7 +356,9 @@ fn healthz_reports_the_node_object() {
     assert_eq!(code, 200, "/livez does not depend on the node: {body}");
     assert!(body.get("nodeEligible").is_none(), "{body}");
 
-    c.api.apply(apiserver::node(NODE, Some("zone-a"))).unwrap();
+    c.api
+        .apply(apiserver::node(NODE_NAME, Some("zone-a")))
+        .unwrap();
     assert!(eventually(CONVERGE, || c.healthz("/healthz").0 == 200));
 }
 

@@ -4,7 +4,6 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
-    path::Path,
     time::{Duration, Instant},
 };
 
@@ -14,7 +13,7 @@ use lb_tests::{
     manifests::{ManifestDir, endpoint_slice, service},
     netns::Netns,
     require_root,
-    topology::{POD_DEVICE_GLOB, Topology},
+    topology::Topology,
     traffic::{
         Server, TcpSession, tcp_request, tcp_server, udp_exchange, udp_request, udp_server,
         udp_socket,
@@ -91,14 +90,10 @@ impl Cluster {
     }
 
     fn start_agent(&self) -> Agent {
-        let mut agent = Agent::start(
-            Path::new(AGENT),
-            &self.topo.node,
-            &self.manifests,
-            POD_DEVICE_GLOB,
-            &[],
-        )
-        .expect("start agent");
+        let mut agent = Agent::builder(AGENT, &self.topo.node)
+            .manifests(&self.manifests)
+            .start()
+            .expect("start agent");
         agent
             .wait_healthy(&self.topo.node, READY)
             .expect("agent healthy");
@@ -435,15 +430,11 @@ fn restarted_agent_reuses_pinned_maps_and_established_connections_continue() {
         .collect();
     first.stop().unwrap();
     // The next run uses the same pin directory: its flow table still knows the connections.
-    let mut second = Agent::start_with_pin_dir(
-        Path::new(AGENT),
-        &c.topo.node,
-        &c.manifests,
-        POD_DEVICE_GLOB,
-        &first.pin_dir,
-        &[],
-    )
-    .unwrap();
+    let mut second = Agent::builder(AGENT, &c.topo.node)
+        .manifests(&c.manifests)
+        .pin_dir(&first.pin_dir)
+        .start()
+        .unwrap();
     second.wait_healthy(&c.topo.node, READY).unwrap();
     for s in &mut sessions {
         s.ping()

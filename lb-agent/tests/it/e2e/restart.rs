@@ -16,7 +16,7 @@ use lb_tests::{
     agent::Agent,
     manifests::{ManifestDir, endpoint_slice, service},
     require_root,
-    topology::{POD_DEVICE_GLOB, Topology},
+    topology::Topology,
     traffic::{TcpSession, tcp_request, tcp_server, udp_request, udp_server},
 };
 
@@ -57,24 +57,11 @@ fn killing_and_restarting_the_agent_fails_no_request() {
             .unwrap();
     }
     let start = |pin_dir: Option<&Path>| {
-        let mut agent = match pin_dir {
-            None => Agent::start(
-                Path::new(AGENT),
-                &topo.node,
-                &manifests,
-                POD_DEVICE_GLOB,
-                &[],
-            ),
-            Some(dir) => Agent::start_with_pin_dir(
-                Path::new(AGENT),
-                &topo.node,
-                &manifests,
-                POD_DEVICE_GLOB,
-                dir,
-                &[],
-            ),
+        let mut agent = Agent::builder(AGENT, &topo.node).manifests(&manifests);
+        if let Some(dir) = pin_dir {
+            agent = agent.pin_dir(dir);
         }
-        .unwrap();
+        let mut agent = agent.start().unwrap();
         agent
             .wait_healthy(&topo.node, Duration::from_secs(20))
             .unwrap();

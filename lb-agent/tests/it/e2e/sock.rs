@@ -4,7 +4,6 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
-    path::Path,
     time::Duration,
 };
 
@@ -13,7 +12,7 @@ use lb_tests::{
     manifests::{ManifestDir, endpoint_slice, service},
     probe::{Mode, Outcome, probe},
     require_root,
-    topology::{POD_DEVICE_GLOB, Topology},
+    topology::Topology,
     traffic::{Server, tcp_request, tcp_server, udp_request, udp_server},
 };
 
@@ -83,14 +82,10 @@ impl Node {
     }
 
     fn start_agent(&self) -> Agent {
-        let mut agent = Agent::start(
-            Path::new(AGENT),
-            &self.topo.node,
-            &self.manifests,
-            POD_DEVICE_GLOB,
-            &[],
-        )
-        .unwrap();
+        let mut agent = Agent::builder(AGENT, &self.topo.node)
+            .manifests(&self.manifests)
+            .start()
+            .unwrap();
         agent
             .wait_healthy(&self.topo.node, Duration::from_secs(20))
             .unwrap();
@@ -337,14 +332,11 @@ fn node_processes_reach_node_ports_on_the_nodes_own_addresses() {
             )
             .unwrap();
     }
-    let mut agent = Agent::start(
-        Path::new(AGENT),
-        &node.topo.node,
-        &node.manifests,
-        POD_DEVICE_GLOB,
-        &["--devices", "uplink0"],
-    )
-    .unwrap();
+    let mut agent = Agent::builder(AGENT, &node.topo.node)
+        .manifests(&node.manifests)
+        .args(["--devices", "uplink0"])
+        .start()
+        .unwrap();
     agent
         .wait_healthy(&node.topo.node, Duration::from_secs(20))
         .unwrap();
