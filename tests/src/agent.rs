@@ -11,8 +11,8 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    cgroup::TestCgroup, manifests::ManifestDir, netns::Netns, topology::POD_DEVICE_GLOB,
-    traffic::http_get,
+    cgroup::TestCgroup, http::http_get, manifests::ManifestDir, netns::Netns,
+    topology::POD_DEVICE_GLOB,
 };
 
 /// Where the agent's health server listens inside the node namespace.

@@ -13,16 +13,17 @@ use std::{
 use lb_tests::{
     agent::Agent,
     eventually,
+    http::http_get,
+    ip,
     manifests::{ManifestDir, ServiceSpec, endpoint_slice_on_nodes},
-    require_root,
+    require_root, sa,
     topology::{NODE_DEVICE, TwoNodes},
     traffic::{
-        Server, TcpSession, http_get, tcp_request, tcp_server, tcp_whoami_server, udp_request,
-        udp_server,
+        Server, TcpSession, tcp_request, tcp_server, tcp_whoami_server, udp_request, udp_server,
     },
 };
 
-const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
+use super::{AGENT, READY};
 
 /// Which datapath serves the nodes' LAN devices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,14 +63,6 @@ in_both_modes!(
     node_ports_of_a_service_without_endpoints_refuse_connections,
     restarting_an_agent_keeps_node_port_connections_and_swaps_its_programs_in_place,
 );
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn sa(ip: IpAddr, port: u16) -> SocketAddr {
-    SocketAddr::new(ip, port)
-}
 
 /// Nodes `a` (pod `a1`) and `b` (pod `b1`), each pod serving TCP 8080 (answering with its name
 /// and the client address it sees) and UDP 5353, an agent on each node.
@@ -144,9 +137,7 @@ impl Lan {
                 .args(["--devices", NODE_DEVICE, "--datapath-mode", self.mode.arg()])
                 .start()
                 .unwrap();
-            agent
-                .wait_healthy(&self.net.node(node).ns, Duration::from_secs(20))
-                .unwrap();
+            agent.wait_healthy(&self.net.node(node).ns, READY).unwrap();
             let link = lb_tests::netns::run(self.net.node(node).ns.command("ip").args([
                 "-details",
                 "link",
@@ -594,7 +585,7 @@ fn restarting_an_agent_keeps_node_port_connections_and_swaps_its_programs_in_pla
     check(&lan, &mut sessions, "agent a down");
     lan.agents[0].restart().unwrap();
     lan.agents[0]
-        .wait_healthy(&lan.net.node("a").ns, Duration::from_secs(20))
+        .wait_healthy(&lan.net.node("a").ns, READY)
         .unwrap();
     check(&lan, &mut sessions, "agent a restarted");
     let link = lb_tests::netns::run(lan.net.node("a").ns.command("ip").args([
