@@ -5,41 +5,15 @@
 
 use std::net::SocketAddr;
 
-use crate::support::{
-    frame::{Packet, TCP_ACK, TCP_SYN, assert_frame_eq, summary, verify_checksums},
-    lb::{Lb, external_frontend},
-};
 use anyhow::Context as _;
-use lb_agent::model::{ExternalPolicy, Frontend, FrontendState, Protocol};
+use lb_agent::model::{Frontend, Protocol};
 use lb_ebpf::stats;
 
-type TestResult = anyhow::Result<()>;
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-
-fn sock(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-/// An external TCP frontend (node port) with local backends.
-fn external(
-    frontend: &str,
-    backends: &[&str],
-    policy: ExternalPolicy,
-) -> (Frontend, FrontendState) {
-    external_frontend(frontend, Protocol::Tcp, backends, backends, policy)
-}
-
-fn lb_with(states: &[(Frontend, FrontendState)]) -> anyhow::Result<Lb> {
-    let mut lb = Lb::load()?;
-    lb.apply_states(states)?;
-    Ok(lb)
-}
-
-/// Client addresses on the node's LAN.
-const CLIENT4: &str = "192.0.2.100:40000";
-const CLIENT6: &str = "[2001:db8::100]:40000";
+use super::{LAN_CLIENT4 as CLIENT4, LAN_CLIENT6 as CLIENT6, TestResult, lb_with, sock};
+use crate::support::{
+    frame::{Packet, TCP_ACK, TCP_SYN, assert_frame_eq, summary, verify_checksums},
+    lb::{External, Lb, TC_ACT_OK, TC_ACT_SHOT},
+};
 
 #[test]
 fn node_port_to_a_local_backend_is_translated_with_valid_checksums_for_both_families() -> TestResult
@@ -48,7 +22,9 @@ fn node_port_to_a_local_backend_is_translated_with_valid_checksums_for_both_fami
         ("192.0.2.1:30080", "10.201.1.2:8080", CLIENT4),
         ("[2001:db8::1]:30080", "[fd00:201:1::2]:8080", CLIENT6),
     ] {
-        let mut lb = lb_with(&[external(node_port, &[backend], ExternalPolicy::default())])?;
+        let mut lb = lb_with(&[External::node_port(node_port, Protocol::Tcp)
+            .local(&[backend])
+            .build()])?;
         let input = Packet::tcp(sock(client), sock(node_port), TCP_SYN);
         let (verdict, out) = lb.ext_ingress(&input.frame())?;
         assert_eq!(verdict, TC_ACT_OK, "{node_port}");
@@ -104,11 +80,10 @@ fn source_ranges_let_listed_clients_in_and_drop_the_others() -> TestResult {
             ["192.0.2.0/24", "2001:db8::/32"],
         ),
     ] {
-        let policy = ExternalPolicy {
-            local_only: false,
-            source_ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
-        };
-        let mut lb = lb_with(&[external(lb_ip, &[backend], policy)])?;
+        let mut lb = lb_with(&[External::load_balancer_ip(lb_ip, Protocol::Tcp)
+            .local(&[backend])
+            .source_ranges(&ranges)
+            .build()])?;
         let allowed = Packet::tcp(sock(inside), sock(lb_ip), TCP_SYN);
         let (verdict, out) = lb.ext_ingress(&allowed.frame())?;
         assert_eq!(verdict, TC_ACT_OK, "{inside} is inside the ranges");
@@ -131,11 +106,9 @@ fn local_policy_without_local_endpoints_drops() -> TestResult {
         ("192.0.2.1:30081", CLIENT4),
         ("[2001:db8::1]:30081", CLIENT6),
     ] {
-        let policy = ExternalPolicy {
-            local_only: true,
-            source_ranges: vec![],
-        };
-        let mut lb = lb_with(&[external(node_port, &[], policy)])?;
+        let mut lb = lb_with(&[External::node_port(node_port, Protocol::Tcp)
+            .local_only()
+            .build()])?;
         let frame = Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame();
         let (verdict, _) = lb.ext_ingress(&frame)?;
         assert_eq!(verdict, TC_ACT_SHOT, "{node_port}: no local endpoint");
@@ -147,11 +120,9 @@ fn local_policy_without_local_endpoints_drops() -> TestResult {
 #[test]
 fn established_external_flows_keep_their_backend() -> TestResult {
     let backends = ["10.201.1.2:8080", "10.201.2.2:8080", "10.201.3.2:8080"];
-    let mut lb = lb_with(&[external(
-        "192.0.2.1:30080",
-        &backends,
-        ExternalPolicy::default(),
-    )])?;
+    let mut lb = lb_with(&[External::node_port("192.0.2.1:30080", Protocol::Tcp)
+        .local(&backends)
+        .build()])?;
     for port in 40000..40020u16 {
         let client = SocketAddr::new("192.0.2.100".parse()?, port);
         let syn = Packet::tcp(client, sock("192.0.2.1:30080"), TCP_SYN);

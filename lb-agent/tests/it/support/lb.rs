@@ -1,6 +1,10 @@
 //! A loaded datapath of its own per test: maps pinned in a directory named after the process and
 //! a counter (tests run in parallel threads), programmed through the agent's real writer, and the
 //! TC programs run on crafted frames with BPF_PROG_TEST_RUN.
+//!
+//! The frontends the tests program are built here, and only here: [`cluster_ip`],
+//! [`rejecting`], and [`External::node_port`] or [`External::load_balancer_ip`]. They are
+//! the tests' one place that writes the model's `FrontendState` and `ExternalPolicy`.
 
 use std::{
     collections::BTreeMap,
@@ -20,8 +24,12 @@ use lb_agent::{
 
 /// Where bpffs is mounted on the test machines.
 const BPFFS: &str = "/sys/fs/bpf";
-/// `TC_ACT_OK` from `linux/pkt_cls.h`: the only verdict the pod programs return.
+/// `TC_ACT_OK` (`linux/pkt_cls.h`): the packet goes on, translated or not.
 pub const TC_ACT_OK: u32 = 0;
+/// `TC_ACT_SHOT`: the packet is dropped.
+pub const TC_ACT_SHOT: u32 = 2;
+/// `TC_ACT_REDIRECT`: the program sent the packet out itself (a reset back to the client).
+pub const TC_ACT_REDIRECT: u32 = 7;
 /// Room for the output frame: larger than any frame these tests build (the programs never grow
 /// a packet), so BPF_PROG_TEST_RUN never fails with ENOSPC.
 const DATA_OUT_LEN: usize = 4096;
@@ -85,29 +93,17 @@ impl Lb {
         })
     }
 
-    /// Makes the maps serve exactly these frontends, through the agent's writer.
+    /// Makes the maps serve exactly these ClusterIP frontends, through the agent's writer.
     pub fn apply(&mut self, services: &[(Frontend, &[SocketAddr])]) -> anyhow::Result<()> {
-        let desired: BTreeMap<Frontend, FrontendState> = services
+        let states: Vec<_> = services
             .iter()
-            .map(|(frontend, backends)| {
-                let mut backends = backends.to_vec();
-                backends.sort();
-                backends.dedup();
-                let state = FrontendState {
-                    service_port: format!("test/{frontend}"),
-                    backends,
-                    ..Default::default()
-                };
-                (*frontend, state)
-            })
+            .map(|(frontend, backends)| cluster_ip(*frontend, backends))
             .collect();
-        let report = self.writer.apply(&desired);
-        ensure!(report.errors.is_empty(), "apply: {:?}", report.errors);
-        Ok(())
+        self.apply_states(&states)
     }
 
-    /// Makes the maps serve exactly these frontends with their whole state (external policy,
-    /// local backends), through the agent's writer.
+    /// Makes the maps serve exactly these frontends with their whole state (built by
+    /// [`cluster_ip`], [`rejecting`] or an [`External`]), through the agent's writer.
     pub fn apply_states(&mut self, states: &[(Frontend, FrontendState)]) -> anyhow::Result<()> {
         let desired: BTreeMap<Frontend, FrontendState> = states.iter().cloned().collect();
         let report = self.writer.apply(&desired);
@@ -236,36 +232,127 @@ impl Lb {
     }
 }
 
-/// An external frontend (node port, external or load balancer IP) with its backends, the
-/// `local` ones on this node.
-pub fn external_frontend(
-    frontend: &str,
-    protocol: Protocol,
-    backends: &[&str],
-    local: &[&str],
-    policy: ExternalPolicy,
-) -> (Frontend, FrontendState) {
-    let sorted = |list: &[&str]| {
-        let mut v: Vec<SocketAddr> = list
-            .iter()
-            .map(|b| b.parse().expect("backend address"))
-            .collect();
-        v.sort();
-        v
+/// A ClusterIP frontend served by `backends`.
+pub fn cluster_ip(frontend: Frontend, backends: &[SocketAddr]) -> (Frontend, FrontendState) {
+    let state = FrontendState {
+        service_port: service_port(frontend),
+        backends: sorted(backends.to_vec()),
+        ..FrontendState::default()
     };
-    (
-        Frontend {
-            addr: frontend.parse().expect("frontend address"),
-            protocol,
-        },
-        FrontendState {
-            service_port: format!("test/{frontend}"),
-            backends: sorted(backends),
-            local_backends: sorted(local),
-            external: Some(policy),
+    (frontend, state)
+}
+
+/// A frontend of a service port without any endpoint: connections are refused (kube-proxy's
+/// REJECT).
+pub fn rejecting(frontend: Frontend) -> (Frontend, FrontendState) {
+    let state = FrontendState {
+        service_port: service_port(frontend),
+        reject: true,
+        ..FrontendState::default()
+    };
+    (frontend, state)
+}
+
+/// A frontend that takes traffic from outside the node, with its backends and its external
+/// policy (every source, backends on every node, unless set otherwise); made by
+/// [`External::node_port`] or [`External::load_balancer_ip`], finished by [`External::build`].
+#[must_use = "an external frontend is programmed once built"]
+pub struct External {
+    frontend: Frontend,
+    backends: Vec<SocketAddr>,
+    local_backends: Vec<SocketAddr>,
+    local_only: bool,
+    source_ranges: Vec<ipnet::IpNet>,
+}
+
+impl External {
+    /// A node port on `addr` (`ip:port`), without backends until some are added.
+    pub fn node_port(addr: &str, protocol: Protocol) -> Self {
+        Self::new(addr, protocol)
+    }
+
+    /// A load balancer IP and port, `addr`, without backends until some are added.
+    pub fn load_balancer_ip(addr: &str, protocol: Protocol) -> Self {
+        Self::new(addr, protocol)
+    }
+
+    fn new(addr: &str, protocol: Protocol) -> Self {
+        Self {
+            frontend: Frontend {
+                addr: addr.parse().expect("frontend address"),
+                protocol,
+            },
+            backends: Vec::new(),
+            local_backends: Vec::new(),
+            local_only: false,
+            source_ranges: Vec::new(),
+        }
+    }
+
+    /// Adds backends on this node: reached from outside without SNAT.
+    pub fn local(mut self, backends: &[&str]) -> Self {
+        let backends = parse(backends);
+        self.local_backends.extend(&backends);
+        self.backends.extend(backends);
+        self
+    }
+
+    /// Adds backends on other nodes: reached from outside through SNAT.
+    pub fn remote(mut self, backends: &[&str]) -> Self {
+        self.backends.extend(parse(backends));
+        self
+    }
+
+    /// `externalTrafficPolicy: Local`: local backends only, the client address kept.
+    pub fn local_only(mut self) -> Self {
+        self.local_only = true;
+        self
+    }
+
+    /// `loadBalancerSourceRanges`: only clients in these CIDRs get in.
+    pub fn source_ranges(mut self, ranges: &[&str]) -> Self {
+        self.source_ranges.extend(
+            ranges
+                .iter()
+                .map(|r| r.parse::<ipnet::IpNet>().expect("CIDR")),
+        );
+        self
+    }
+
+    /// The frontend and its state, for [`Lb::apply_states`].
+    pub fn build(self) -> (Frontend, FrontendState) {
+        let state = FrontendState {
+            service_port: service_port(self.frontend),
+            backends: sorted(self.backends),
+            local_backends: sorted(self.local_backends),
+            external: Some(ExternalPolicy {
+                local_only: self.local_only,
+                source_ranges: self.source_ranges,
+            }),
             reject: false,
-        },
-    )
+        };
+        (self.frontend, state)
+    }
+}
+
+/// The name the test frontends' service ports get, for the agent's messages.
+fn service_port(frontend: Frontend) -> String {
+    format!("test/{frontend}")
+}
+
+/// Backend addresses written in a test.
+fn parse(backends: &[&str]) -> Vec<SocketAddr> {
+    backends
+        .iter()
+        .map(|b| b.parse().expect("backend address"))
+        .collect()
+}
+
+/// Sorted and without duplicates, as the model keeps backends.
+fn sorted(mut backends: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    backends.sort();
+    backends.dedup();
+    backends
 }
 
 /// Runs a program once on `frame` (with a context, for XDP's ingress device): its verdict and
