@@ -1,9 +1,10 @@
 //! Per-packet cost of the TC ingress program (DNAT) through BPF_PROG_TEST_RUN, with 1 to
 //! 100 000 services programmed, against an empty TC program measured the same way.
 //!
-//! Run by `cargo xtask bench` (needs root): `cargo run --release -p lb-agent --example
-//! bench_datapath -- --services 1,1000,10000,100000`. Prints one JSON object per line on stdout
-//! (machine-readable, read by xtask); progress goes to stderr.
+//! Run by `cargo xtask bench` (needs root), or by hand: `cargo bench -p lb-agent --bench
+//! datapath -- --services 1,1000,10000,100000`. Prints one JSON object per line on stdout
+//! (machine-readable, read by xtask); progress goes to stderr. Run as a test (`cargo test
+//! --all-targets`), it makes one small pass to show that it still works ([`Args::from_env`]).
 //!
 //! How each case is measured, and why:
 //! - Every timed run is a BPF_PROG_TEST_RUN with `repeat = 1` on a fresh copy of the frame, and
@@ -78,6 +79,37 @@ struct Args {
     /// Rounds the runs are split into (cases rotate within each round).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Set by `cargo bench` (and xtask): measure, rather than run as a test.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// The name cargo gives this target, which test name filters are matched against.
+const TARGET: &str = "datapath";
+
+impl Args {
+    /// What to run, or `None` for nothing. `cargo bench` passes `--bench`; without it, cargo
+    /// runs this target as a test (`cargo test --benches` or `--all-targets`) with libtest's
+    /// arguments instead of ours, and one small pass checks that the benchmark still runs end
+    /// to end, unless the test run only lists tests or filters by names that `datapath` does
+    /// not contain.
+    fn from_env() -> Option<Self> {
+        let argv: Vec<String> = std::env::args().skip(1).collect();
+        if argv.iter().any(|a| a == "--bench") {
+            return Some(Self::parse());
+        }
+        let filters: Vec<&String> = argv.iter().filter(|a| !a.starts_with('-')).collect();
+        let filtered_out = !filters.is_empty() && !filters.iter().any(|f| TARGET.contains(*f));
+        if filtered_out || argv.iter().any(|a| a == "--list") {
+            return None;
+        }
+        Some(Self {
+            services: vec![1],
+            runs: 100,
+            rounds: 1,
+            bench: false,
+        })
+    }
 }
 
 /// Summary of one case at one N, printed as a JSON line.
@@ -416,7 +448,9 @@ impl Drop for PinDir {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let Some(args) = Args::from_env() else {
+        return Ok(());
+    };
     ensure!(
         !args.services.is_empty() && args.services.windows(2).all(|w| w[0] < w[1]),
         "--services must be ascending"
@@ -468,7 +502,7 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         program_services(&mut maps, 0, n)?;
         eprintln!(
-            "bench_datapath: {n} services per family programmed ({} map entries) in {:.1} s",
+            "datapath bench: {n} services per family programmed ({} map entries) in {:.1} s",
             2 * n * ENTRIES_PER_SERVICE,
             started.elapsed().as_secs_f64()
         );
