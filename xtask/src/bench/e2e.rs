@@ -30,8 +30,8 @@ use lb_tests::{
 
 use super::{Config, Svc, kubeproxy};
 
-/// Backend pods per topology; every service points at all of them (the issue asks for about 10
-/// backends per service).
+/// Backend pods per topology; every service points at all of them: 10 backends per service,
+/// the service size the performance targets are stated for.
 const BACKENDS: usize = 10;
 const HTTP_PORT: u16 = 8080;
 const IPERF_PORT: u16 = 5201;
