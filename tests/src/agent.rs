@@ -1,7 +1,7 @@
 //! Runs `lb-agent` inside a node namespace, with its own pin directory and log file.
 
 use std::{
-    ffi::OsStr,
+    ffi::{OsStr, OsString},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Stdio},
@@ -10,10 +10,16 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{cgroup::TestCgroup, manifests::ManifestDir, netns::Netns, traffic::http_get};
+use crate::{
+    cgroup::TestCgroup, http::http_get, manifests::ManifestDir, netns::Netns,
+    topology::POD_DEVICE_GLOB,
+};
 
 /// Where the agent's health server listens inside the node namespace.
 pub const HEALTHZ: &str = "127.0.0.1:10256";
+/// The node name an agent gets unless [`AgentBuilder::node_name`] sets another, the one
+/// [`crate::manifests::endpoint_slice`] puts on its endpoints.
+pub const NODE_NAME: &str = "node-a";
 
 /// A running agent; stopped (SIGTERM, then SIGKILL) and its pin directory removed on drop.
 ///
@@ -29,95 +35,104 @@ pub struct Agent {
     keep_pin_dir: bool,
 }
 
-impl Agent {
-    /// Starts `binary run --manifests DIR --pod-devices DEVICES --bpffs <unique>` in `node`.
-    pub fn start(
-        binary: &Path,
-        node: &Netns,
-        manifests: &ManifestDir,
-        pod_devices: &str,
-        extra_args: &[&str],
-    ) -> anyhow::Result<Self> {
-        let pin_dir = PathBuf::from("/sys/fs/bpf").join(crate::unique_name("lbt"));
-        Self::start_with_pin_dir(binary, node, manifests, pod_devices, &pin_dir, extra_args)
+/// How an [`Agent`] is started: built by [`Agent::builder`], run by [`AgentBuilder::start`].
+///
+/// The agent reads the pod devices of the [`crate::topology`] namespaces
+/// ([`POD_DEVICE_GLOB`]), listens for health checks on [`HEALTHZ`] and attaches its socket
+/// programs to a cgroup of its own.
+#[derive(Debug)]
+#[must_use = "an agent builder does nothing until `start`"]
+pub struct AgentBuilder<'a> {
+    binary: PathBuf,
+    node: &'a Netns,
+    source: Option<Source>,
+    pin_dir: Option<PathBuf>,
+    node_name: String,
+    args: Vec<OsString>,
+}
+
+/// Where the agent reads its services from.
+#[derive(Debug)]
+enum Source {
+    /// `--manifests DIR`.
+    Manifests(PathBuf),
+    /// `--kubeconfig FILE`: the Kubernetes source.
+    Kubeconfig(PathBuf),
+}
+
+impl AgentBuilder<'_> {
+    /// Reads services from the manifest directory `dir` (`--manifests`).
+    pub fn manifests(mut self, dir: &ManifestDir) -> Self {
+        self.source = Some(Source::Manifests(dir.path().to_path_buf()));
+        self
     }
 
-    /// Like [`Agent::start`], with a given pin directory (to restart on the maps of an earlier
-    /// run).
-    pub fn start_with_pin_dir(
-        binary: &Path,
-        node: &Netns,
-        manifests: &ManifestDir,
-        pod_devices: &str,
-        pin_dir: &Path,
-        extra_args: &[&str],
-    ) -> anyhow::Result<Self> {
-        let source = [OsStr::new("--manifests"), manifests.path().as_os_str()];
-        Self::spawn(
-            binary,
-            node,
-            &source,
-            pod_devices,
-            pin_dir,
-            "node-a",
-            extra_args,
-        )
+    /// Watches the API server of `kubeconfig` (`--kubeconfig`). `KUBECONFIG` is never passed
+    /// on, so only this file counts.
+    pub fn kubeconfig(mut self, kubeconfig: &Path) -> Self {
+        self.source = Some(Source::Kubeconfig(kubeconfig.to_path_buf()));
+        self
     }
 
-    /// Like [`Agent::start`], for the node named `node_name` (endpoint locality).
-    pub fn start_on_node(
-        binary: &Path,
-        node: &Netns,
-        node_name: &str,
-        manifests: &ManifestDir,
-        pod_devices: &str,
-        extra_args: &[&str],
-    ) -> anyhow::Result<Self> {
-        let pin_dir = PathBuf::from("/sys/fs/bpf").join(crate::unique_name("lbt"));
-        let source = [OsStr::new("--manifests"), manifests.path().as_os_str()];
-        Self::spawn(
-            binary,
-            node,
-            &source,
-            pod_devices,
-            &pin_dir,
-            node_name,
-            extra_args,
-        )
+    /// Pins under `dir` (to restart on the maps of an earlier run) instead of a directory
+    /// of its own under `/sys/fs/bpf`.
+    pub fn pin_dir(mut self, dir: &Path) -> Self {
+        self.pin_dir = Some(dir.to_path_buf());
+        self
     }
 
-    /// Starts the agent with `source` (`--manifests DIR` or `--kubeconfig FILE`), its own cgroup
-    /// and log file; `KUBECONFIG` is not passed on, so only the given source counts.
-    fn spawn(
-        binary: &Path,
-        node: &Netns,
-        source: &[&OsStr],
-        pod_devices: &str,
-        pin_dir: &Path,
-        node_name: &str,
-        extra_args: &[&str],
-    ) -> anyhow::Result<Self> {
-        let pin_dir = pin_dir.to_path_buf();
+    /// The node the agent runs on (endpoint locality); [`NODE_NAME`] unless set.
+    pub fn node_name(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.node_name);
+        self
+    }
+
+    /// More arguments of `lb-agent run`, after those the builder sets.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self
+    }
+
+    /// Starts `binary run` in the node namespace with its own cgroup and log file. Returns as
+    /// soon as the process runs: [`Agent::wait_healthy`] waits for its first full sync.
+    pub fn start(self) -> anyhow::Result<Agent> {
+        let (flag, source) = match self
+            .source
+            .context("the agent needs a source: manifests or kubeconfig")?
+        {
+            Source::Manifests(dir) => ("--manifests", dir),
+            Source::Kubeconfig(file) => ("--kubeconfig", file),
+        };
+        let pin_dir = self
+            .pin_dir
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf").join(crate::unique_name("lbt")));
         let cgroup = TestCgroup::new()?;
         let log = std::env::temp_dir().join(format!("{}.log", crate::unique_name("lb-agent-")));
-        let mut command = node.command(binary);
+        let mut command = self.node.command(&self.binary);
         command
             .arg("run")
-            .args(source)
+            .arg(flag)
+            .arg(&source)
             .arg("--pod-devices")
-            .arg(pod_devices)
+            .arg(POD_DEVICE_GLOB)
             .arg("--bpffs")
             .arg(&pin_dir)
             .arg("--healthz-bind-address")
             .arg(HEALTHZ)
-            .args(["--node-name", node_name])
+            .arg("--node-name")
+            .arg(&self.node_name)
             .arg("--cgroup")
             .arg(cgroup.path())
-            .args(extra_args)
+            .args(&self.args)
             .env("RUST_LOG", "info,aya::bpf=error")
             .env_remove("KUBECONFIG")
             .stdin(Stdio::null());
-        let mut agent = Self {
+        let mut agent = Agent {
             child: None,
             command,
             pin_dir,
@@ -127,6 +142,21 @@ impl Agent {
         };
         agent.launch()?;
         Ok(agent)
+    }
+}
+
+impl Agent {
+    /// An agent running `binary` (`lb-agent`) in the node namespace `node`; set its source with
+    /// [`AgentBuilder::manifests`] or [`AgentBuilder::kubeconfig`].
+    pub fn builder(binary: impl AsRef<Path>, node: &Netns) -> AgentBuilder<'_> {
+        AgentBuilder {
+            binary: binary.as_ref().to_path_buf(),
+            node,
+            source: None,
+            pin_dir: None,
+            node_name: NODE_NAME.to_owned(),
+            args: Vec::new(),
+        }
     }
 
     /// Starts the agent's process, its output appended to the log.
@@ -238,29 +268,5 @@ impl Drop for Agent {
         } else {
             eprintln!("agent log kept at {}", self.log.display());
         }
-    }
-}
-
-impl Agent {
-    /// Starts `binary run --kubeconfig KUBECONFIG --pod-devices DEVICES --bpffs <unique>` in
-    /// `node`: the agent with the Kubernetes source, otherwise set up as [`Agent::start`] does.
-    pub fn start_kube(
-        binary: &Path,
-        node: &Netns,
-        kubeconfig: &Path,
-        pod_devices: &str,
-        extra_args: &[&str],
-    ) -> anyhow::Result<Self> {
-        let pin_dir = PathBuf::from("/sys/fs/bpf").join(crate::unique_name("lbt"));
-        let source = [OsStr::new("--kubeconfig"), kubeconfig.as_os_str()];
-        Self::spawn(
-            binary,
-            node,
-            &source,
-            pod_devices,
-            &pin_dir,
-            "node-a",
-            extra_args,
-        )
     }
 }

@@ -1000,6 +1000,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::ip;
 
     #[test]
     fn label_selectors_parse_and_match_like_kubernetes() {
@@ -1107,10 +1108,6 @@ mod tests {
             }
         }
         events
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
     }
 
     #[test]

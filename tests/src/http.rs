@@ -1,6 +1,7 @@
-//! A tiny HTTP/1.1 server for backend pods and a short-connection load generator, for the
-//! benchmarks: every request is a new TCP connection (`Connection: close`), to a service chosen
-//! at random per connection, with the connect latency of each recorded.
+//! HTTP/1.1 clients and a server inside namespaces: [`http_get`] for the tests' requests to the
+//! agent's health servers, and, for the benchmarks, a tiny server for backend pods and a
+//! short-connection load generator: every request is a new TCP connection (`Connection: close`),
+//! to a service chosen at random per connection, with the connect latency of each recorded.
 
 use std::{
     io::{Read as _, Write as _},
@@ -107,6 +108,24 @@ fn answer(mut stream: TcpStream, response: &[u8]) {
             return;
         }
     }
+}
+
+/// `GET path` over HTTP/1.1 from inside `ns`; returns the status code and the whole response.
+pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = ns.run(|| TcpStream::connect_timeout(&addr, IO_TIMEOUT))??;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status line in {response:?}"))?;
+    Ok((code, response))
 }
 
 /// What a [`connection_rate`] run measured.

@@ -11,6 +11,7 @@ pub mod agent;
 #[cfg(feature = "apiserver")]
 pub mod apiserver;
 pub mod cgroup;
+pub mod cluster;
 pub mod http;
 pub mod manifests;
 pub mod netns;
@@ -19,7 +20,10 @@ pub mod rawbpf;
 pub mod topology;
 pub mod traffic;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 /// A name unique to this process and call: `{prefix}{pid}x{n}`, short enough for interface and
 /// namespace names.
@@ -51,4 +55,15 @@ pub fn require_root() {
         euid, 0,
         "this test needs root (network namespaces, BPF); run the suite with `cargo xtask test` as root"
     );
+}
+
+/// An IP address written in a test; panics on a typo.
+pub fn ip(s: &str) -> IpAddr {
+    s.parse()
+        .unwrap_or_else(|e| panic!("{s:?} is not an IP address: {e}"))
+}
+
+/// `ip:port`.
+pub fn sa(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
 }

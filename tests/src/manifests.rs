@@ -9,6 +9,8 @@ use std::{
 
 use anyhow::Context as _;
 
+use crate::agent::NODE_NAME;
+
 /// A temporary directory of manifests; removed on drop. Writes are atomic (write, then rename),
 /// so the agent never reads half a file.
 #[derive(Debug)]
@@ -85,7 +87,8 @@ pub fn service(name: &str, cluster_ips: &[IpAddr], ports: &[Port<'_>]) -> String
 /// An endpoint: address, ready condition.
 pub type Ep = (IpAddr, bool);
 
-/// An EndpointSlice of `service` holding the endpoints of one family.
+/// An EndpointSlice of `service` holding the endpoints of one family, all on node
+/// [`NODE_NAME`].
 pub fn endpoint_slice(name: &str, service: &str, ports: &[Port<'_>], endpoints: &[Ep]) -> String {
     let family = if endpoints.first().is_some_and(|(ip, _)| ip.is_ipv6()) {
         "IPv6"
@@ -101,7 +104,7 @@ pub fn endpoint_slice(name: &str, service: &str, ports: &[Port<'_>], endpoints: 
         let _ = writeln!(
             y,
             "- addresses: [\"{ip}\"]\n  conditions:\n    ready: {ready}\n    serving: {ready}\n    \
-             terminating: false\n  nodeName: node-a"
+             terminating: false\n  nodeName: {NODE_NAME}"
         );
     }
     y.push_str("ports:\n");

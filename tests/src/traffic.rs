@@ -216,21 +216,3 @@ pub fn udp_socket(ns: &Netns, v6: bool) -> anyhow::Result<UdpSocket> {
     let bind = if v6 { "[::]:0" } else { "0.0.0.0:0" };
     Ok(ns.run(|| UdpSocket::bind(bind))??)
 }
-
-/// `GET path` over HTTP/1.1 from inside `ns`; returns the status code and the whole response.
-pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = ns.run(|| TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT))??;
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut response)?;
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no status line in {response:?}"))?;
-    Ok((code, response))
-}

@@ -102,7 +102,9 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             dir.write(name, &std::fs::read_to_string(&path)?)?;
         }
     }
-    let mut agent = Agent::start(&binary, &topo.node, &dir, POD_DEVICE_GLOB, &[])?;
+    let mut agent = Agent::builder(&binary, &topo.node)
+        .manifests(&dir)
+        .start()?;
     agent.wait_healthy(&topo.node, Duration::from_secs(20))?;
     println!(
         "  healthy (GET /healthz -> 200), maps pinned under {}",

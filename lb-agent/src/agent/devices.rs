@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    kernel::{Attached, DatapathMode, Programs},
+    kernel::{Attached, DatapathMode, KernelError, Programs},
     lbmap::{MapOps, Writer},
     node::{
         addrs::{self, DeviceAddr},
@@ -137,6 +137,45 @@ impl DeviceScanner {
     }
 }
 
+/// Attaches the external programs to a device and makes it an XDP redirect target when XDP
+/// runs there (or takes an earlier run's entry away when it does not).
+pub fn attach_external<M: MapOps>(
+    programs: &mut Programs,
+    writer: &mut Writer<M>,
+    name: &str,
+    ifindex: u32,
+    mode: DatapathMode,
+) -> Result<Attached, KernelError> {
+    Ok(match programs.attach_ext_device(name, ifindex, mode)? {
+        // XDP redirects reach only devices in the redirect map; one that cannot be added
+        // keeps TC alone.
+        Attached::Xdp => match writer.add_xdp_device(ifindex) {
+            Ok(()) => Attached::Xdp,
+            Err(e) => {
+                programs.detach_xdp(name);
+                let _ = writer.remove_xdp_device(ifindex);
+                Attached::TcOnly(format!("adding it to the XDP redirect targets failed: {e}"))
+            }
+        },
+        Attached::TcOnly(why) => {
+            // An earlier run's redirect entry for the device goes with its XDP program.
+            let _ = writer.remove_xdp_device(ifindex);
+            Attached::TcOnly(why)
+        }
+    })
+}
+
+/// Undoes [`attach_external`], or forgets a device that went away.
+pub fn detach_external<M: MapOps>(
+    programs: &mut Programs,
+    writer: &mut Writer<M>,
+    name: &str,
+    ifindex: u32,
+) {
+    let _ = writer.remove_xdp_device(ifindex);
+    programs.detach_ext_device(name);
+}
+
 fn attach<M: MapOps>(
     role: Role,
     name: &str,
@@ -150,25 +189,11 @@ fn attach<M: MapOps>(
         info!("attached to pod device {name} (ifindex {ifindex})");
         return Ok(());
     }
-    let attached = match programs.attach_ext_device(name, ifindex, mode)? {
-        // XDP redirects reach only devices in the redirect map; one that cannot be added
-        // keeps TC alone.
-        Attached::Xdp => match writer.add_xdp_device(ifindex) {
-            Ok(()) => Attached::Xdp,
-            Err(e) => {
-                programs.detach_xdp(name);
-                Attached::TcOnly(format!("adding it to the XDP redirect targets failed: {e}"))
-            }
-        },
-        other => other,
-    };
-    match attached {
+    match attach_external(programs, writer, name, ifindex, mode)? {
         Attached::Xdp => {
             info!("attached to external device {name} (ifindex {ifindex}): XDP (native) and TC")
         }
         Attached::TcOnly(why) => {
-            // An earlier run's redirect entry for the device goes with its XDP program.
-            let _ = writer.remove_xdp_device(ifindex);
             let line = format!(
                 "attached to external device {name} (ifindex {ifindex}): TC only, no XDP: {why}"
             );
@@ -191,9 +216,6 @@ fn detach<M: MapOps>(
 ) {
     match role {
         Role::Pod => programs.detach_pod_device(name),
-        Role::External => {
-            let _ = writer.remove_xdp_device(ifindex);
-            programs.detach_ext_device(name);
-        }
+        Role::External => detach_external(programs, writer, name, ifindex),
     }
 }

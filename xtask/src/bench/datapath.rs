@@ -1,5 +1,5 @@
-//! Runs the per-packet benchmark (`lb-agent/examples/bench_datapath.rs`, built by cargo) and
-//! reads the JSON lines it prints.
+//! Runs the per-packet benchmark (`lb-agent/benches/datapath.rs`, built by cargo) and reads
+//! the JSON lines it prints.
 
 use std::{path::Path, process::Command};
 
@@ -38,7 +38,9 @@ impl Results {
 pub fn run(binary: &Path, cfg: &Config) -> anyhow::Result<Results> {
     let services: Vec<String> = cfg.datapath_services.iter().map(u32::to_string).collect();
     let mut cmd = Command::new(binary);
-    cmd.args(["--services", &services.join(",")])
+    // What `cargo bench` passes: measure, rather than run as a test.
+    cmd.arg("--bench")
+        .args(["--services", &services.join(",")])
         .args(["--runs", &cfg.datapath_runs.to_string()])
         .args(["--rounds", &cfg.datapath_rounds.to_string()])
         .stderr(std::process::Stdio::inherit());
@@ -55,7 +57,7 @@ pub fn run(binary: &Path, cfg: &Config) -> anyhow::Result<Results> {
     };
     for line in String::from_utf8(out.stdout)?.lines() {
         let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("bench_datapath printed {line:?}"))?;
+            .with_context(|| format!("the datapath benchmark printed {line:?}"))?;
         let num = |k: &str| {
             v.get(k)
                 .and_then(serde_json::Value::as_f64)
@@ -75,7 +77,7 @@ pub fn run(binary: &Path, cfg: &Config) -> anyhow::Result<Results> {
                 p90_ns: num("p90_ns"),
                 p99_ns: num("p99_ns"),
             }),
-            None => bail!("bench_datapath printed a line without a case: {line}"),
+            None => bail!("the datapath benchmark printed a line without a case: {line}"),
         }
     }
     for &n in &cfg.datapath_services {
@@ -87,7 +89,7 @@ pub fn run(binary: &Path, cfg: &Config) -> anyhow::Result<Results> {
             "v6_established",
         ] {
             if results.get(n, case).is_none() {
-                bail!("bench_datapath printed no {case} result for {n} services");
+                bail!("the datapath benchmark printed no {case} result for {n} services");
             }
         }
     }

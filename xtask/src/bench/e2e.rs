@@ -25,13 +25,13 @@ use lb_tests::{
     http::{HttpServer, RateReport, connection_rate, http_server},
     manifests::{ManifestDir, endpoint_slice, service},
     netns::Netns,
-    topology::{POD_DEVICE_GLOB, Topology},
+    topology::Topology,
 };
 
 use super::{Config, Svc, kubeproxy};
 
-/// Backend pods per topology; every service points at all of them (the issue asks for about 10
-/// backends per service).
+/// Backend pods per topology; every service points at all of them: 10 backends per service,
+/// the service size the performance targets are stated for.
 const BACKENDS: usize = 10;
 const HTTP_PORT: u16 = 8080;
 const IPERF_PORT: u16 = 5201;
@@ -342,8 +342,10 @@ impl LbAgent {
     fn start(binary: &Path, lab: &Lab, extra: &[String], change: &Svc) -> anyhow::Result<Self> {
         let dir = ManifestDir::new()?;
         dir.write("change.yaml", &manifests(std::slice::from_ref(change)))?;
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        let mut agent = Agent::start(binary, &lab.topo.node, &dir, POD_DEVICE_GLOB, &extra)?;
+        let mut agent = Agent::builder(binary, &lab.topo.node)
+            .manifests(&dir)
+            .args(extra)
+            .start()?;
         agent.wait_healthy(&lab.topo.node, Duration::from_secs(60))?;
         let mut agent = Self {
             agent,

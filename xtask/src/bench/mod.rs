@@ -1,7 +1,7 @@
 //! `cargo xtask bench [--quick]`: this project's datapath against kube-proxy's iptables and
 //! nftables modes and the direct path, side by side in one run, on namespaces of this machine.
 //!
-//! 1. Per-packet cost through BPF_PROG_TEST_RUN (`lb-agent/examples/bench_datapath.rs`).
+//! 1. Per-packet cost through BPF_PROG_TEST_RUN (`lb-agent/benches/datapath.rs`).
 //! 2. Short TCP connections and bulk throughput through each proxy ([`e2e`]).
 //! 3. Control plane: programming N services from scratch and one change at N, agent memory.
 //!
@@ -15,6 +15,7 @@ mod kubeproxy;
 mod report;
 
 use std::{
+    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     time::Instant,
@@ -117,21 +118,29 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         "lb-agent",
         "--bin",
         "lb-agent",
-        "--example",
-        "bench_datapath",
+        "--bench",
+        "datapath",
     ]);
     if !quick {
         build.arg("--release");
     }
-    crate::run(&mut build)?;
-    let bin_dir = target_dir(root).join(if quick { "debug" } else { "release" });
+    let built = build_executables(&mut build)?;
+    let executable = |kind: &str, name: &str| {
+        built
+            .get(&(kind.to_owned(), name.to_owned()))
+            .with_context(|| format!("cargo built no {kind} target {name}"))
+    };
+    let (agent, bench) = (
+        executable("bin", "lb-agent")?,
+        executable("bench", "datapath")?,
+    );
     let mut machine = report::Machine::read();
 
     eprintln!("\n== 1. Per-packet cost (BPF_PROG_TEST_RUN) ==");
-    let datapath = datapath::run(&bin_dir.join("examples").join("bench_datapath"), &cfg)?;
+    let datapath = datapath::run(bench, &cfg)?;
 
     eprintln!("\n== 2 and 3. Proxies side by side, control plane ==");
-    let proxies = e2e::run(&bin_dir.join("lb-agent"), &cfg)?;
+    let proxies = e2e::run(agent, &cfg)?;
     machine.finish();
 
     let (out_dir, md_path) = if quick {
@@ -171,4 +180,40 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         anyhow::bail!("the proxy comparison stopped early {e}");
     }
     Ok(())
+}
+
+/// Runs the cargo `build` command and returns the executables it built, by kind (`bin`,
+/// `bench`, ...) and target name, read from cargo's JSON messages: the name of a bench
+/// executable carries a hash that only cargo knows.
+fn build_executables(
+    build: &mut std::process::Command,
+) -> anyhow::Result<BTreeMap<(String, String), PathBuf>> {
+    build
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(std::process::Stdio::piped());
+    eprintln!("+ {build:?}");
+    let out = build
+        .spawn()
+        .with_context(|| format!("spawning {build:?}"))?
+        .wait_with_output()?;
+    anyhow::ensure!(out.status.success(), "{build:?} failed with {}", out.status);
+    let mut built = BTreeMap::new();
+    for line in String::from_utf8(out.stdout)?.lines() {
+        let message: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("cargo printed {line:?}"))?;
+        let (Some(executable), Some(name), Some(kinds)) = (
+            message["executable"].as_str(),
+            message["target"]["name"].as_str(),
+            message["target"]["kind"].as_array(),
+        ) else {
+            continue;
+        };
+        for kind in kinds.iter().filter_map(serde_json::Value::as_str) {
+            built.insert(
+                (kind.to_owned(), name.to_owned()),
+                PathBuf::from(executable),
+            );
+        }
+    }
+    Ok(built)
 }

@@ -1,8 +1,10 @@
 //! A loaded datapath of its own per test: maps pinned in a directory named after the process and
 //! a counter (tests run in parallel threads), programmed through the agent's real writer, and the
 //! TC programs run on crafted frames with BPF_PROG_TEST_RUN.
-
-pub mod frame;
+//!
+//! The frontends the tests program are built here, and only here: [`cluster_ip`],
+//! [`rejecting`], and [`External::node_port`] or [`External::load_balancer_ip`]. They are
+//! the tests' one place that writes the model's `FrontendState`.
 
 use std::{
     collections::BTreeMap,
@@ -15,16 +17,24 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use aya::programs::{SchedClassifier, TestRunOptions, Xdp};
 use lb_agent::{
-    bpf::{BpfMaps, Datapath, LoadOptions, SocketLb},
-    datapath::Writer,
-    model::{ExternalPolicy, Frontend, FrontendState, Protocol},
+    agent::devices::{attach_external, detach_external},
+    kernel::{Attached, DatapathMode, LoadOptions, Programs, SocketLb},
+    lbmap::{Writer, bpf::BpfMaps},
+    model::{
+        Backend, Frontend, FrontendKind, FrontendState, IpFamily, NamespacedName, Protocol,
+        ServicePortName, SnatAddrs,
+    },
 };
 use lb_ebpf::stats;
 
 /// Where bpffs is mounted on the test machines.
 const BPFFS: &str = "/sys/fs/bpf";
-/// `TC_ACT_OK` from `linux/pkt_cls.h`: the only verdict the pod programs return.
+/// `TC_ACT_OK` (`linux/pkt_cls.h`): the packet goes on, translated or not.
 pub const TC_ACT_OK: u32 = 0;
+/// `TC_ACT_SHOT`: the packet is dropped.
+pub const TC_ACT_SHOT: u32 = 2;
+/// `TC_ACT_REDIRECT`: the program sent the packet out itself (a reset back to the client).
+pub const TC_ACT_REDIRECT: u32 = 7;
 /// Room for the output frame: larger than any frame these tests build (the programs never grow
 /// a packet), so BPF_PROG_TEST_RUN never fails with ENOSPC.
 const DATA_OUT_LEN: usize = 4096;
@@ -57,7 +67,7 @@ impl Drop for PinDir {
 
 /// One loaded datapath.
 pub struct Lb {
-    datapath: Datapath,
+    programs: Programs,
     writer: Writer<BpfMaps>,
     /// Declared last: the directory goes after the maps and programs are closed.
     _pin_dir: PinDir,
@@ -67,7 +77,7 @@ impl Lb {
     /// Loads both programs with fresh maps. Failing to load fails the test: it never skips.
     pub fn load() -> anyhow::Result<Self> {
         let pin_dir = PinDir::new();
-        let (datapath, maps) = Datapath::load(&LoadOptions {
+        let mut programs = Programs::load(&LoadOptions {
             pin_dir: pin_dir.0.clone(),
             max_services: MAX_SERVICES,
             max_backends: MAX_BACKENDS,
@@ -81,40 +91,25 @@ impl Lb {
                 pin_dir.0.display()
             )
         })?;
+        let maps = BpfMaps::take(programs.ebpf_mut())?;
         Ok(Self {
-            datapath,
+            programs,
             writer: Writer::new(maps, MAX_BACKENDS),
             _pin_dir: pin_dir,
         })
     }
 
-    /// Makes the maps serve exactly these frontends, through the agent's writer.
+    /// Makes the maps serve exactly these ClusterIP frontends, through the agent's writer.
     pub fn apply(&mut self, services: &[(Frontend, &[SocketAddr])]) -> anyhow::Result<()> {
-        let desired: BTreeMap<Frontend, FrontendState> = services
+        let states: Vec<_> = services
             .iter()
-            .map(|(frontend, backends)| {
-                let mut backends = backends.to_vec();
-                backends.sort();
-                backends.dedup();
-                let state = FrontendState {
-                    service_port: format!("test/{frontend}"),
-                    backends,
-                    ..Default::default()
-                };
-                (*frontend, state)
-            })
+            .map(|(frontend, backends)| cluster_ip(*frontend, backends))
             .collect();
-        let report = self.writer.apply(&desired);
-        ensure!(report.errors.is_empty(), "apply: {:?}", report.errors);
-        Ok(())
+        self.apply_states(&states)
     }
 
-    /// Makes the maps serve exactly these frontends with their whole state (external policy,
-    /// local backends), through the agent's writer.
-    #[allow(
-        dead_code,
-        reason = "used by some of the test binaries sharing this module"
-    )]
+    /// Makes the maps serve exactly these frontends with their whole state (built by
+    /// [`cluster_ip`], [`rejecting`] or an [`External`]), through the agent's writer.
     pub fn apply_states(&mut self, states: &[(Frontend, FrontendState)]) -> anyhow::Result<()> {
         let desired: BTreeMap<Frontend, FrontendState> = states.iter().cloned().collect();
         let report = self.writer.apply(&desired);
@@ -123,10 +118,6 @@ impl Lb {
     }
 
     /// Runs `lb_tc_ext_ingress` (external traffic) on a frame: the verdict and the frame.
-    #[allow(
-        dead_code,
-        reason = "used by some of the test binaries sharing this module"
-    )]
     pub fn ext_ingress(&mut self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
         let name = lb_ebpf::program_names::TC_EXT_INGRESS;
         run_program(self.classifier(name)?, name, frame, None)
@@ -135,14 +126,10 @@ impl Lb {
     /// Runs `lb_xdp_ext` (the XDP fast path for external traffic) on a frame received on
     /// device `ingress_ifindex` of the calling thread's network namespace (0: none, and no FIB
     /// lookup can succeed): the verdict and the frame.
-    #[allow(
-        dead_code,
-        reason = "used by some of the test binaries sharing this module"
-    )]
     pub fn xdp(&mut self, frame: &[u8], ingress_ifindex: u32) -> anyhow::Result<(u32, Vec<u8>)> {
         let name = lb_ebpf::program_names::XDP_EXT;
         let program: &mut Xdp = self
-            .datapath
+            .programs
             .ebpf_mut()
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the object"))?
@@ -161,31 +148,51 @@ impl Lb {
         )
     }
 
-    /// The writer's maps, for settings outside the service table (the node's SNAT address).
-    #[allow(
-        dead_code,
-        reason = "used by some of the test binaries sharing this module"
-    )]
-    pub fn maps_mut(&mut self) -> &mut BpfMaps {
-        self.writer.maps_mut()
+    /// Sets the node's SNAT address of the address's family, through the agent's writer.
+    pub fn set_node_addr(&mut self, addr: std::net::IpAddr) -> anyhow::Result<()> {
+        let snat = match addr {
+            std::net::IpAddr::V4(a) => SnatAddrs {
+                v4: Some(a),
+                v6: None,
+            },
+            std::net::IpAddr::V6(a) => SnatAddrs {
+                v4: None,
+                v6: Some(a),
+            },
+        };
+        self.writer.set_snat(&snat)?;
+        Ok(())
     }
 
     pub fn maps(&self) -> &BpfMaps {
         self.writer.maps()
     }
 
-    /// The loaded programs, for attaching them to devices.
-    #[allow(
-        dead_code,
-        reason = "used by some of the test binaries sharing this module"
-    )]
-    pub fn datapath_mut(&mut self) -> &mut Datapath {
-        &mut self.datapath
+    /// Attaches the external programs to a device as the agent does (XDP redirect target
+    /// included); call inside the device's namespace.
+    pub fn attach_ext_device(
+        &mut self,
+        name: &str,
+        ifindex: u32,
+        mode: DatapathMode,
+    ) -> anyhow::Result<Attached> {
+        Ok(attach_external(
+            &mut self.programs,
+            &mut self.writer,
+            name,
+            ifindex,
+            mode,
+        )?)
+    }
+
+    /// Undoes [`Lb::attach_ext_device`].
+    pub fn detach_ext_device(&mut self, name: &str, ifindex: u32) {
+        detach_external(&mut self.programs, &mut self.writer, name, ifindex);
     }
 
     /// A counter of `lb_ebpf::stats`, summed over CPUs.
     pub fn stat(&self, index: u32) -> u64 {
-        self.maps().stat(index)
+        self.programs.stat(index)
     }
 
     /// Runs `lb_tc_pod_ingress` (DNAT) on a frame and returns the frame it leaves.
@@ -194,10 +201,6 @@ impl Lb {
     }
 
     /// Runs `lb_tc_pod_ingress` on a frame: the verdict and the frame, whatever the verdict.
-    #[allow(
-        dead_code,
-        reason = "used by some of the test binaries sharing this module"
-    )]
     pub fn ingress_verdict(&mut self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
         let name = lb_ebpf::program_names::TC_POD_INGRESS;
         run_program(self.classifier(name)?, name, frame, None)
@@ -221,7 +224,7 @@ impl Lb {
     }
 
     fn classifier(&mut self, name: &'static str) -> anyhow::Result<&mut SchedClassifier> {
-        self.datapath
+        self.programs
             .ebpf_mut()
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the object"))?
@@ -275,10 +278,6 @@ pub const DROP_COUNTERS: [u32; 5] = [
 
 /// Asserts the drop counters of a freshly loaded `lb`: each of `expected` at its value, every
 /// other drop counter at 0, so a packet counted under two reasons fails.
-#[allow(
-    dead_code,
-    reason = "used by some of the test binaries sharing this module"
-)]
 pub fn assert_drops(lb: &Lb, expected: &[(u32, u64)], what: &str) {
     let name = |index: u32| {
         stats::NAMES
@@ -302,40 +301,162 @@ pub fn assert_drops(lb: &Lb, expected: &[(u32, u64)], what: &str) {
     }
 }
 
-/// An external frontend (node port, external or load balancer IP) with its backends, the
-/// `local` ones on this node.
-#[allow(
-    dead_code,
-    reason = "used by some of the test binaries sharing this module"
-)]
-pub fn external_frontend(
-    frontend: &str,
-    protocol: Protocol,
-    backends: &[&str],
-    local: &[&str],
-    policy: ExternalPolicy,
-) -> (Frontend, FrontendState) {
-    let sorted = |list: &[&str]| {
-        let mut v: Vec<SocketAddr> = list
-            .iter()
-            .map(|b| b.parse().expect("backend address"))
-            .collect();
-        v.sort();
-        v
+/// A ClusterIP frontend served by `backends`.
+pub fn cluster_ip(frontend: Frontend, backends: &[SocketAddr]) -> (Frontend, FrontendState) {
+    let state = FrontendState {
+        owner: owner(frontend),
+        kind: FrontendKind::ClusterIp,
+        backends: backends_of(backends, &[]),
+        local_only: false,
+        source_ranges: None,
+        reject: false,
     };
+    (frontend, state)
+}
+
+/// A frontend of a service port without any endpoint: connections are refused (kube-proxy's
+/// REJECT).
+pub fn rejecting(frontend: Frontend) -> (Frontend, FrontendState) {
+    let (frontend, state) = cluster_ip(frontend, &[]);
     (
-        Frontend {
-            addr: frontend.parse().expect("frontend address"),
-            protocol,
-        },
+        frontend,
         FrontendState {
-            service_port: format!("test/{frontend}"),
-            backends: sorted(backends),
-            local_backends: sorted(local),
-            external: Some(policy),
-            reject: false,
+            reject: true,
+            ..state
         },
     )
+}
+
+/// A frontend that takes traffic from outside the node, with its backends and its external
+/// policy (every source, backends on every node, unless set otherwise); made by
+/// [`External::node_port`] or [`External::load_balancer_ip`], finished by [`External::build`].
+#[must_use = "an external frontend is programmed once built"]
+pub struct External {
+    frontend: Frontend,
+    kind: FrontendKind,
+    backends: Vec<SocketAddr>,
+    local_backends: Vec<SocketAddr>,
+    local_only: bool,
+    source_ranges: Option<Vec<ipnet::IpNet>>,
+    reject: bool,
+}
+
+impl External {
+    /// A node port on `addr` (`ip:port`), without backends until some are added.
+    pub fn node_port(addr: &str, protocol: Protocol) -> Self {
+        Self::new(addr, protocol, FrontendKind::NodePort)
+    }
+
+    /// A load balancer IP and port, `addr`, without backends until some are added.
+    pub fn load_balancer_ip(addr: &str, protocol: Protocol) -> Self {
+        Self::new(addr, protocol, FrontendKind::LoadBalancer)
+    }
+
+    fn new(addr: &str, protocol: Protocol, kind: FrontendKind) -> Self {
+        Self {
+            frontend: Frontend {
+                addr: addr.parse().expect("frontend address"),
+                protocol,
+            },
+            kind,
+            backends: Vec::new(),
+            local_backends: Vec::new(),
+            local_only: false,
+            source_ranges: None,
+            reject: false,
+        }
+    }
+
+    /// Adds backends on this node: reached from outside without SNAT.
+    pub fn local(mut self, backends: &[&str]) -> Self {
+        let backends = parse(backends);
+        self.local_backends.extend(&backends);
+        self.backends.extend(backends);
+        self
+    }
+
+    /// Adds backends on other nodes: reached from outside through SNAT.
+    pub fn remote(mut self, backends: &[&str]) -> Self {
+        self.backends.extend(parse(backends));
+        self
+    }
+
+    /// `externalTrafficPolicy: Local`: local backends only, the client address kept.
+    pub fn local_only(mut self) -> Self {
+        self.local_only = true;
+        self
+    }
+
+    /// `loadBalancerSourceRanges` of the frontend's family (as the plan leaves them): only
+    /// clients in these CIDRs get in.
+    pub fn source_ranges(mut self, ranges: &[&str]) -> Self {
+        self.source_ranges.get_or_insert_with(Vec::new).extend(
+            ranges
+                .iter()
+                .map(|r| r.parse::<ipnet::IpNet>().expect("CIDR")),
+        );
+        self
+    }
+
+    /// No endpoint anywhere: connections are refused.
+    pub fn rejecting(mut self) -> Self {
+        self.reject = true;
+        self
+    }
+
+    /// The frontend and its state, for [`Lb::apply_states`].
+    pub fn build(self) -> (Frontend, FrontendState) {
+        let source_ranges = self.source_ranges.map(|mut r| {
+            r.sort();
+            r.dedup();
+            r
+        });
+        let state = FrontendState {
+            owner: owner(self.frontend),
+            kind: self.kind,
+            backends: backends_of(&self.backends, &self.local_backends),
+            local_only: self.local_only,
+            source_ranges,
+            reject: self.reject,
+        };
+        (self.frontend, state)
+    }
+}
+
+/// The service port the test frontends belong to, `test/<frontend>`, for the agent's messages.
+fn owner(frontend: Frontend) -> ServicePortName {
+    ServicePortName {
+        service: NamespacedName {
+            namespace: "test".into(),
+            name: frontend.to_string(),
+        },
+        port: String::new(),
+        protocol: frontend.protocol,
+        family: IpFamily::of(&frontend.addr.ip()),
+    }
+}
+
+/// Backend addresses written in a test.
+fn parse(backends: &[&str]) -> Vec<SocketAddr> {
+    backends
+        .iter()
+        .map(|b| b.parse().expect("backend address"))
+        .collect()
+}
+
+/// Sorted and without duplicates, as the plan keeps backends, each marked local when in
+/// `local`.
+fn backends_of(backends: &[SocketAddr], local: &[SocketAddr]) -> Vec<Backend> {
+    let mut addrs = backends.to_vec();
+    addrs.sort();
+    addrs.dedup();
+    addrs
+        .into_iter()
+        .map(|addr| Backend {
+            addr,
+            local: local.contains(&addr),
+        })
+        .collect()
 }
 
 /// Runs a program once on `frame` (with a context, for XDP's ingress device): its verdict and

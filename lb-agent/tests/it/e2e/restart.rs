@@ -13,76 +13,32 @@ use std::{
 };
 
 use lb_tests::{
-    agent::Agent,
-    manifests::{ManifestDir, endpoint_slice, service},
-    require_root,
-    topology::{POD_DEVICE_GLOB, Topology},
-    traffic::{TcpSession, tcp_request, tcp_server, udp_request, udp_server},
+    cluster::BACKENDS,
+    traffic::{TcpSession, tcp_request, udp_request},
 };
 
-const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
-const PORTS: &[(&str, u16, &str)] = &[("http", 80, "TCP"), ("dns", 53, "UDP")];
-const TARGET_PORTS: &[(&str, u16, &str)] = &[("http", 8080, "TCP"), ("dns", 5353, "UDP")];
+use super::ManifestCluster;
+
 const RESTARTS: usize = 3;
 
 #[test]
 fn killing_and_restarting_the_agent_fails_no_request() {
-    require_root();
-    let topo = Topology::new(&["client", "b1", "b2", "b3"]).unwrap();
-    let mut servers = Vec::new();
-    for name in ["b1", "b2", "b3"] {
-        servers.push(tcp_server(&topo.pod(name).ns, name, 8080).unwrap());
-        servers.push(udp_server(&topo.pod(name).ns, name, 5353).unwrap());
-    }
-    let manifests = ManifestDir::new().unwrap();
+    let c = ManifestCluster::new();
     let vips: [IpAddr; 2] = [
         "10.96.2.10".parse().unwrap(),
         "fd00:96::2:10".parse().unwrap(),
     ];
-    manifests
-        .write("web.yaml", &service("web", &vips, PORTS))
-        .unwrap();
-    for vip in vips {
-        let v6 = vip.is_ipv6();
-        let eps: Vec<(IpAddr, bool)> = ["b1", "b2", "b3"]
-            .iter()
-            .map(|b| (topo.pod(b).addr(v6), true))
-            .collect();
-        let name = format!("web-{}", if v6 { "v6" } else { "v4" });
-        manifests
-            .write(
-                &format!("{name}.yaml"),
-                &endpoint_slice(&name, "web", TARGET_PORTS, &eps),
-            )
-            .unwrap();
-    }
+    c.write_service("web", &vips, &BACKENDS);
     let start = |pin_dir: Option<&Path>| {
-        let mut agent = match pin_dir {
-            None => Agent::start(
-                Path::new(AGENT),
-                &topo.node,
-                &manifests,
-                POD_DEVICE_GLOB,
-                &[],
-            ),
-            Some(dir) => Agent::start_with_pin_dir(
-                Path::new(AGENT),
-                &topo.node,
-                &manifests,
-                POD_DEVICE_GLOB,
-                dir,
-                &[],
-            ),
+        let mut agent = c.agent();
+        if let Some(dir) = pin_dir {
+            agent = agent.pin_dir(dir);
         }
-        .unwrap();
-        agent
-            .wait_healthy(&topo.node, Duration::from_secs(20))
-            .unwrap();
-        agent
+        c.start(agent)
     };
     let first = start(None);
     let pin_dir = first.pin_dir.clone();
-    let client = &topo.pod("client").ns;
+    let client = c.net.client();
 
     // Long-lived connections, one per family, pinged throughout.
     let mut sessions: Vec<TcpSession> = vips

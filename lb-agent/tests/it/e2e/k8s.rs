@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr, TcpListener},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -16,100 +16,68 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Agent, HEALTHZ},
+    agent::{Agent, HEALTHZ, NODE_NAME},
     apiserver::{self, ApiServer},
+    cluster::{Cluster, SERVICE_PORTS, TARGET_PORTS, names},
     eventually,
-    netns::Netns,
-    require_root,
-    topology::{POD_DEVICE_GLOB, Topology},
-    traffic::{Server, http_get, tcp_request, tcp_server, udp_request, udp_server},
+    http::http_get,
+    ip, sa,
+    traffic::{tcp_request, udp_request},
 };
 use serde_json::{Value, json};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
-const READY: Duration = Duration::from_secs(20);
+use super::{AGENT, READY};
+
 /// How long a change through the API may take to reach the datapath. Generous: a reconnect
 /// after an API server restart waits for the watcher's backoff (up to a few seconds here).
 const CONVERGE: Duration = Duration::from_secs(20);
-const PORTS: &[apiserver::Port<'static>] = &[("http", 80, "TCP"), ("dns", 53, "UDP")];
-const TARGET_PORTS: &[apiserver::Port<'static>] = &[("http", 8080, "TCP"), ("dns", 5353, "UDP")];
-/// The node name the harness gives the agent.
-const NODE: &str = "node-a";
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn sa(ip: IpAddr, port: u16) -> SocketAddr {
-    SocketAddr::new(ip, port)
-}
-
-fn names(list: &[&str]) -> BTreeSet<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
-
-/// A node with a client pod and three backend pods (TCP 8080, UDP 5353), and a test API server
-/// inside the node namespace holding this node's Node object.
-struct Cluster {
-    topo: Topology,
-    _servers: Vec<Server>,
+/// A [`Cluster`] and a test API server inside its node namespace holding this node's Node
+/// object; the agent watches it.
+struct KubeCluster {
+    net: Cluster,
     api: ApiServer,
     api_addr: SocketAddr,
     kubeconfig: PathBuf,
 }
 
-impl Drop for Cluster {
+impl Drop for KubeCluster {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.kubeconfig);
     }
 }
 
-impl Cluster {
+impl KubeCluster {
     fn new() -> Self {
-        require_root();
-        let topo = Topology::new(&["client", "b1", "b2", "b3"]).expect("topology");
-        let mut servers = Vec::new();
-        for name in ["b1", "b2", "b3"] {
-            let ns = &topo.pod(name).ns;
-            servers.push(tcp_server(ns, name, 8080).expect("tcp server"));
-            servers.push(udp_server(ns, name, 5353).expect("udp server"));
-        }
+        let net = Cluster::new().expect("cluster");
         let mut api = ApiServer::new();
-        let listener = topo
-            .node
+        let listener = net
+            .node()
             .run(|| TcpListener::bind("127.0.0.1:0"))
             .expect("enter node namespace")
             .expect("bind the API server");
         api.serve(listener).expect("serve");
         let api_addr = api.addr().expect("address");
-        api.apply(apiserver::node(NODE, Some("zone-a"))).unwrap();
+        api.apply(apiserver::node(NODE_NAME, Some("zone-a")))
+            .unwrap();
         let kubeconfig =
             std::env::temp_dir().join(format!("{}.kubeconfig", lb_tests::unique_name("lbk")));
         api.write_kubeconfig(&kubeconfig).unwrap();
         Self {
-            topo,
-            _servers: servers,
+            net,
             api,
             api_addr,
             kubeconfig,
         }
     }
 
-    fn client(&self) -> &Netns {
-        &self.topo.pod("client").ns
-    }
-
     fn start_agent(&self) -> Agent {
-        let mut agent = Agent::start_kube(
-            Path::new(AGENT),
-            &self.topo.node,
-            &self.kubeconfig,
-            POD_DEVICE_GLOB,
-            &[],
-        )
-        .expect("start agent");
+        let mut agent = Agent::builder(AGENT, self.net.node())
+            .kubeconfig(&self.kubeconfig)
+            .start()
+            .expect("start agent");
         agent
-            .wait_healthy(&self.topo.node, READY)
+            .wait_healthy(self.net.node(), READY)
             .expect("agent healthy");
         agent
     }
@@ -118,8 +86,8 @@ impl Cluster {
     fn restart_api(&mut self) {
         let addr = self.api_addr;
         let listener = self
-            .topo
-            .node
+            .net
+            .node()
             .run(move || TcpListener::bind(addr))
             .expect("enter node namespace")
             .expect("rebind the API server");
@@ -129,7 +97,7 @@ impl Cluster {
     /// Creates or replaces a ClusterIP service.
     fn put_service(&self, name: &str, vips: &[IpAddr]) {
         self.api
-            .apply(apiserver::service(name, vips, PORTS))
+            .apply(apiserver::service(name, vips, SERVICE_PORTS))
             .unwrap();
     }
 
@@ -137,7 +105,7 @@ impl Cluster {
     fn put_slice(&self, service: &str, suffix: &str, v6: bool, backends: &[&str]) {
         let eps: Vec<apiserver::Ep<'_>> = backends
             .iter()
-            .map(|b| (self.topo.pod(b).addr(v6), true, NODE))
+            .map(|b| (self.net.topo.pod(b).addr(v6), true, NODE_NAME))
             .collect();
         let family = if v6 { "v6" } else { "v4" };
         self.api
@@ -170,28 +138,6 @@ impl Cluster {
         }
     }
 
-    /// Backends answering `n` new TCP connections to `vip:80`.
-    fn tcp_spread(&self, vip: IpAddr, n: usize) -> BTreeSet<String> {
-        (0..n)
-            .map(|_| tcp_request(self.client(), sa(vip, 80)).expect("tcp request"))
-            .collect()
-    }
-
-    /// Backends answering `n` new UDP flows to `vip:53`; every answer comes from the VIP.
-    fn udp_spread(&self, vip: IpAddr, n: usize) -> BTreeSet<String> {
-        (0..n)
-            .map(|_| {
-                let (name, from) = udp_request(self.client(), sa(vip, 53)).expect("udp request");
-                assert_eq!(
-                    from,
-                    sa(vip, 53),
-                    "UDP answer must come from the service address"
-                );
-                name
-            })
-            .collect()
-    }
-
     /// Waits until new TCP and UDP flows to every VIP reach exactly `want`, then checks it with
     /// more flows. Two samples of 30 flows in a row must agree, so a backend that is still
     /// programmed is not missed by chance (with three backends, (2/3)^60).
@@ -199,7 +145,7 @@ impl Cluster {
         let want = names(want);
         let sample = |vip: IpAddr| -> Option<BTreeSet<String>> {
             (0..30)
-                .map(|_| tcp_request(self.client(), sa(vip, 80)).ok())
+                .map(|_| tcp_request(self.net.client(), sa(vip, 80)).ok())
                 .collect()
         };
         for vip in vips {
@@ -211,8 +157,8 @@ impl Cluster {
                 reached,
                 "{what}: TCP to {vip} never reached exactly {want:?}"
             );
-            assert_eq!(self.tcp_spread(*vip, 30), want, "{what}: TCP to {vip}");
-            assert_eq!(self.udp_spread(*vip, 30), want, "{what}: UDP to {vip}");
+            assert_eq!(self.net.tcp_spread(*vip, 30), want, "{what}: TCP to {vip}");
+            assert_eq!(self.net.udp_spread(*vip, 30), want, "{what}: UDP to {vip}");
             eprintln!("converged {what} {vip} in {:?}", t.elapsed());
         }
     }
@@ -221,18 +167,18 @@ impl Cluster {
     fn converge_gone(&self, vips: &[IpAddr], what: &str) {
         for vip in vips {
             let gone = eventually(CONVERGE, || {
-                tcp_request(self.client(), sa(*vip, 80)).is_err()
+                tcp_request(self.net.client(), sa(*vip, 80)).is_err()
             });
             assert!(gone, "{what}: {vip}:80 still answers");
             assert!(
-                udp_request(self.client(), sa(*vip, 53)).is_err(),
+                udp_request(self.net.client(), sa(*vip, 53)).is_err(),
                 "{what}: {vip}:53 still answers"
             );
         }
     }
 
     fn healthz(&self, path: &str) -> (u16, Value) {
-        let (code, resp) = http_get(&self.topo.node, HEALTHZ.parse().unwrap(), path).unwrap();
+        let (code, resp) = http_get(self.net.node(), HEALTHZ.parse().unwrap(), path).unwrap();
         let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         (code, serde_json::from_str(body).unwrap_or(Value::Null))
     }
@@ -240,7 +186,7 @@ impl Cluster {
 
 #[test]
 fn services_and_slices_from_the_api_serve_both_families_and_follow_scaling() {
-    let c = Cluster::new();
+    let c = KubeCluster::new();
     let dual = [ip("10.96.1.10"), ip("fd00:96::1:10")];
     let v4 = [ip("10.96.1.11")];
     let v6 = [ip("fd00:96::1:12")];
@@ -278,14 +224,14 @@ fn services_and_slices_from_the_api_serve_both_families_and_follow_scaling() {
 
 #[test]
 fn external_name_and_the_service_proxy_name_label_remove_the_service_until_undone() {
-    let c = Cluster::new();
+    let c = KubeCluster::new();
     let vips = [ip("10.96.2.10"), ip("fd00:96::2:10")];
     c.put_service_with_backends("web", &vips, &["b1", "b2", "b3"]);
     let _agent = c.start_agent();
     c.converge(&vips, &["b1", "b2", "b3"], "created");
 
     // ClusterIP -> ExternalName: the API server drops the cluster IPs.
-    let mut external = apiserver::service("web", &vips, PORTS);
+    let mut external = apiserver::service("web", &vips, SERVICE_PORTS);
     let spec = external["spec"].as_object_mut().unwrap();
     for field in [
         "clusterIP",
@@ -308,7 +254,7 @@ fn external_name_and_the_service_proxy_name_label_remove_the_service_until_undon
     // Another proxy claims the service (the EndpointSlice controller copies the label to the
     // slices too).
     let label = json!({ "service.kubernetes.io/service-proxy-name": "other-proxy" });
-    let mut claimed = apiserver::service("web", &vips, PORTS);
+    let mut claimed = apiserver::service("web", &vips, SERVICE_PORTS);
     claimed["metadata"]["labels"] = label.clone();
     c.api.apply(claimed).unwrap();
     for vip in vips {
@@ -337,7 +283,7 @@ fn external_name_and_the_service_proxy_name_label_remove_the_service_until_undon
 
 #[test]
 fn healthz_reports_the_node_object() {
-    let c = Cluster::new();
+    let c = KubeCluster::new();
     let _agent = c.start_agent();
     let (code, body) = c.healthz("/healthz");
     assert_eq!((code, &body["nodeEligible"]), (200, &json!(true)), "{body}");
@@ -348,7 +294,7 @@ fn healthz_reports_the_node_object() {
         "{body}"
     );
 
-    let mut node = apiserver::node(NODE, Some("zone-a"));
+    let mut node = apiserver::node(NODE_NAME, Some("zone-a"));
     node["metadata"]["deletionTimestamp"] = json!("2025-01-01T00:00:00Z");
     c.api.apply(node).unwrap();
     assert!(
@@ -361,7 +307,9 @@ fn healthz_reports_the_node_object() {
     assert_eq!(code, 200, "/livez does not depend on the node: {body}");
     assert!(body.get("nodeEligible").is_none(), "{body}");
 
-    c.api.apply(apiserver::node(NODE, Some("zone-a"))).unwrap();
+    c.api
+        .apply(apiserver::node(NODE_NAME, Some("zone-a")))
+        .unwrap();
     assert!(eventually(CONVERGE, || c.healthz("/healthz").0 == 200));
 }
 
@@ -374,11 +322,11 @@ struct Load {
 }
 
 impl Load {
-    fn start(c: &Cluster, vips: &[IpAddr]) -> Self {
+    fn start(c: &KubeCluster, vips: &[IpAddr]) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicUsize::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
-        let client = c.client().path();
+        let client = c.net.client().path();
         let threads = vips
             .iter()
             .map(|vip| {
@@ -468,7 +416,7 @@ fn udp_direct(addr: SocketAddr) -> anyhow::Result<()> {
 
 #[test]
 fn api_server_restarts_and_expired_watches_lose_no_request_and_leave_no_stale_backend() {
-    let mut c = Cluster::new();
+    let mut c = KubeCluster::new();
     let web = [ip("10.96.3.10"), ip("fd00:96::3:10")];
     let gone = [ip("10.96.3.11"), ip("fd00:96::3:11")];
     let late = [ip("10.96.3.12"), ip("fd00:96::3:12")];

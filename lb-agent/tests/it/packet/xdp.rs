@@ -1,29 +1,23 @@
-//! Packet tests through BPF_PROG_TEST_RUN for `lb_xdp_ext`, the XDP fast path on the node's
-//! external devices, both families: DNAT to local backends, what passes untouched, what is
-//! dropped by rule, and, in a network namespace of the test's own with routes and neighbours,
-//! SNATed flows to other nodes and their replies leaving by `XDP_TX` and redirect, and the
-//! hand-off to the TC path when the next hop is not resolved.
-
-#[allow(
-    dead_code,
-    reason = "the helpers shared with packet.rs are not all used here"
-)]
-mod common;
+//! Packet tests of `lb_xdp_ext`, the XDP fast path on the node's external devices, both
+//! families: DNAT to local backends, what passes untouched, what is dropped by rule, and, in a
+//! network namespace of the test's own with routes and neighbours, SNATed flows to other nodes
+//! and their replies leaving by `XDP_TX` and redirect, and the hand-off to the TC path when the
+//! next hop is not resolved.
 
 use std::net::{IpAddr, SocketAddr};
 
-use common::{
-    Lb, assert_drops,
-    frame::{Packet, TCP_ACK, TCP_SYN, Transport, assert_frame_eq, verify_checksums},
-};
 use lb_agent::{
-    bpf::DatapathMode,
-    model::{ExternalPolicy, Frontend, FrontendState, IpFamily, Protocol},
+    kernel::{Attached, DatapathMode},
+    model::{Frontend, Protocol},
 };
 use lb_ebpf::{FLOW_F_SNAT, stats};
-use lb_tests::{netns::Netns, require_root};
+use lb_tests::{ip, netns::Netns, require_root};
 
-type TestResult = anyhow::Result<()>;
+use super::{LAN_CLIENT4 as CLIENT4, LAN_CLIENT6 as CLIENT6, TestResult, lb_with, sock};
+use crate::support::{
+    frame::{Packet, TCP_ACK, TCP_SYN, Transport, assert_frame_eq, verify_checksums},
+    lb::{External, Lb, assert_drops},
+};
 
 /// `enum xdp_action` (`linux/bpf.h`).
 const XDP_DROP: u32 = 1;
@@ -31,41 +25,14 @@ const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
-fn sock(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-use common::external_frontend as external;
-
-fn lb_with(states: &[(Frontend, FrontendState)]) -> anyhow::Result<Lb> {
-    let mut lb = Lb::load()?;
-    lb.apply_states(states)?;
-    Ok(lb)
-}
-
 /// A datapath serving `node_port` with one backend on another node, SNATing to `node`.
 fn remote(node: &str, node_port: &str, backend: &str, protocol: Protocol) -> anyhow::Result<Lb> {
-    let mut lb = lb_with(&[external(
-        node_port,
-        protocol,
-        &[backend],
-        &[],
-        ExternalPolicy::default(),
-    )])?;
-    let node = ip_of(node);
-    let family = if node.is_ipv6() {
-        IpFamily::V6
-    } else {
-        IpFamily::V4
-    };
-    lb.maps_mut()
-        .set_node_addr(family, Some(node))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut lb = lb_with(&[External::node_port(node_port, protocol)
+        .remote(&[backend])
+        .build()])?;
+    lb.set_node_addr(ip(node))?;
     Ok(lb)
 }
-
-const CLIENT4: &str = "192.0.2.100:40000";
-const CLIENT6: &str = "[2001:db8::100]:40000";
 
 #[test]
 fn node_port_to_a_local_backend_is_translated_and_passed_to_the_kernel_for_both_families()
@@ -81,13 +48,9 @@ fn node_port_to_a_local_backend_is_translated_and_passed_to_the_kernel_for_both_
             ),
             (Protocol::Udp, Packet::udp(sock(client), sock(node_port))),
         ] {
-            let mut lb = lb_with(&[external(
-                node_port,
-                protocol,
-                &[backend],
-                &[backend],
-                ExternalPolicy::default(),
-            )])?;
+            let mut lb = lb_with(&[External::node_port(node_port, protocol)
+                .local(&[backend])
+                .build()])?;
             let (verdict, out) = lb.xdp(&input.frame(), 0)?;
             assert_eq!(verdict, XDP_PASS, "{protocol:?} to {node_port}");
             // DNAT only: the client address is kept, the kernel delivers to the local pod.
@@ -107,13 +70,9 @@ fn node_port_to_a_local_backend_is_translated_and_passed_to_the_kernel_for_both_
 #[test]
 fn udp_over_ipv4_without_a_checksum_keeps_none() -> TestResult {
     let (node_port, backend) = ("192.0.2.1:30053", "10.201.1.2:5353");
-    let mut lb = lb_with(&[external(
-        node_port,
-        Protocol::Udp,
-        &[backend],
-        &[backend],
-        ExternalPolicy::default(),
-    )])?;
+    let mut lb = lb_with(&[External::node_port(node_port, Protocol::Udp)
+        .local(&[backend])
+        .build()])?;
     let input = Packet::new(sock(CLIENT4), sock(node_port), Transport::UdpNoChecksum);
     let (verdict, out) = lb.xdp(&input.frame(), 0)?;
     assert_eq!(verdict, XDP_PASS);
@@ -182,20 +141,14 @@ fn source_ranges_and_local_policy_without_endpoints_drop() -> TestResult {
             "[2001:db9::7]:40000",
         ),
     ] {
-        let ranges = ExternalPolicy {
-            local_only: false,
-            source_ranges: ["192.0.2.0/24", "2001:db8::/32"]
-                .iter()
-                .map(|r| r.parse().unwrap())
-                .collect(),
-        };
-        let local_only = ExternalPolicy {
-            local_only: true,
-            source_ranges: vec![],
-        };
         let mut lb = lb_with(&[
-            external(lb_ip, Protocol::Tcp, &[backend], &[backend], ranges),
-            external(node_port, Protocol::Tcp, &[], &[], local_only),
+            External::load_balancer_ip(lb_ip, Protocol::Tcp)
+                .local(&[backend])
+                .source_ranges(&["192.0.2.0/24", "2001:db8::/32"])
+                .build(),
+            External::node_port(node_port, Protocol::Tcp)
+                .local_only()
+                .build(),
         ])?;
         let (verdict, _) = lb.xdp(&Packet::tcp(sock(inside), sock(lb_ip), TCP_SYN).frame(), 0)?;
         assert_eq!(verdict, XDP_PASS, "{inside} is inside the ranges");
@@ -227,15 +180,9 @@ fn refusals_are_left_to_tc_and_counted_there_not_in_xdp() -> TestResult {
         ("192.0.2.1:30082", CLIENT4),
         ("[2001:db8::1]:30082", CLIENT6),
     ] {
-        let (frontend, mut state) = external(
-            node_port,
-            Protocol::Tcp,
-            &[],
-            &[],
-            ExternalPolicy::default(),
-        );
-        state.reject = true;
-        let mut lb = lb_with(&[(frontend, state)])?;
+        let mut lb = lb_with(&[External::node_port(node_port, Protocol::Tcp)
+            .rejecting()
+            .build()])?;
         let frame = Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame();
         let (verdict, out) = lb.xdp(&frame, 0)?;
         assert_eq!(verdict, XDP_PASS, "{node_port}: TC answers with the reset");
@@ -253,13 +200,9 @@ fn a_backend_on_another_node_without_a_node_address_to_snat_to_drops_and_counts_
         ("192.0.2.1:30083", "10.202.1.2:8080", CLIENT4),
         ("[2001:db8::1]:30083", "[fd00:202:1::2]:8080", CLIENT6),
     ] {
-        let mut lb = lb_with(&[external(
-            node_port,
-            Protocol::Tcp,
-            &[backend],
-            &[],
-            ExternalPolicy::default(),
-        )])?;
+        let mut lb = lb_with(&[External::node_port(node_port, Protocol::Tcp)
+            .remote(&[backend])
+            .build()])?;
         let (verdict, _) = lb.xdp(
             &Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame(),
             0,
@@ -386,10 +329,6 @@ fn with_macs(mut frame: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     frame
 }
 
-fn ip_of(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
 #[test]
 fn flows_to_another_nodes_backend_and_their_replies_leave_by_xdp_tx_for_both_families() -> TestResult
 {
@@ -432,7 +371,7 @@ fn flows_to_another_nodes_backend_and_their_replies_leave_by_xdp_tx_for_both_fam
             _ => Packet::udp(sock(src), sock(dst)),
         };
         // The client's own port is free towards the backend, so SNAT keeps it.
-        let snat = SocketAddr::new(ip_of(node), sock(client).port());
+        let snat = SocketAddr::new(ip(node), sock(client).port());
 
         let (verdict, out) = lan.xdp(&mut lb, &packet(client, node_port, TCP_SYN).frame())?;
         assert_eq!(verdict, XDP_TX, "{what}: out of the device it came in on");
@@ -528,15 +467,14 @@ fn another_egress_device_is_used_only_when_it_runs_xdp() -> TestResult {
 
         // With the programs on y0, XDP redirects the flow's packets there itself.
         let y0 = lan.y0;
-        let attached = lan.ns.run(|| {
-            lb.datapath_mut()
-                .attach_ext_device("y0", y0, DatapathMode::Xdp)
-        })??;
-        assert_eq!(attached, None, "XDP attaches natively on veth");
+        let attached = lan
+            .ns
+            .run(|| lb.attach_ext_device("y0", y0, DatapathMode::Xdp))??;
+        assert_eq!(attached, Attached::Xdp, "XDP attaches natively on veth");
         let next = Packet::tcp(sock(client), sock(node_port), TCP_ACK);
         let (verdict, out) = lan.xdp(&mut lb, &next.frame())?;
         assert_eq!(verdict, XDP_REDIRECT, "{node_port} -> {backend} through y0");
-        let snat = SocketAddr::new(ip_of(node), sock(client).port());
+        let snat = SocketAddr::new(ip(node), sock(client).port());
         let expected = with_macs(
             Packet::tcp(snat, sock(backend), TCP_ACK).frame(),
             Y_PEER_MAC,
@@ -544,7 +482,7 @@ fn another_egress_device_is_used_only_when_it_runs_xdp() -> TestResult {
         );
         assert_frame_eq(&out, &expected, "redirected to y0");
         verify_checksums(&out).map_err(anyhow::Error::msg)?;
-        lan.ns.run(|| lb.datapath_mut().detach_ext_device("y0"))?;
+        lan.ns.run(|| lb.detach_ext_device("y0", y0))?;
     }
     Ok(())
 }
@@ -573,13 +511,9 @@ fn frames_cut_anywhere_pass_untouched() -> TestResult {
         ("192.0.2.1:30080", "10.201.1.2:8080", CLIENT4),
         ("[2001:db8::1]:30080", "[fd00:201:1::2]:8080", CLIENT6),
     ] {
-        let mut lb = lb_with(&[external(
-            node_port,
-            Protocol::Tcp,
-            &[backend],
-            &[backend],
-            ExternalPolicy::default(),
-        )])?;
+        let mut lb = lb_with(&[External::node_port(node_port, Protocol::Tcp)
+            .local(&[backend])
+            .build()])?;
         let whole = Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame();
         // Every length up to the TCP checksum's last byte: the headers a translation needs are
         // not all there, so nothing may change (BPF_PROG_TEST_RUN wants an Ethernet header).

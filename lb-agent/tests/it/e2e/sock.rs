@@ -4,110 +4,44 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
-    path::Path,
     time::Duration,
 };
 
 use lb_tests::{
     agent::Agent,
-    manifests::{ManifestDir, endpoint_slice, service},
+    cluster::{BACKENDS, names},
+    ip,
     probe::{Mode, Outcome, probe},
-    require_root,
-    topology::{POD_DEVICE_GLOB, Topology},
-    traffic::{Server, tcp_request, tcp_server, udp_request, udp_server},
+    sa,
+    traffic::{tcp_request, udp_request},
 };
 
-const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
-const PORTS: &[(&str, u16, &str)] = &[("http", 80, "TCP"), ("dns", 53, "UDP")];
-const TARGET_PORTS: &[(&str, u16, &str)] = &[("http", 8080, "TCP"), ("dns", 5353, "UDP")];
+use super::ManifestCluster;
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn sa(ip: IpAddr, port: u16) -> SocketAddr {
-    SocketAddr::new(ip, port)
-}
-
-struct Node {
-    topo: Topology,
-    _servers: Vec<Server>,
-    manifests: ManifestDir,
-}
-
-impl Node {
-    fn new() -> Self {
-        require_root();
-        let topo = Topology::new(&["client", "b1", "b2", "b3"]).expect("topology");
-        let mut servers = Vec::new();
-        for name in ["b1", "b2", "b3"] {
-            let ns = &topo.pod(name).ns;
-            servers.push(tcp_server(ns, name, 8080).unwrap());
-            servers.push(udp_server(ns, name, 5353).unwrap());
-        }
-        let node = Self {
-            topo,
-            _servers: servers,
-            manifests: ManifestDir::new().unwrap(),
-        };
-        // The premise: the node has no default route of either family.
-        for family in ["-4", "-6"] {
-            let out = node
-                .topo
-                .node
-                .ip(&[family, "route", "show", "default"])
-                .unwrap();
-            assert!(out.stdout.is_empty(), "node has a default route");
-        }
-        node
-    }
-
-    fn write_service(&self, name: &str, vips: &[IpAddr], backends: &[&str]) {
-        self.manifests
-            .write(&format!("{name}.yaml"), &service(name, vips, PORTS))
+/// The node with the premise of these tests checked: no default route of either family.
+fn node_without_routes() -> ManifestCluster {
+    let node = ManifestCluster::new();
+    for family in ["-4", "-6"] {
+        let out = node
+            .net
+            .node()
+            .ip(&[family, "route", "show", "default"])
             .unwrap();
-        for vip in vips {
-            let v6 = vip.is_ipv6();
-            let eps: Vec<(IpAddr, bool)> = backends
-                .iter()
-                .map(|b| (self.topo.pod(b).addr(v6), true))
-                .collect();
-            let slice = format!("{name}-{}", if v6 { "v6" } else { "v4" });
-            self.manifests
-                .write(
-                    &format!("{slice}.yaml"),
-                    &endpoint_slice(&slice, name, TARGET_PORTS, &eps),
-                )
-                .unwrap();
-        }
+        assert!(out.stdout.is_empty(), "node has a default route");
     }
-
-    fn start_agent(&self) -> Agent {
-        let mut agent = Agent::start(
-            Path::new(AGENT),
-            &self.topo.node,
-            &self.manifests,
-            POD_DEVICE_GLOB,
-            &[],
-        )
-        .unwrap();
-        agent
-            .wait_healthy(&self.topo.node, Duration::from_secs(20))
-            .unwrap();
-        agent
-    }
+    node
 }
 
 /// Answers of `count` exchanges from a node process in the agent's cgroup; every one must
 /// succeed and show the service address as peer (TCP, connected UDP) and source (UDP).
 fn answers(
-    node: &Node,
+    node: &ManifestCluster,
     agent: &Agent,
     mode: Mode,
     addr: SocketAddr,
     count: usize,
 ) -> BTreeSet<String> {
-    probe(&node.topo.node, Some(&agent.cgroup), mode, addr, count)
+    probe(node.net.node(), Some(&agent.cgroup), mode, addr, count)
         .unwrap()
         .into_iter()
         .map(|outcome| match outcome {
@@ -127,13 +61,9 @@ fn answers(
         .collect()
 }
 
-fn names(list: &[&str]) -> BTreeSet<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
-
 #[test]
 fn node_processes_reach_cluster_ips_of_both_families_without_any_route() {
-    let node = Node::new();
+    let node = node_without_routes();
     let vips = [
         ip("10.96.1.10"),
         ip("fd00:96::1:10"),
@@ -148,7 +78,7 @@ fn node_processes_reach_cluster_ips_of_both_families_without_any_route() {
     let cgroup = lb_tests::cgroup::TestCgroup::new().unwrap();
     for vip in vips {
         for (mode, port) in [(Mode::Tcp, 80), (Mode::Udp, 53)] {
-            let outcome = probe(&node.topo.node, Some(&cgroup), mode, sa(vip, port), 1).unwrap();
+            let outcome = probe(node.net.node(), Some(&cgroup), mode, sa(vip, port), 1).unwrap();
             assert!(
                 matches!(&outcome[0], Outcome::Error(e) if e.contains("unreachable")),
                 "{mode:?} to {vip} without the agent: {outcome:?}"
@@ -179,12 +109,12 @@ fn node_processes_reach_cluster_ips_of_both_families_without_any_route() {
 
 #[test]
 fn dual_stack_sockets_reach_ipv4_cluster_ips_through_ipv4_mapped_addresses() {
-    let node = Node::new();
+    let node = node_without_routes();
     node.write_service("mapped", &[ip("10.96.1.30")], &["b1", "b2", "b3"]);
     // What an IPv6 socket without IPV6_V6ONLY (Java's default, for one) connects to.
     let mapped = IpAddr::V6(std::net::Ipv4Addr::new(10, 96, 1, 30).to_ipv6_mapped());
     let cgroup = lb_tests::cgroup::TestCgroup::new().unwrap();
-    let outcome = probe(&node.topo.node, Some(&cgroup), Mode::Tcp, sa(mapped, 80), 1).unwrap();
+    let outcome = probe(node.net.node(), Some(&cgroup), Mode::Tcp, sa(mapped, 80), 1).unwrap();
     assert!(
         matches!(&outcome[0], Outcome::Error(e) if e.contains("unreachable")),
         "TCP to {mapped} without the agent: {outcome:?}"
@@ -202,13 +132,13 @@ fn dual_stack_sockets_reach_ipv4_cluster_ips_through_ipv4_mapped_addresses() {
 
 #[test]
 fn node_connections_to_a_service_without_endpoints_are_refused() {
-    let node = Node::new();
+    let node = node_without_routes();
     let vips = [ip("10.96.1.40"), ip("fd00:96::1:40")];
     node.write_service("empty", &vips, &[]);
     let agent = node.start_agent();
     for vip in vips {
         let outcome = probe(
-            &node.topo.node,
+            node.net.node(),
             Some(&agent.cgroup),
             Mode::Tcp,
             sa(vip, 80),
@@ -224,14 +154,14 @@ fn node_connections_to_a_service_without_endpoints_are_refused() {
 
 #[test]
 fn only_processes_under_the_attached_cgroup_are_translated() {
-    let node = Node::new();
+    let node = node_without_routes();
     let vips = [ip("10.96.1.30"), ip("fd00:96::1:30")];
     node.write_service("web", &vips, &["b1", "b2", "b3"]);
     let agent = node.start_agent();
     let outside = lb_tests::cgroup::TestCgroup::new().unwrap();
     for vip in vips {
         assert!(!answers(&node, &agent, Mode::Tcp, sa(vip, 80), 3).is_empty());
-        let outcome = probe(&node.topo.node, Some(&outside), Mode::Tcp, sa(vip, 80), 1).unwrap();
+        let outcome = probe(node.net.node(), Some(&outside), Mode::Tcp, sa(vip, 80), 1).unwrap();
         assert!(
             matches!(&outcome[0], Outcome::Error(e) if e.contains("unreachable")),
             "a process outside the agent's cgroup was translated: {outcome:?}"
@@ -241,7 +171,7 @@ fn only_processes_under_the_attached_cgroup_are_translated() {
 
 #[test]
 fn removing_a_backend_stops_new_node_connections_to_it() {
-    let node = Node::new();
+    let node = node_without_routes();
     let vips = [ip("10.96.1.40"), ip("fd00:96::1:40")];
     node.write_service("web", &vips, &["b1", "b2", "b3"]);
     let agent = node.start_agent();
@@ -267,11 +197,11 @@ fn removing_a_backend_stops_new_node_connections_to_it() {
 
 #[test]
 fn pod_traffic_keeps_working_through_tc_with_socket_programs_attached() {
-    let node = Node::new();
+    let node = node_without_routes();
     let vips = [ip("10.96.1.50"), ip("fd00:96::1:50")];
     node.write_service("web", &vips, &["b1", "b2", "b3"]);
     let agent = node.start_agent();
-    let client = &node.topo.pod("client").ns;
+    let client = node.net.client();
     for vip in vips {
         let via_tc: BTreeSet<String> = (0..30)
             .map(|_| tcp_request(client, sa(vip, 80)).unwrap())
@@ -292,10 +222,10 @@ fn pod_traffic_keeps_working_through_tc_with_socket_programs_attached() {
 
 #[test]
 fn node_processes_reach_node_ports_on_the_nodes_own_addresses() {
-    let node = Node::new();
+    let node = node_without_routes();
     // A device holding the node's own addresses, as a host's uplink would (a veth: this kernel
     // has no dummy devices).
-    let ns = &node.topo.node;
+    let ns = node.net.node();
     ns.ip(&[
         "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p",
     ])
@@ -325,29 +255,9 @@ fn node_processes_reach_node_ports_on_the_nodes_own_addresses() {
     };
     node.manifests.write("np.yaml", &svc.to_yaml()).unwrap();
     for v6 in [false, true] {
-        let eps: Vec<(IpAddr, bool)> = ["b1", "b2", "b3"]
-            .iter()
-            .map(|b| (node.topo.pod(b).addr(v6), true))
-            .collect();
-        let name = format!("np-{}", if v6 { "v6" } else { "v4" });
-        node.manifests
-            .write(
-                &format!("{name}.yaml"),
-                &endpoint_slice(&name, "np", TARGET_PORTS, &eps),
-            )
-            .unwrap();
+        node.write_slice("np", v6, &node.net.ready_endpoints(v6, &BACKENDS));
     }
-    let mut agent = Agent::start(
-        Path::new(AGENT),
-        &node.topo.node,
-        &node.manifests,
-        POD_DEVICE_GLOB,
-        &["--devices", "uplink0"],
-    )
-    .unwrap();
-    agent
-        .wait_healthy(&node.topo.node, Duration::from_secs(20))
-        .unwrap();
+    let agent = node.start(node.agent().args(["--devices", "uplink0"]));
     let all = names(&["b1", "b2", "b3"]);
     for addr in [ip("10.250.9.1"), ip("fd00:250:9::1")] {
         assert_eq!(

@@ -1,16 +1,5 @@
-//! Packet tests of the pod TC programs through BPF_PROG_TEST_RUN, katran-style: a frame built by
-//! hand goes in, and the frame that comes out is compared byte for byte with an expected frame
-//! built independently, whose checksums are computed from scratch (RFC 1071), never patched.
-//!
-//! Services are programmed through the agent's real writer. Each test loads its own datapath with
-//! maps pinned in a directory of its own. Needs root and bpffs: a test that cannot load the
-//! programs fails, it never skips.
-
-#[allow(
-    dead_code,
-    reason = "the helpers shared with packet_ext.rs are not all used here"
-)]
-mod common;
+//! Packet tests of the pod TC programs (`lb_tc_pod_ingress`, DNAT, and `lb_tc_pod_egress`,
+//! reverse NAT), both families.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -18,26 +7,21 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use anyhow::Context as _;
-use aya::programs::ProgramError;
-use common::{
-    Lb, assert_drops,
+use super::TestResult;
+use crate::support::{
     frame::{
         ETH_HLEN, Ext, IP_MF, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, arp_request,
         assert_frame_eq, summary, verify_checksums,
     },
+    lb::{Lb, TC_ACT_REDIRECT, TC_ACT_SHOT, assert_drops, rejecting},
 };
-use lb_agent::model::{Frontend, FrontendState, Protocol};
+use anyhow::Context as _;
+use aya::programs::ProgramError;
+use lb_agent::model::{Frontend, Protocol};
 use lb_ebpf::{
     FLOW_F_CLOSING, FLOW_FORWARD, FLOW_REPLY, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP,
     port_to_map, stats,
 };
-
-type TestResult = anyhow::Result<()>;
-
-/// TC verdicts (`linux/pkt_cls.h`).
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
 
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 5);
 const SERVICE4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -980,14 +964,9 @@ fn connections_to_a_service_without_any_endpoint_are_reset_from_the_service_for_
         (sock(SERVICE6, SERVICE_PORT), sock(CLIENT6, CLIENT_PORT)),
     ] {
         let mut lb = Lb::load()?;
-        let empty = FrontendState {
-            service_port: "test/empty".into(),
-            reject: true,
-            ..Default::default()
-        };
         lb.apply_states(&[
-            (frontend(service, Protocol::Tcp), empty.clone()),
-            (frontend(service, Protocol::Udp), empty),
+            rejecting(frontend(service, Protocol::Tcp)),
+            rejecting(frontend(service, Protocol::Udp)),
         ])?;
         // A SYN (sequence 0x0a0b0c0d, no ACK): RST+ACK acknowledging it, sequence 0.
         let syn = Packet::tcp(client, service, TCP_SYN).frame();

@@ -7,23 +7,23 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
-    path::Path,
     time::Duration,
 };
 
 use lb_tests::{
     agent::Agent,
     eventually,
+    http::http_get,
+    ip,
     manifests::{ManifestDir, ServiceSpec, endpoint_slice_on_nodes},
-    require_root,
-    topology::{NODE_DEVICE, POD_DEVICE_GLOB, TwoNodes},
+    require_root, sa,
+    topology::{NODE_DEVICE, TwoNodes},
     traffic::{
-        Server, TcpSession, http_get, tcp_request, tcp_server, tcp_whoami_server, udp_request,
-        udp_server,
+        Server, TcpSession, tcp_request, tcp_server, tcp_whoami_server, udp_request, udp_server,
     },
 };
 
-const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
+use super::{AGENT, READY};
 
 /// Which datapath serves the nodes' LAN devices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,14 +63,6 @@ in_both_modes!(
     node_ports_of_a_service_without_endpoints_refuse_connections,
     restarting_an_agent_keeps_node_port_connections_and_swaps_its_programs_in_place,
 );
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn sa(ip: IpAddr, port: u16) -> SocketAddr {
-    SocketAddr::new(ip, port)
-}
 
 /// Nodes `a` (pod `a1`) and `b` (pod `b1`), each pod serving TCP 8080 (answering with its name
 /// and the client address it sees) and UDP 5353, an agent on each node.
@@ -139,18 +131,13 @@ impl Lan {
     /// Starts an agent on each node and checks that the mode's programs are the ones attached.
     fn start_agents(&mut self) {
         for node in ["a", "b"] {
-            let mut agent = Agent::start_on_node(
-                Path::new(AGENT),
-                &self.net.node(node).ns,
-                node,
-                &self.manifests,
-                POD_DEVICE_GLOB,
-                &["--devices", NODE_DEVICE, "--datapath-mode", self.mode.arg()],
-            )
-            .unwrap();
-            agent
-                .wait_healthy(&self.net.node(node).ns, Duration::from_secs(20))
+            let mut agent = Agent::builder(AGENT, &self.net.node(node).ns)
+                .node_name(node)
+                .manifests(&self.manifests)
+                .args(["--devices", NODE_DEVICE, "--datapath-mode", self.mode.arg()])
+                .start()
                 .unwrap();
+            agent.wait_healthy(&self.net.node(node).ns, READY).unwrap();
             let link = lb_tests::netns::run(self.net.node(node).ns.command("ip").args([
                 "-details",
                 "link",
@@ -598,7 +585,7 @@ fn restarting_an_agent_keeps_node_port_connections_and_swaps_its_programs_in_pla
     check(&lan, &mut sessions, "agent a down");
     lan.agents[0].restart().unwrap();
     lan.agents[0]
-        .wait_healthy(&lan.net.node("a").ns, Duration::from_secs(20))
+        .wait_healthy(&lan.net.node("a").ns, READY)
         .unwrap();
     check(&lan, &mut sessions, "agent a restarted");
     let link = lb_tests::netns::run(lan.net.node("a").ns.command("ip").args([

@@ -1,52 +1,19 @@
-//! Packet tests through BPF_PROG_TEST_RUN for `lb_tc_ext_ingress`, the program on the node's
-//! external devices: node ports, external IPs and load balancer IPs, both families.
-//! (The SNAT path to other nodes' backends needs a FIB to route with; the two-node end-to-end
-//! tests in `external_e2e.rs` cover it.)
-
-#[allow(
-    dead_code,
-    reason = "the helpers shared with packet.rs are not all used here"
-)]
-mod common;
+//! Packet tests of `lb_tc_ext_ingress`, the TC program on the node's external devices: node
+//! ports, external IPs and load balancer IPs, both families. (The SNAT path to other nodes'
+//! backends needs a FIB to route with; the two-node end-to-end tests in [`crate::e2e::external`]
+//! cover it.)
 
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use common::{
-    Lb, assert_drops,
-    frame::{Packet, TCP_RST, TCP_SYN, assert_frame_eq, summary, verify_checksums},
-};
-use lb_agent::model::{ExternalPolicy, Frontend, FrontendState, Protocol};
+use lb_agent::model::{Frontend, Protocol};
 use lb_ebpf::stats;
 
-type TestResult = anyhow::Result<()>;
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-
-fn sock(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-/// An external TCP frontend (node port) with local backends.
-fn external(
-    frontend: &str,
-    backends: &[&str],
-    policy: ExternalPolicy,
-) -> (Frontend, FrontendState) {
-    common::external_frontend(frontend, Protocol::Tcp, backends, backends, policy)
-}
-
-fn lb_with(states: &[(Frontend, FrontendState)]) -> anyhow::Result<Lb> {
-    let mut lb = Lb::load()?;
-    lb.apply_states(states)?;
-    Ok(lb)
-}
-
-/// Client addresses on the node's LAN.
-const CLIENT4: &str = "192.0.2.100:40000";
-const CLIENT6: &str = "[2001:db8::100]:40000";
+use super::{LAN_CLIENT4 as CLIENT4, LAN_CLIENT6 as CLIENT6, TestResult, lb_with, sock};
+use crate::support::{
+    frame::{Packet, TCP_ACK, TCP_RST, TCP_SYN, assert_frame_eq, summary, verify_checksums},
+    lb::{External, Lb, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, assert_drops},
+};
 
 #[test]
 fn node_port_to_a_local_backend_is_translated_with_valid_checksums_for_both_families() -> TestResult
@@ -55,7 +22,9 @@ fn node_port_to_a_local_backend_is_translated_with_valid_checksums_for_both_fami
         ("192.0.2.1:30080", "10.201.1.2:8080", CLIENT4),
         ("[2001:db8::1]:30080", "[fd00:201:1::2]:8080", CLIENT6),
     ] {
-        let mut lb = lb_with(&[external(node_port, &[backend], ExternalPolicy::default())])?;
+        let mut lb = lb_with(&[External::node_port(node_port, Protocol::Tcp)
+            .local(&[backend])
+            .build()])?;
         let input = Packet::tcp(sock(client), sock(node_port), TCP_SYN);
         let (verdict, out) = lb.ext_ingress(&input.frame())?;
         assert_eq!(verdict, TC_ACT_OK, "{node_port}");
@@ -111,11 +80,10 @@ fn source_ranges_let_listed_clients_in_and_drop_the_others() -> TestResult {
             ["192.0.2.0/24", "2001:db8::/32"],
         ),
     ] {
-        let policy = ExternalPolicy {
-            local_only: false,
-            source_ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
-        };
-        let mut lb = lb_with(&[external(lb_ip, &[backend], policy)])?;
+        let mut lb = lb_with(&[External::load_balancer_ip(lb_ip, Protocol::Tcp)
+            .local(&[backend])
+            .source_ranges(&ranges)
+            .build()])?;
         let allowed = Packet::tcp(sock(inside), sock(lb_ip), TCP_SYN);
         let (verdict, out) = lb.ext_ingress(&allowed.frame())?;
         assert_eq!(verdict, TC_ACT_OK, "{inside} is inside the ranges");
@@ -138,13 +106,9 @@ fn local_policy_without_local_endpoints_drops_and_counts_once() -> TestResult {
         ("192.0.2.1:30081", CLIENT4),
         ("[2001:db8::1]:30081", CLIENT6),
     ] {
-        let policy = ExternalPolicy {
-            local_only: true,
-            source_ranges: vec![],
-        };
-        // Endpoints exist on other nodes (so no refusal), none on this one: the Local frontend
-        // has no backend slot.
-        let mut lb = lb_with(&[external(node_port, &[], policy)])?;
+        let mut lb = lb_with(&[External::node_port(node_port, Protocol::Tcp)
+            .local_only()
+            .build()])?;
         let frame = Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame();
         let (verdict, _) = lb.ext_ingress(&frame)?;
         assert_eq!(verdict, TC_ACT_SHOT, "{node_port}: no local endpoint");
@@ -162,9 +126,9 @@ fn external_connections_to_a_service_without_any_endpoint_are_reset_and_counted_
         ("192.0.2.1:30082", CLIENT4),
         ("[2001:db8::1]:30082", CLIENT6),
     ] {
-        let (frontend, mut state) = external(node_port, &[], ExternalPolicy::default());
-        state.reject = true;
-        let mut lb = lb_with(&[(frontend, state)])?;
+        let mut lb = lb_with(&[External::node_port(node_port, Protocol::Tcp)
+            .rejecting()
+            .build()])?;
         let (verdict, out) =
             lb.ext_ingress(&Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame())?;
         assert_eq!(verdict, TC_ACT_REDIRECT, "{node_port}: reset sent back");
@@ -192,13 +156,9 @@ fn a_backend_on_another_node_without_a_node_address_to_snat_to_drops_and_counts_
         ("[2001:db8::1]:30083", "[fd00:202:1::2]:8080", CLIENT6),
     ] {
         // Not local: the flow would be SNATed to this node's address, which is not set.
-        let mut lb = lb_with(&[common::external_frontend(
-            node_port,
-            Protocol::Tcp,
-            &[backend],
-            &[],
-            ExternalPolicy::default(),
-        )])?;
+        let mut lb = lb_with(&[External::node_port(node_port, Protocol::Tcp)
+            .remote(&[backend])
+            .build()])?;
         let (verdict, _) =
             lb.ext_ingress(&Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame())?;
         assert_eq!(verdict, TC_ACT_SHOT, "{node_port}: no SNAT address");
@@ -215,11 +175,9 @@ fn a_backend_on_another_node_without_a_node_address_to_snat_to_drops_and_counts_
 #[test]
 fn established_external_flows_keep_their_backend() -> TestResult {
     let backends = ["10.201.1.2:8080", "10.201.2.2:8080", "10.201.3.2:8080"];
-    let mut lb = lb_with(&[external(
-        "192.0.2.1:30080",
-        &backends,
-        ExternalPolicy::default(),
-    )])?;
+    let mut lb = lb_with(&[External::node_port("192.0.2.1:30080", Protocol::Tcp)
+        .local(&backends)
+        .build()])?;
     for port in 40000..40020u16 {
         let client = SocketAddr::new("192.0.2.100".parse()?, port);
         let syn = Packet::tcp(client, sock("192.0.2.1:30080"), TCP_SYN);
@@ -227,7 +185,7 @@ fn established_external_flows_keep_their_backend() -> TestResult {
             .map_err(anyhow::Error::msg)?
             .dst;
         for _ in 0..5 {
-            let ack = Packet::tcp(client, sock("192.0.2.1:30080"), common::frame::TCP_ACK);
+            let ack = Packet::tcp(client, sock("192.0.2.1:30080"), TCP_ACK);
             let again = summary(&lb.ext_ingress(&ack.frame())?.1)
                 .map_err(anyhow::Error::msg)?
                 .dst;
