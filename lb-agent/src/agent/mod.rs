@@ -23,15 +23,19 @@ use crate::{
     },
     kernel::{DatapathMode, LoadOptions, Programs},
     lbmap::{Writer, bpf::BpfMaps},
-    node::{addrs::DeviceAddr, devices::DevicePatterns},
+    node::{addrs::DeviceAddr, devices::DevicePatterns, watch::Wakeups},
     plan::NodeFacts,
     source::{Changes, Source, SourceOptions, kube},
 };
 
 /// How long a change may wait for a sync before health turns 503 (kube-proxy: 2 x sync period).
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often devices are rescanned.
-const DEVICE_SCAN_INTERVAL: Duration = Duration::from_millis(500);
+/// How often devices are rescanned where rtnetlink cannot tell of their changes: a device
+/// that appears is attached within this long.
+const DEVICE_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How often devices are rescanned although rtnetlink tells of every change: a safety net for a
+/// change the scan missed all the same.
+const DEVICE_SAFETY_NET: Duration = Duration::from_secs(30);
 /// How often to say that the agent still waits for its source's first complete state.
 const WAITING_NOTICE: Duration = Duration::from_secs(10);
 
@@ -147,10 +151,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // The writer takes over the earlier run's maps before the first scan, which may write the
     // XDP redirect devices; frontends are written only once the source is ready.
     let mut syncer = Syncer::new(resume_writer(maps, opts.load.max_backends), health.clone());
+    // Subscribed before the first scan: a change between the two wakes the next scan.
+    let mut device_wake = Wakeups::start(DEVICE_SAFETY_NET, DEVICE_POLL_INTERVAL);
     let mut last_addrs = scanner.scan(&mut programs, syncer.writer_mut());
-    let mut device_tick = tokio::time::interval(DEVICE_SCAN_INTERVAL);
-    // After a stall (a starved CPU, a stopped process) one tick, not a burst of missed ones.
-    device_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
 
     // The first sync waits for the complete state: programming a partial view would delete
@@ -167,7 +170,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     r.context("waiting for the source's first complete state")?;
                     break;
                 }
-                _ = device_tick.tick() => {
+                () = device_wake.next() => {
                     if let Some(addrs) = scanner.scan(&mut programs, syncer.writer_mut()) {
                         last_addrs = Some(addrs);
                     }
@@ -199,7 +202,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 false
             }
             _ = resync_tick.tick() => true,
-            _ = device_tick.tick() => {
+            () = device_wake.next() => {
                 // A node address that comes or goes changes the node ports: sync at once rather
                 // than at the next periodic resync.
                 let addrs = scanner.scan(&mut programs, syncer.writer_mut());

@@ -99,7 +99,7 @@ fn io_err(op: &'static str, map: &'static str, e: AyaMapError) -> MapError {
 /// Deleting an absent key is success: deletes are idempotent.
 fn ignore_missing(r: Result<(), AyaMapError>) -> Result<(), AyaMapError> {
     match r {
-        Err(AyaMapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
+        Err(AyaMapError::SyscallError(s)) if s.io_error.kind() == std::io::ErrorKind::NotFound => {
             Ok(())
         }
         other => other,

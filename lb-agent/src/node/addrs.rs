@@ -1,6 +1,6 @@
 //! The node's own addresses: where NodePorts answer, and the source of SNATed flows.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 
@@ -13,43 +13,21 @@ pub struct DeviceAddr {
 
 /// Every address of every device in this network namespace (`getifaddrs(3)`).
 pub fn list() -> std::io::Result<Vec<DeviceAddr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list freed below; entries are read while it lives.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is an element of the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: the name is a NUL-terminated string of the list.
-        let device = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
-            .to_string_lossy()
-            .into_owned();
-        // SAFETY: sa_family tells which sockaddr type the pointer holds.
-        let addr = unsafe {
-            match i32::from((*ifa.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
-                }
-                libc::AF_INET6 => {
-                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
-                }
-                _ => continue,
-            }
-        };
-        out.push(DeviceAddr { device, addr });
-    }
-    // SAFETY: the list came from getifaddrs and is not used after this.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(out)
+    Ok(nix::ifaddrs::getifaddrs()?
+        .filter_map(|ifa| {
+            let sa = ifa.address?;
+            // Link-layer (AF_PACKET) entries carry no IP address.
+            let addr = match (sa.as_sockaddr_in(), sa.as_sockaddr_in6()) {
+                (Some(sin), _) => IpAddr::V4(sin.ip()),
+                (_, Some(sin6)) => IpAddr::V6(sin6.ip()),
+                _ => return None,
+            };
+            Some(DeviceAddr {
+                device: ifa.interface_name,
+                addr,
+            })
+        })
+        .collect())
 }
 
 /// Link-local and loopback addresses never serve NodePorts (users report NodePorts bound to
@@ -153,6 +131,25 @@ mod tests {
             parse_cidrs("10.1.2.3/8").unwrap()[0].to_string(),
             "10.0.0.0/8"
         );
+    }
+
+    #[test]
+    fn lists_both_families_exactly_in_a_namespace() {
+        lb_tests::require_root();
+        let ns = lb_tests::netns::Netns::new("lbadr").unwrap();
+        ns.ip(&[
+            "link", "add", "lba0", "type", "veth", "peer", "name", "lba1",
+        ])
+        .unwrap();
+        ns.ip(&["addr", "add", "10.1.2.3/24", "dev", "lba0"])
+            .unwrap();
+        ns.ip(&["addr", "add", "fd00::1:2/64", "dev", "lba0", "nodad"])
+            .unwrap();
+        let all = ns.run(list).unwrap().unwrap();
+        for want in [da("lba0", "10.1.2.3"), da("lba0", "fd00::1:2")] {
+            assert!(all.contains(&want), "{want:?} not in {all:?}");
+        }
+        assert!(all.iter().all(|a| a.device != "lba1"), "{all:?}");
     }
 
     #[test]

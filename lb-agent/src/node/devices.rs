@@ -41,39 +41,28 @@ impl DevicePatterns {
 /// asks the kernel through a socket of this process's namespace (unlike `/sys/class/net`, which
 /// shows the namespace of whoever mounted sysfs).
 pub fn list() -> std::io::Result<Vec<(String, u32)>> {
-    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
-    unsafe {
-        let head = libc::if_nameindex();
-        if head.is_null() {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut out = Vec::new();
-        let mut cur = head;
-        while (*cur).if_index != 0 && !(*cur).if_name.is_null() {
-            let name = std::ffi::CStr::from_ptr((*cur).if_name)
-                .to_string_lossy()
-                .into_owned();
-            out.push((name, (*cur).if_index));
-            cur = cur.add(1);
-        }
-        libc::if_freenameindex(head);
-        Ok(out)
-    }
+    let interfaces = nix::net::if_::if_nameindex()?;
+    Ok(interfaces
+        .iter()
+        .map(|i| (i.name().to_string_lossy().into_owned(), i.index()))
+        .collect())
 }
 
-/// `SIOCETHTOOL` and `ETHTOOL_GDRVINFO` (`linux/sockios.h`, `linux/ethtool.h`).
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
+/// `ETHTOOL_GDRVINFO` (`linux/ethtool.h`): the command that fills a [`EthtoolDrvinfo`].
 const ETHTOOL_GDRVINFO: u32 = 0x3;
+/// Length of each string of [`EthtoolDrvinfo`] (`ETHTOOL_BUSINFO_LEN` and its siblings).
+const ETHTOOL_STRING_LEN: usize = 32;
 
-/// `struct ethtool_drvinfo` (`linux/ethtool.h`).
+/// `struct ethtool_drvinfo` (`linux/ethtool.h`). Neither libc, nix nor rustix defines it, and
+/// ethtool's netlink interface has no driver query (`ethtool -i` still uses this ioctl).
 #[repr(C)]
 struct EthtoolDrvinfo {
     cmd: u32,
-    driver: [u8; 32],
-    version: [u8; 32],
-    fw_version: [u8; 32],
-    bus_info: [u8; 32],
-    erom_version: [u8; 32],
+    driver: [u8; ETHTOOL_STRING_LEN],
+    version: [u8; ETHTOOL_STRING_LEN],
+    fw_version: [u8; ETHTOOL_STRING_LEN],
+    bus_info: [u8; ETHTOOL_STRING_LEN],
+    erom_version: [u8; ETHTOOL_STRING_LEN],
     reserved2: [u8; 12],
     n_priv_flags: u32,
     n_stats: u32,
@@ -82,27 +71,31 @@ struct EthtoolDrvinfo {
     regdump_len: u32,
 }
 
-/// `struct ifreq` with the `ifr_data` member.
-#[repr(C)]
-struct IfreqData {
-    name: [u8; libc::IFNAMSIZ],
-    data: *mut libc::c_void,
-    _pad: [u8; 16],
-}
+// `SIOCETHTOOL` takes a `struct ifreq` whose `ifr_data` points at the command's buffer; the
+// kernel reads and writes through that pointer (`net/ethtool/ioctl.c`).
+nix::ioctl_readwrite_bad!(siocethtool, nix::libc::SIOCETHTOOL, nix::libc::ifreq);
 
 /// The kernel driver of a device (`veth`, `virtio_net`, `mlx5_core`...), as `ethtool -i`
 /// shows it; `None` when the device has none or does not answer.
 pub fn driver(device: &str) -> Option<String> {
-    if device.len() >= libc::IFNAMSIZ {
+    use std::os::fd::AsRawFd as _;
+
+    use nix::{
+        libc::{__c_anonymous_ifr_ifru, IFNAMSIZ, c_char, ifreq},
+        sys::socket::{AddressFamily, SockFlag, SockType, socket},
+    };
+
+    // One byte stays for the terminating NUL.
+    if device.len() >= IFNAMSIZ || device.as_bytes().contains(&0) {
         return None;
     }
     let mut info = EthtoolDrvinfo {
         cmd: ETHTOOL_GDRVINFO,
-        driver: [0; 32],
-        version: [0; 32],
-        fw_version: [0; 32],
-        bus_info: [0; 32],
-        erom_version: [0; 32],
+        driver: [0; ETHTOOL_STRING_LEN],
+        version: [0; ETHTOOL_STRING_LEN],
+        fw_version: [0; ETHTOOL_STRING_LEN],
+        bus_info: [0; ETHTOOL_STRING_LEN],
+        erom_version: [0; ETHTOOL_STRING_LEN],
         reserved2: [0; 12],
         n_priv_flags: 0,
         n_stats: 0,
@@ -110,26 +103,33 @@ pub fn driver(device: &str) -> Option<String> {
         eedump_len: 0,
         regdump_len: 0,
     };
-    let mut req = IfreqData {
-        name: [0; libc::IFNAMSIZ],
-        data: (&raw mut info).cast(),
-        _pad: [0; 16],
+    let mut req = ifreq {
+        ifr_name: [0; IFNAMSIZ],
+        ifr_ifru: __c_anonymous_ifr_ifru {
+            ifru_data: (&raw mut info).cast::<c_char>(),
+        },
     };
-    req.name[..device.len()].copy_from_slice(device.as_bytes());
-    // SAFETY: a datagram socket of this namespace, closed below; the ioctl fills `info` through
-    // the pointer in `req`, both alive for the call.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return None;
-        }
-        let rc = libc::ioctl(fd, SIOCETHTOOL, &mut req);
-        libc::close(fd);
-        if rc != 0 {
-            return None;
-        }
+    for (dst, src) in req.ifr_name.iter_mut().zip(device.bytes()) {
+        *dst = src as c_char;
     }
-    let len = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    // Any socket of this process's network namespace answers for the namespace's devices.
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .ok()?;
+    // SAFETY: `sock` is an open socket for the whole call; `req` holds a NUL-terminated name and
+    // points `ifr_data` at `info`, a live `struct ethtool_drvinfo` whose `cmd` is
+    // ETHTOOL_GDRVINFO, which is what the kernel reads and fills through it; nothing else
+    // aliases either while the call runs.
+    unsafe { siocethtool(sock.as_raw_fd(), &raw mut req) }.ok()?;
+    let len = info
+        .driver
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(ETHTOOL_STRING_LEN);
     (len > 0).then(|| String::from_utf8_lossy(&info.driver[..len]).into_owned())
 }
 
@@ -161,6 +161,24 @@ mod tests {
         assert_eq!(driver("lo").filter(|d| !d.is_empty()), None);
         assert_eq!(driver("no-such-dev0"), None);
         assert_eq!(driver("a-name-longer-than-ifnamsiz"), None);
+    }
+
+    #[test]
+    fn drivers_are_asked_in_the_callers_network_namespace() {
+        lb_tests::require_root();
+        let ns = lb_tests::netns::Netns::new("lbdrv").unwrap();
+        // A name of this process alone, so the machine's own namespace has no such device.
+        let veth = lb_tests::unique_name("lbd");
+        let peer = format!("{veth}p");
+        ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer])
+            .unwrap();
+        let (in_ns, listed) = ns
+            .run(|| ((driver(&veth), driver("lo")), list().unwrap()))
+            .unwrap();
+        assert_eq!(in_ns.0.as_deref(), Some("veth"));
+        assert_eq!(in_ns.1.filter(|d| !d.is_empty()), None);
+        assert!(listed.iter().any(|(n, _)| *n == peer), "{listed:?}");
+        assert_eq!(driver(&veth), None, "the device is not in this namespace");
     }
 
     #[test]

@@ -2,3 +2,4 @@
 
 pub mod addrs;
 pub mod devices;
+pub mod watch;

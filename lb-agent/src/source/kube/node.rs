@@ -38,14 +38,9 @@ pub fn node_state(node: Option<&Node>) -> NodeState {
 
 /// This machine's host name: kube-proxy's default node name when none is given.
 pub fn hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into the buffer.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return None;
-    }
-    let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    let name = std::str::from_utf8(&buf[..len]).ok()?.trim().to_lowercase();
+    // `gethostname(3)` is the UTS namespace's node name, which `uname(2)` returns too.
+    let uname = rustix::system::uname();
+    let name = uname.nodename().to_str().ok()?.trim().to_lowercase();
     (!name.is_empty()).then_some(name)
 }
 
@@ -57,6 +52,12 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn hostname_is_the_kernels_lowercased() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(hostname(), Some(kernel.trim().to_lowercase()));
+    }
 
     #[test]
     fn node_eligibility_and_zone() {
