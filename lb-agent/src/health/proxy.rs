@@ -211,18 +211,7 @@ mod tests {
         assert!(h.snapshot().live && h.snapshot().synced);
     }
 
-    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    }
+    use super::super::http_get as get;
 
     fn body(resp: &str) -> serde_json::Value {
         serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap()
@@ -263,24 +252,13 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(axum::serve(listener, router(h.clone())).into_future());
-        let get = |path: &'static str| async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            s.write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-            )
-            .await
-            .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
-        };
-        let resp = tokio::time::timeout(Duration::from_secs(10), get("/healthz"))
+        let fetch = |path: &'static str| get(addr, path);
+        let resp = tokio::time::timeout(Duration::from_secs(10), fetch("/healthz"))
             .await
             .unwrap();
         assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
         h.updated();
-        let resp = tokio::time::timeout(Duration::from_secs(10), get("/healthz"))
+        let resp = tokio::time::timeout(Duration::from_secs(10), fetch("/healthz"))
             .await
             .unwrap();
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
@@ -289,7 +267,7 @@ mod tests {
         assert!(lower.contains("x-content-type-options: nosniff"), "{resp}");
         assert!(resp.contains("\"lastUpdated\":\"20"), "{resp}");
         assert!(resp.contains("\"nodeEligible\":true"), "{resp}");
-        let resp = tokio::time::timeout(Duration::from_secs(10), get("/livez"))
+        let resp = tokio::time::timeout(Duration::from_secs(10), fetch("/livez"))
             .await
             .unwrap();
         assert!(

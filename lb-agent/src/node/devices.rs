@@ -6,13 +6,11 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 #[derive(Clone, Debug)]
 pub struct DevicePatterns {
     set: GlobSet,
-    raw: Vec<String>,
 }
 
 impl DevicePatterns {
     pub fn parse(list: &str) -> Result<Self, String> {
         let mut builder = GlobSetBuilder::new();
-        let mut raw = Vec::new();
         for pattern in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if pattern.len() > 15 && !pattern.contains(['*', '?', '[']) {
                 return Err(format!(
@@ -22,14 +20,9 @@ impl DevicePatterns {
             let glob =
                 Glob::new(pattern).map_err(|e| format!("device pattern {pattern:?}: {e}"))?;
             builder.add(glob);
-            raw.push(pattern.to_owned());
         }
         let set = builder.build().map_err(|e| e.to_string())?;
-        Ok(Self { set, raw })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.raw.is_empty()
+        Ok(Self { set })
     }
 
     pub fn matches(&self, device: &str) -> bool {
