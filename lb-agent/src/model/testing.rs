@@ -1,6 +1,6 @@
 //! Builders for model values in unit tests: one copy instead of one per test module.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::{
     Backend, Endpoint, EndpointPort, EndpointSlice, Frontend, FrontendKind, FrontendState,
@@ -10,9 +10,53 @@ use super::{
 
 /// `default/{n}`.
 pub fn name(n: &str) -> NamespacedName {
+    named("default", n)
+}
+
+/// `{namespace}/{name}`.
+pub fn named(namespace: &str, name: &str) -> NamespacedName {
     NamespacedName {
-        namespace: "default".into(),
-        name: n.into(),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test IP literal")
+}
+
+pub fn ips(list: &[&str]) -> Vec<IpAddr> {
+    list.iter().map(|s| ip(s)).collect()
+}
+
+pub fn svc_port(name: &str, port: u16, protocol: Protocol, node_port: Option<u16>) -> ServicePort {
+    ServicePort {
+        name: name.to_owned(),
+        port,
+        protocol,
+        node_port,
+    }
+}
+
+pub fn ep_port(name: &str, port: u16, protocol: Protocol) -> EndpointPort {
+    EndpointPort {
+        name: name.to_owned(),
+        port,
+        protocol,
+    }
+}
+
+/// A ready endpoint on `node` (if any) in `zone` (if any), without hints.
+pub fn endpoint(addr: &str, node: Option<&str>, zone: Option<&str>) -> Endpoint {
+    Endpoint {
+        addr: ip(addr),
+        ready: true,
+        serving: true,
+        terminating: false,
+        node_name: node.map(str::to_owned),
+        zone: zone.map(str::to_owned),
+        zone_hints: vec![],
+        node_hints: vec![],
     }
 }
 
@@ -24,12 +68,7 @@ pub fn svc(n: &str, ips: &[&str], ports: &[(&str, u16, Protocol)]) -> Service {
         cluster_ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
         ports: ports
             .iter()
-            .map(|(n, p, proto)| ServicePort {
-                name: (*n).into(),
-                port: *p,
-                protocol: *proto,
-                node_port: None,
-            })
+            .map(|(n, p, proto)| svc_port(n, *p, *proto, None))
             .collect(),
         external_ips: vec![],
         load_balancer_ips: vec![],
@@ -42,16 +81,7 @@ pub fn svc(n: &str, ips: &[&str], ports: &[(&str, u16, Protocol)]) -> Service {
 
 /// A ready endpoint on node `n2` (not this node, which the tests call `n1`).
 pub fn ep(addr: &str) -> Endpoint {
-    Endpoint {
-        addr: addr.parse().unwrap(),
-        ready: true,
-        serving: true,
-        terminating: false,
-        node_name: Some("n2".into()),
-        zone: None,
-        zone_hints: vec![],
-        node_hints: vec![],
-    }
+    endpoint(addr, Some("n2"), None)
 }
 
 /// Builders for endpoint conditions, locality and hints.
@@ -109,11 +139,7 @@ pub fn slice_of(
         family,
         ports: ports
             .iter()
-            .map(|(n, p, proto)| EndpointPort {
-                name: (*n).into(),
-                port: *p,
-                protocol: *proto,
-            })
+            .map(|(n, p, proto)| ep_port(n, *p, *proto))
             .collect(),
         endpoints,
     }

@@ -9,30 +9,10 @@ use k8s_openapi::api::{
 use serde_json::{Value, json};
 
 use super::{Converted, endpoint_slice, service};
+use crate::model::testing::{ip, named, svc_port};
 use crate::model::{
-    Endpoint, EndpointPort, EndpointSlice, IpFamily, NamespacedName, Protocol, Service,
-    ServicePort, ServiceType, TrafficPolicy,
+    Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol, Service, ServiceType, TrafficPolicy,
 };
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("test IP literal")
-}
-
-fn name(namespace: &str, name: &str) -> NamespacedName {
-    NamespacedName {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-    }
-}
-
-fn port(name: &str, port: u16, protocol: Protocol, node_port: Option<u16>) -> ServicePort {
-    ServicePort {
-        name: name.to_owned(),
-        port,
-        protocol,
-        node_port,
-    }
-}
 
 /// A Service object with the given `spec`, named `default/web`.
 fn svc_json(spec: Value) -> Value {
@@ -106,13 +86,13 @@ fn dual_stack_node_port_service_converts_every_field() {
     assert_eq!(
         service_ok(&raw),
         Service {
-            name: name("shop", "web"),
+            name: named("shop", "web"),
             service_type: ServiceType::LoadBalancer,
             cluster_ips: vec![ip("10.96.12.34"), ip("fd00:10:96::1234")],
             ports: vec![
-                port("http", 80, Protocol::Tcp, Some(30080)),
-                port("dns", 53, Protocol::Udp, Some(30053)),
-                port("sig", 3868, Protocol::Sctp, None),
+                svc_port("http", 80, Protocol::Tcp, Some(30080)),
+                svc_port("dns", 53, Protocol::Udp, Some(30053)),
+                svc_port("sig", 3868, Protocol::Sctp, None),
             ],
             external_ips: vec![ip("192.0.2.7"), ip("2001:db8::7")],
             load_balancer_ips: vec![ip("203.0.113.10"), ip("2001:db8:1::10")],
@@ -135,10 +115,10 @@ fn omitted_fields_take_the_api_defaults() {
     assert_eq!(
         service_ok(&raw),
         Service {
-            name: name("default", "web"),
+            name: named("default", "web"),
             service_type: ServiceType::ClusterIp,
             cluster_ips: vec![ip("10.96.0.10")],
-            ports: vec![port("", 80, Protocol::Tcp, None)],
+            ports: vec![svc_port("", 80, Protocol::Tcp, None)],
             external_ips: vec![],
             load_balancer_ips: vec![],
             internal_traffic_policy: TrafficPolicy::Cluster,
@@ -155,7 +135,7 @@ fn empty_namespace_means_default() {
         svc_json(minimal_spec()),
         &[("/metadata/namespace", json!(""))],
     );
-    assert_eq!(service_ok(&raw).name, name("default", "web"));
+    assert_eq!(service_ok(&raw).name, named("default", "web"));
 }
 
 #[test]
@@ -429,8 +409,8 @@ fn same_port_name_on_two_protocols_is_two_service_ports() {
     assert_eq!(
         svc.ports,
         vec![
-            port("dns", 53, Protocol::Udp, None),
-            port("dns", 53, Protocol::Tcp, None)
+            svc_port("dns", 53, Protocol::Udp, None),
+            svc_port("dns", 53, Protocol::Tcp, None)
         ]
     );
 }
@@ -565,8 +545,8 @@ fn endpoint_slice_converts_every_field() {
     assert_eq!(
         converted.value,
         EndpointSlice {
-            name: name("shop", "web-abcde"),
-            service: name("shop", "web"),
+            name: named("shop", "web-abcde"),
+            service: named("shop", "web"),
             family: IpFamily::V4,
             ports: vec![
                 EndpointPort {
@@ -824,8 +804,8 @@ fn slice_service_lives_in_the_slice_namespace() {
         .expect("metadata")
         .remove("namespace");
     let converted = slice_ok(&raw);
-    assert_eq!(converted.value.name, name("default", "web-abcde"));
-    assert_eq!(converted.value.service, name("default", "web"));
+    assert_eq!(converted.value.name, named("default", "web-abcde"));
+    assert_eq!(converted.value.service, named("default", "web"));
 }
 
 #[test]

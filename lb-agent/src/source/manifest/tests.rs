@@ -3,16 +3,16 @@
 
 use std::{
     fs,
-    net::IpAddr,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant, SystemTime},
 };
 
 use super::{ManifestSource, Report};
+use crate::model::testing::{endpoint, ep_port, ip, ips, named, svc_port};
 use crate::model::{
-    Endpoint, EndpointPort, EndpointSlice, IpFamily, NamespacedName, Protocol, Service,
-    ServicePort, ServiceType, TrafficPolicy,
+    Endpoint, EndpointSlice, IpFamily, NamespacedName, Protocol, Service, ServiceType,
+    TrafficPolicy,
 };
 
 const KUBECTL_YAML: &str = include_str!(
@@ -102,51 +102,6 @@ fn find_service(source: &ManifestSource, namespaced: &str) -> Service {
         .unwrap_or_else(|| panic!("no service {namespaced}"))
 }
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("test IP literal")
-}
-
-fn ips(list: &[&str]) -> Vec<IpAddr> {
-    list.iter().map(|s| ip(s)).collect()
-}
-
-fn name(namespace: &str, name: &str) -> NamespacedName {
-    NamespacedName {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-    }
-}
-
-fn svc_port(name: &str, port: u16, protocol: Protocol, node_port: Option<u16>) -> ServicePort {
-    ServicePort {
-        name: name.to_owned(),
-        port,
-        protocol,
-        node_port,
-    }
-}
-
-fn ep_port(name: &str, port: u16, protocol: Protocol) -> EndpointPort {
-    EndpointPort {
-        name: name.to_owned(),
-        port,
-        protocol,
-    }
-}
-
-fn endpoint(addr: &str, node: Option<&str>, zone: Option<&str>) -> Endpoint {
-    Endpoint {
-        addr: ip(addr),
-        ready: true,
-        serving: true,
-        terminating: false,
-        node_name: node.map(str::to_owned),
-        zone: zone.map(str::to_owned),
-        zone_hints: vec![],
-        node_hints: vec![],
-    }
-}
-
 /// Asserts exactly one line contains every needle.
 fn assert_one_line(lines: &[String], needles: &[&str]) {
     let hits: Vec<&String> = lines
@@ -188,7 +143,7 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
 
     let want_services = vec![
         Service {
-            name: name("kube-system", "kube-dns"),
+            name: named("kube-system", "kube-dns"),
             service_type: ServiceType::NodePort,
             cluster_ips: ips(&["fd00:10:96::a"]),
             ports: vec![
@@ -204,7 +159,7 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
             load_balancer_source_ranges: vec![],
         },
         Service {
-            name: name("shop", "db"),
+            name: named("shop", "db"),
             service_type: ServiceType::ClusterIp,
             cluster_ips: vec![],
             ports: vec![svc_port("postgres", 5432, Protocol::Tcp, None)],
@@ -216,7 +171,7 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
             load_balancer_source_ranges: vec![],
         },
         Service {
-            name: name("shop", "front"),
+            name: named("shop", "front"),
             service_type: ServiceType::LoadBalancer,
             cluster_ips: ips(&["10.96.40.1"]),
             ports: vec![svc_port("https", 443, Protocol::Tcp, Some(30443))],
@@ -228,7 +183,7 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
             load_balancer_source_ranges: vec![],
         },
         Service {
-            name: name("shop", "payments"),
+            name: named("shop", "payments"),
             service_type: ServiceType::ExternalName,
             cluster_ips: vec![],
             ports: vec![],
@@ -240,7 +195,7 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
             load_balancer_source_ranges: vec![],
         },
         Service {
-            name: name("shop", "web"),
+            name: named("shop", "web"),
             service_type: ServiceType::ClusterIp,
             cluster_ips: ips(&["10.96.12.34", "fd00:10:96::1234"]),
             ports: vec![
@@ -259,8 +214,8 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
 
     let want_slices = vec![
         EndpointSlice {
-            name: name("kube-system", "kube-dns-5r8tw"),
-            service: name("kube-system", "kube-dns"),
+            name: named("kube-system", "kube-dns-5r8tw"),
+            service: named("kube-system", "kube-dns"),
             family: IpFamily::V6,
             ports: vec![
                 ep_port("dns-tcp", 53, Protocol::Tcp),
@@ -270,8 +225,8 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
             endpoints: vec![endpoint("fd00:10:244:1::53", Some("node-a"), None)],
         },
         EndpointSlice {
-            name: name("shop", "web-q9m4z"),
-            service: name("shop", "web"),
+            name: named("shop", "web-q9m4z"),
+            service: named("shop", "web"),
             family: IpFamily::V6,
             ports: vec![
                 ep_port("http", 8080, Protocol::Tcp),
@@ -284,8 +239,8 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
             ],
         },
         EndpointSlice {
-            name: name("shop", "web-x7k2p"),
-            service: name("shop", "web"),
+            name: named("shop", "web-x7k2p"),
+            service: named("shop", "web"),
             family: IpFamily::V4,
             ports: vec![
                 ep_port("http", 8080, Protocol::Tcp),
@@ -319,7 +274,7 @@ fn kubectl_get_json_list_loads() {
     assert_eq!(
         services(&source),
         vec![Service {
-            name: name("default", "echo"),
+            name: named("default", "echo"),
             service_type: ServiceType::ClusterIp,
             cluster_ips: ips(&["10.96.7.7"]),
             ports: vec![svc_port("", 7, Protocol::Udp, None)],
@@ -334,8 +289,8 @@ fn kubectl_get_json_list_loads() {
     assert_eq!(
         slices(&source),
         vec![EndpointSlice {
-            name: name("default", "echo-h2j6k"),
-            service: name("default", "echo"),
+            name: named("default", "echo-h2j6k"),
+            service: named("default", "echo"),
             family: IpFamily::V4,
             ports: vec![ep_port("", 7, Protocol::Udp)],
             endpoints: vec![endpoint("10.244.3.7", Some("node-c"), None)],
