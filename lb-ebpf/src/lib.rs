@@ -39,6 +39,14 @@ pub mod map_names {
     pub const STATS: &str = "LB_STATS";
     /// Devices running the XDP program (ifindex -> ifindex), the targets of XDP redirects.
     pub const XDP_DEVICES: &str = "LB_XDP_DEVICES";
+    /// Session affinity: the backend a client was last sent to, per frontend.
+    pub const AFFINITY_V4: &str = "LB_AFFINITY_V4";
+    pub const AFFINITY_V6: &str = "LB_AFFINITY_V6";
+    /// Session affinity of sockets, by network namespace instead of client address.
+    pub const SOCK_AFFINITY: &str = "LB_SOCK_AFFINITY";
+    /// The backends of every frontend with session affinity, so that affinity never leads to a
+    /// backend the frontend no longer has (the agent writes it).
+    pub const AFFINITY_MATCH: &str = "LB_AFFINITY_MATCH";
 }
 
 /// Names of the programs in the object file.
@@ -77,6 +85,8 @@ pub const DEFAULT_MAX_SNAT: u32 = 131_072;
 pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;
 /// Devices the XDP program can run on at once (entries of `LB_XDP_DEVICES`).
 pub const MAX_XDP_DEVICES: u32 = 1_024;
+/// Default size of each session affinity map (clients x frontends with affinity).
+pub const DEFAULT_MAX_AFFINITY: u32 = 131_072;
 /// Default number of tracked flows (each flow takes a forward and a reply entry), per family.
 pub const DEFAULT_MAX_FLOWS: u32 = 524_288;
 
@@ -174,7 +184,8 @@ pub type Service6Key = ServiceKey<[u8; 16]>;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceValue {
-    /// Backend slots: the backend's ID. Frontend: 0.
+    /// Backend slots: the backend's ID. Frontend: the session affinity timeout in seconds
+    /// with [`SVC_F_AFFINITY`], else 0 (Cilium keeps it in the same place).
     pub backend_id: u32,
     /// Frontend: number of backend slots. Backend slots: 0.
     pub count: u16,
@@ -192,6 +203,63 @@ impl ServiceValue {
     pub const fn refuses(&self) -> bool {
         self.count == 0 && self.flags & SVC_F_REJECT != 0
     }
+
+    /// A frontend's session affinity timeout in nanoseconds; `None` without affinity.
+    #[inline(always)]
+    pub const fn affinity_timeout_ns(&self) -> Option<u64> {
+        if self.flags & SVC_F_AFFINITY != 0 {
+            Some(self.backend_id as u64 * 1_000_000_000)
+        } else {
+            None
+        }
+    }
+}
+
+/// Key of the session affinity maps: a client and the frontend (by reverse-NAT ID) it used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey<A> {
+    /// The client's address; for sockets ([`SockAffinityKey`]) its network namespace instead.
+    pub client: A,
+    pub rev_nat_id: u16,
+    pub _pad: [u8; 2],
+}
+
+/// Key of the IPv4 session affinity map.
+pub type Affinity4Key = AffinityKey<[u8; 4]>;
+/// Key of the IPv6 session affinity map.
+pub type Affinity6Key = AffinityKey<[u8; 16]>;
+
+/// Key of the sockets' session affinity map: the socket's network namespace cookie
+/// (`bpf_get_netns_cookie`), the frontend, and its family (4 or 6), as a socket of the node
+/// has no client address before it connects.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockAffinityKey {
+    pub netns_cookie: u64,
+    pub rev_nat_id: u16,
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Value of the session affinity maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// When a new flow last went to the backend through this entry (`bpf_ktime_get_ns`).
+    pub last_used_ns: u64,
+}
+
+/// Key of the affinity match map: a backend of a frontend with session affinity. Backend and
+/// reverse-NAT IDs are unique across both families, so one map serves both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityMatchKey {
+    pub backend_id: u32,
+    pub rev_nat_id: u16,
+    pub _pad: [u8; 2],
 }
 
 /// Value of the backend maps, keyed by a `u32` backend ID.
@@ -309,6 +377,9 @@ pub const SVC_F_SOURCE_RANGES: u8 = 4;
 /// `connect()` fails with ECONNREFUSED, as kube-proxy's REJECT rules do. A frontend without
 /// backends but without this flag (endpoints exist, none in its scope) drops.
 pub const SVC_F_REJECT: u8 = 8;
+/// Frontend flag: `sessionAffinity: ClientIP`; the frontend entry's `backend_id` holds the
+/// timeout in seconds.
+pub const SVC_F_AFFINITY: u8 = 16;
 
 /// Backend flag: the backend runs on this node.
 pub const BACKEND_F_LOCAL: u8 = 1;
@@ -390,6 +461,11 @@ mod pod {
     unsafe impl aya::Pod for Sock6Key {}
     unsafe impl aya::Pod for Sock4Value {}
     unsafe impl aya::Pod for Sock6Value {}
+    unsafe impl aya::Pod for Affinity4Key {}
+    unsafe impl aya::Pod for Affinity6Key {}
+    unsafe impl aya::Pod for SockAffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for AffinityMatchKey {}
 }
 
 #[cfg(test)]
@@ -418,6 +494,11 @@ mod tests {
         assert_eq!(size_of::<Sock6Key>(), 32);
         assert_eq!(size_of::<Sock4Value>(), 8);
         assert_eq!(size_of::<Sock6Value>(), 20);
+        assert_eq!(size_of::<Affinity4Key>(), 8);
+        assert_eq!(size_of::<Affinity6Key>(), 20);
+        assert_eq!(size_of::<SockAffinityKey>(), 16);
+        assert_eq!(size_of::<AffinityValue>(), 16);
+        assert_eq!(size_of::<AffinityMatchKey>(), 8);
     }
 
     #[test]

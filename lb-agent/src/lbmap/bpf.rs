@@ -13,8 +13,9 @@ use aya::{
 };
 use ipnet::IpNet;
 use lb_ebpf::{
-    BACKEND_F_LOCAL, Backend4, Backend6, Flow4Key, Flow4Value, Flow6Key, Flow6Value, Service4Key,
-    Service6Key, ServiceKey, ServiceValue, SourceRange, map_names, port_to_map,
+    AffinityMatchKey, BACKEND_F_LOCAL, Backend4, Backend6, Flow4Key, Flow4Value, Flow6Key,
+    Flow6Value, Service4Key, Service6Key, ServiceKey, ServiceValue, SourceRange, map_names,
+    port_to_map,
 };
 use thiserror::Error;
 
@@ -34,6 +35,7 @@ pub struct BpfMaps {
     node_addr_v4: Array<MapData, [u8; 4]>,
     node_addr_v6: Array<MapData, [u8; 16]>,
     xdp_devices: DevMapHash<MapData>,
+    affinity_match: HashMap<MapData, AffinityMatchKey, u8>,
 }
 
 /// A map the agent needs could not be taken from the loaded object.
@@ -74,6 +76,7 @@ impl BpfMaps {
             node_addr_v4: take_map(ebpf, map_names::NODE_ADDR_V4)?,
             node_addr_v6: take_map(ebpf, map_names::NODE_ADDR_V6)?,
             xdp_devices: take_map(ebpf, map_names::XDP_DEVICES)?,
+            affinity_match: take_map(ebpf, map_names::AFFINITY_MATCH)?,
         })
     }
 
@@ -136,6 +139,38 @@ impl MapOps for BpfMaps {
                 .set(0, [0; 16], 0)
                 .map_err(|e| io_err("update", map_names::NODE_ADDR_V6, e)),
         }
+    }
+
+    fn put_affinity_match(
+        &mut self,
+        rev_nat_id: u16,
+        backend_id: BackendId,
+    ) -> Result<(), MapError> {
+        self.affinity_match
+            .insert(match_key(rev_nat_id, backend_id), 1, 0)
+            .map_err(|e| io_err("insert", map_names::AFFINITY_MATCH, e))
+    }
+
+    fn delete_affinity_match(
+        &mut self,
+        rev_nat_id: u16,
+        backend_id: BackendId,
+    ) -> Result<(), MapError> {
+        ignore_missing(
+            self.affinity_match
+                .remove(&match_key(rev_nat_id, backend_id)),
+        )
+        .map_err(|e| io_err("delete", map_names::AFFINITY_MATCH, e))
+    }
+
+    fn list_affinity_matches(&self) -> Result<Vec<(u16, BackendId)>, MapError> {
+        self.affinity_match
+            .keys()
+            .map(|key| {
+                key.map(|k| (k.rev_nat_id, k.backend_id))
+                    .map_err(|e| io_err("iterate", map_names::AFFINITY_MATCH, e))
+            })
+            .collect()
     }
 
     fn put_xdp_device(&mut self, ifindex: u32) -> Result<(), MapError> {
@@ -323,6 +358,14 @@ impl MapOps for BpfMaps {
             out.push((id, IpFamily::V6, key));
         }
         Ok(out)
+    }
+}
+
+fn match_key(rev_nat_id: u16, backend_id: BackendId) -> AffinityMatchKey {
+    AffinityMatchKey {
+        backend_id,
+        rev_nat_id,
+        _pad: [0; 2],
     }
 }
 

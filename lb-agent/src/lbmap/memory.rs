@@ -20,6 +20,8 @@ pub struct MemoryMaps {
     pub node_addrs: BTreeMap<IpFamily, Option<IpAddr>>,
     /// Devices XDP may redirect to.
     pub xdp_devices: BTreeSet<u32>,
+    /// (reverse-NAT ID, backend ID) pairs session affinity may use.
+    pub affinity_matches: BTreeSet<(u16, BackendId)>,
     /// Number of write and delete operations so far.
     pub ops: usize,
     /// Fail every operation after this many more have succeeded (for error-path tests).
@@ -55,13 +57,17 @@ impl std::fmt::Display for MemoryMaps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for ((frontend, slot), value) in &self.services {
             if *slot == 0 {
-                writeln!(
+                write!(
                     f,
                     "service {frontend} count={} rev_nat={} flags={}",
                     value.count,
                     value.rev_nat_id,
                     flag_names(value.flags)
                 )?;
+                if value.flags & lb_ebpf::SVC_F_AFFINITY != 0 {
+                    write!(f, " affinity={}s", value.backend_id)?;
+                }
+                writeln!(f)?;
             } else {
                 writeln!(
                     f,
@@ -90,6 +96,12 @@ impl std::fmt::Display for MemoryMaps {
         for ifindex in &self.xdp_devices {
             writeln!(f, "xdp-device {ifindex}")?;
         }
+        for (rev_nat_id, backend_id) in &self.affinity_matches {
+            writeln!(
+                f,
+                "affinity-match rev_nat={rev_nat_id} backend={backend_id}"
+            )?;
+        }
         Ok(())
     }
 }
@@ -101,6 +113,7 @@ fn flag_names(flags: u8) -> String {
         (lb_ebpf::SVC_F_LOCAL, "local"),
         (lb_ebpf::SVC_F_SOURCE_RANGES, "source-ranges"),
         (lb_ebpf::SVC_F_REJECT, "reject"),
+        (lb_ebpf::SVC_F_AFFINITY, "affinity"),
     ]
     .into_iter()
     .filter(|(bit, _)| flags & bit != 0)
@@ -159,6 +172,30 @@ impl MapOps for MemoryMaps {
         self.step()?;
         self.xdp_devices.remove(&ifindex);
         Ok(())
+    }
+
+    fn put_affinity_match(
+        &mut self,
+        rev_nat_id: u16,
+        backend_id: BackendId,
+    ) -> Result<(), MapError> {
+        self.step()?;
+        self.affinity_matches.insert((rev_nat_id, backend_id));
+        Ok(())
+    }
+
+    fn delete_affinity_match(
+        &mut self,
+        rev_nat_id: u16,
+        backend_id: BackendId,
+    ) -> Result<(), MapError> {
+        self.step()?;
+        self.affinity_matches.remove(&(rev_nat_id, backend_id));
+        Ok(())
+    }
+
+    fn list_affinity_matches(&self) -> Result<Vec<(u16, BackendId)>, MapError> {
+        Ok(self.affinity_matches.iter().copied().collect())
     }
 
     fn put_source_range(&mut self, rev_nat_id: u16, range: &ipnet::IpNet) -> Result<(), MapError> {

@@ -20,7 +20,9 @@ use std::{
 };
 
 use ipnet::IpNet;
-use lb_ebpf::{SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_REJECT, SVC_F_SOURCE_RANGES, ServiceValue};
+use lb_ebpf::{
+    SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_REJECT, SVC_F_SOURCE_RANGES, ServiceValue,
+};
 use thiserror::Error;
 
 use crate::model::{Frontend, FrontendState, IpFamily, Protocol, SnatAddrs};
@@ -37,12 +39,15 @@ pub struct BackendKey {
     pub local: bool,
 }
 
-/// What a frontend entry says besides its backends: `lb_ebpf::SVC_F_*` flags and the source
-/// ranges allowed when `SVC_F_SOURCE_RANGES` is set.
+/// What a frontend entry says besides its backends: `lb_ebpf::SVC_F_*` flags, the source
+/// ranges allowed when `SVC_F_SOURCE_RANGES` is set, and the session affinity timeout when
+/// `SVC_F_AFFINITY` is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FrontendPolicy {
     pub flags: u8,
     pub source_ranges: Vec<IpNet>,
+    /// Seconds; 0 without affinity.
+    pub affinity_timeout: u32,
 }
 
 impl FrontendPolicy {
@@ -60,9 +65,15 @@ impl FrontendPolicy {
         if state.source_ranges.is_some() {
             flags |= SVC_F_SOURCE_RANGES;
         }
+        // A timeout of 0 cannot be asked for (the plan's input allows 1 to 86400 s).
+        let affinity_timeout = state.session_affinity.unwrap_or(0);
+        if affinity_timeout != 0 {
+            flags |= SVC_F_AFFINITY;
+        }
         Self {
             flags,
             source_ranges: state.source_ranges.clone().unwrap_or_default(),
+            affinity_timeout,
         }
     }
 }
@@ -119,6 +130,21 @@ pub trait MapOps {
     fn delete_source_range(&mut self, rev_nat_id: u16, range: &IpNet) -> Result<(), MapError>;
     /// Every source range entry present.
     fn list_source_ranges(&self) -> Result<Vec<(u16, IpNet)>, MapError>;
+    /// Lets session affinity of the frontend with `rev_nat_id` keep sending clients to
+    /// `backend_id`.
+    fn put_affinity_match(
+        &mut self,
+        rev_nat_id: u16,
+        backend_id: BackendId,
+    ) -> Result<(), MapError>;
+    /// Deleting an absent entry succeeds.
+    fn delete_affinity_match(
+        &mut self,
+        rev_nat_id: u16,
+        backend_id: BackendId,
+    ) -> Result<(), MapError>;
+    /// Every affinity match entry present.
+    fn list_affinity_matches(&self) -> Result<Vec<(u16, BackendId)>, MapError>;
 }
 
 #[derive(Clone, Debug)]
@@ -129,6 +155,17 @@ struct Programmed {
     backends: Vec<BackendKey>,
     /// Backend ID in slot `i + 1`.
     slots: Vec<BackendId>,
+}
+
+impl Programmed {
+    /// The backends session affinity may keep clients on: every slot's, with affinity.
+    fn affinity_matches(&self) -> HashSet<BackendId> {
+        if self.policy.affinity_timeout == 0 {
+            HashSet::new()
+        } else {
+            self.slots.iter().copied().collect()
+        }
+    }
 }
 
 /// Hands out small integer IDs, reusing freed ones.
@@ -365,6 +402,11 @@ impl<M: MapOps> Writer<M> {
                     policy: FrontendPolicy {
                         flags: head.flags,
                         source_ranges,
+                        affinity_timeout: if head.flags & SVC_F_AFFINITY != 0 {
+                            head.backend_id
+                        } else {
+                            0
+                        },
                     },
                     backends: keys,
                     slots: ids,
@@ -426,6 +468,17 @@ impl<M: MapOps> Writer<M> {
                 removed += 1;
             }
         }
+        let known_matches: HashSet<(u16, BackendId)> = self
+            .frontends
+            .values()
+            .flat_map(|p| p.affinity_matches().into_iter().map(|b| (p.rev_nat_id, b)))
+            .collect();
+        for (rev_nat_id, backend_id) in self.maps.list_affinity_matches()? {
+            if !known_matches.contains(&(rev_nat_id, backend_id)) {
+                self.maps.delete_affinity_match(rev_nat_id, backend_id)?;
+                removed += 1;
+            }
+        }
         // Their entries are gone: the IDs may serve new backends and frontends now.
         for id in std::mem::take(&mut self.orphan_backend_ids) {
             self.backend_ids.give(id);
@@ -454,6 +507,8 @@ impl<M: MapOps> Writer<M> {
             }
         }
         let ranges: HashSet<(u16, IpNet)> = self.maps.list_source_ranges()?.into_iter().collect();
+        let matches: HashSet<(u16, BackendId)> =
+            self.maps.list_affinity_matches()?.into_iter().collect();
         let slots: HashMap<(Frontend, u16), ServiceValue> = self
             .maps
             .list_slots()?
@@ -467,6 +522,12 @@ impl<M: MapOps> Writer<M> {
                     written += 1;
                 }
             }
+            for backend_id in p.affinity_matches() {
+                if !matches.contains(&(p.rev_nat_id, backend_id)) {
+                    self.maps.put_affinity_match(p.rev_nat_id, backend_id)?;
+                    written += 1;
+                }
+            }
             for (i, id) in p.slots.iter().enumerate() {
                 let want = slot_value(*id);
                 let slot = i as u16 + 1;
@@ -475,7 +536,7 @@ impl<M: MapOps> Writer<M> {
                     written += 1;
                 }
             }
-            let head = head_value(p.slots.len() as u16, p.rev_nat_id, p.policy.flags);
+            let head = head_value(p.slots.len() as u16, p.rev_nat_id, &p.policy);
             if slots.get(&(*frontend, 0)) != Some(&head) {
                 self.maps.put_slot(frontend, 0, &head)?;
                 written += 1;
@@ -549,8 +610,27 @@ impl<M: MapOps> Writer<M> {
             .as_ref()
             .map(|p| p.policy.source_ranges.as_slice())
             .unwrap_or(&[]);
-        let old_flags = old.as_ref().map(|p| p.policy.flags);
+        let old_head = old
+            .as_ref()
+            .map(|p| (p.policy.flags, p.policy.affinity_timeout));
+        let old_matches = old
+            .as_ref()
+            .map(Programmed::affinity_matches)
+            .unwrap_or_default();
+        let new_matches: HashSet<BackendId> = if policy.affinity_timeout == 0 {
+            HashSet::new()
+        } else {
+            slots.iter().copied().collect()
+        };
         let result = (|| {
+            // Affinity never keeps a client on a backend the frontend is losing: its match goes
+            // before anything else changes, and a new backend's comes before its slot.
+            for id in old_matches.difference(&new_matches) {
+                self.maps.delete_affinity_match(rev_nat_id, *id)?;
+            }
+            for id in new_matches.difference(&old_matches) {
+                self.maps.put_affinity_match(rev_nat_id, *id)?;
+            }
             // New ranges are in place before the flag that makes the kernel check them, and old
             // ones go only after.
             for range in &policy.source_ranges {
@@ -564,9 +644,12 @@ impl<M: MapOps> Writer<M> {
                         .put_slot(frontend, i as u16 + 1, &slot_value(*id))?;
                 }
             }
-            if old.is_none() || old_slots.len() != slots.len() || old_flags != Some(policy.flags) {
+            if old.is_none()
+                || old_slots.len() != slots.len()
+                || old_head != Some((policy.flags, policy.affinity_timeout))
+            {
                 self.maps
-                    .put_slot(frontend, 0, &head_value(count, rev_nat_id, policy.flags))?;
+                    .put_slot(frontend, 0, &head_value(count, rev_nat_id, &policy))?;
             }
             for slot in slots.len()..old_slots.len() {
                 self.maps.delete_slot(frontend, slot as u16 + 1)?;
@@ -616,6 +699,9 @@ impl<M: MapOps> Writer<M> {
         for range in &old.policy.source_ranges {
             self.maps.delete_source_range(old.rev_nat_id, range)?;
         }
+        for id in old.affinity_matches() {
+            self.maps.delete_affinity_match(old.rev_nat_id, id)?;
+        }
         self.frontends.remove(frontend);
         self.rev_nat_ids.give(u32::from(old.rev_nat_id));
         for b in &old.backends {
@@ -636,13 +722,14 @@ fn slot_value(backend_id: BackendId) -> ServiceValue {
     }
 }
 
-/// The service map value of a frontend entry (slot 0).
-fn head_value(count: u16, rev_nat_id: u16, flags: u8) -> ServiceValue {
+/// The service map value of a frontend entry (slot 0); its backend ID field carries the
+/// session affinity timeout.
+fn head_value(count: u16, rev_nat_id: u16, policy: &FrontendPolicy) -> ServiceValue {
     ServiceValue {
-        backend_id: 0,
+        backend_id: policy.affinity_timeout,
         count,
         rev_nat_id,
-        flags,
+        flags: policy.flags,
         _pad: [0; 3],
     }
 }

@@ -369,3 +369,63 @@ fn sweep_repairs_entries_changed_or_deleted_behind_the_writer() {
     assert_eq!(w.maps().backends, good_backends);
     assert_eq!(w.sweep().unwrap(), 0, "nothing left to repair");
 }
+
+#[test]
+fn session_affinity_sets_the_timeout_and_a_match_per_backend_and_follows_every_change() {
+    let f = fe("10.96.0.1:80");
+    let state = |timeout: Option<u32>, backends: &[&str]| FrontendState {
+        session_affinity: timeout,
+        ..cluster_ip_state("web", backends)
+    };
+    let mut w = writer();
+    let two = ["10.1.0.1:80", "10.1.0.2:80"];
+    w.apply(&BTreeMap::from([(f, state(Some(30), &two))]));
+    let head = w.maps().services[&(f, 0)];
+    assert_eq!(head.flags, lb_ebpf::SVC_F_AFFINITY);
+    assert_eq!(
+        head.backend_id, 30,
+        "the timeout rides in the frontend entry"
+    );
+    let matched = |w: &Writer<MemoryMaps>| -> Vec<String> {
+        w.maps()
+            .affinity_matches
+            .iter()
+            .map(|(rev, id)| format!("{rev}:{}", w.maps().backends[id].addr))
+            .collect()
+    };
+    assert_eq!(matched(&w), ["1:10.1.0.1:80", "1:10.1.0.2:80"]);
+
+    // A backend that goes loses its match; a timeout change rewrites only the frontend entry.
+    w.apply(&BTreeMap::from([(f, state(Some(30), &two[..1]))]));
+    assert_eq!(matched(&w), ["1:10.1.0.1:80"]);
+    let ops = w.maps().ops;
+    w.apply(&BTreeMap::from([(f, state(Some(60), &two[..1]))]));
+    assert_eq!(w.maps().ops - ops, 1);
+    assert_eq!(w.maps().services[&(f, 0)].backend_id, 60);
+
+    // A restarted writer adopts the timeout and writes nothing.
+    let maps = std::mem::take(w.maps_mut());
+    let mut again = Writer::new(maps, 1000);
+    assert_eq!(again.adopt().unwrap(), 1);
+    let ops = again.maps().ops;
+    again.apply(&BTreeMap::from([(f, state(Some(60), &two[..1]))]));
+    assert_eq!(again.maps().ops, ops);
+    assert_eq!(again.sweep().unwrap(), 0);
+
+    // Drift: a lost match is written again, a stray one goes.
+    again.maps_mut().affinity_matches.clear();
+    again.maps_mut().affinity_matches.insert((9, 9));
+    assert_eq!(again.sweep().unwrap(), 2);
+    assert_eq!(matched(&again), ["1:10.1.0.1:80"]);
+
+    // Affinity off: flag, timeout and matches go; so they do with the frontend.
+    again.apply(&BTreeMap::from([(f, state(None, &two))]));
+    let head = again.maps().services[&(f, 0)];
+    assert_eq!((head.flags, head.backend_id), (0, 0));
+    assert!(again.maps().affinity_matches.is_empty());
+    again.apply(&BTreeMap::from([(f, state(Some(5), &two))]));
+    assert_eq!(again.maps().affinity_matches.len(), 2);
+    again.apply(&BTreeMap::new());
+    assert!(again.maps().affinity_matches.is_empty());
+    assert!(again.maps().services.is_empty());
+}

@@ -136,6 +136,9 @@ pub struct FrontendState {
     /// duplicates; `None`: every source may connect. `Some` of an empty list: the service has
     /// ranges, none of this family, so no source of this family may connect.
     pub source_ranges: Option<Vec<IpNet>>,
+    /// `sessionAffinity: ClientIP`: a client's new flows keep going to its last backend while
+    /// its last new flow is younger than this many seconds.
+    pub session_affinity: Option<u32>,
     /// The service port has no endpoint anywhere: connections are refused (kube-proxy's
     /// REJECT). Without backends but with this unset (endpoints exist, none in this frontend's
     /// scope), traffic is dropped.
@@ -153,6 +156,9 @@ impl fmt::Display for FrontendState {
         if let Some(ranges) = &self.source_ranges {
             let ranges: Vec<String> = ranges.iter().map(ToString::to_string).collect();
             write!(f, " source-ranges=[{}]", ranges.join(", "))?;
+        }
+        if let Some(timeout) = self.session_affinity {
+            write!(f, " affinity={timeout}s")?;
         }
         if self.reject {
             return f.write_str(" -> reject");

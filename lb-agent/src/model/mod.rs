@@ -134,6 +134,8 @@ pub struct Service {
     pub health_check_node_port: Option<u16>,
     /// `spec.loadBalancerSourceRanges`: only these clients may use the external addresses.
     pub load_balancer_source_ranges: Vec<ipnet::IpNet>,
+    /// `sessionAffinity: ClientIP`: its `sessionAffinityConfig.clientIP.timeoutSeconds`.
+    pub session_affinity: Option<u32>,
 }
 
 /// A port of an EndpointSlice. Kubernetes has already resolved named target ports per pod, so a

@@ -76,6 +76,7 @@ pub fn svc(n: &str, ips: &[&str], ports: &[(&str, u16, Protocol)]) -> Service {
         external_traffic_policy: TrafficPolicy::Cluster,
         health_check_node_port: None,
         load_balancer_source_ranges: vec![],
+        session_affinity: None,
     }
 }
 
@@ -179,6 +180,7 @@ pub fn cluster_ip_state(owner: &str, backends: &[&str]) -> FrontendState {
             .collect(),
         local_only: false,
         source_ranges: None,
+        session_affinity: None,
         reject: false,
     }
 }

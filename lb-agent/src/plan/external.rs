@@ -25,6 +25,7 @@ pub fn frontends<'a>(
             FrontendKind::LoadBalancer => info.source_ranges.clone(),
             _ => None,
         },
+        session_affinity: info.session_affinity,
         reject: !info.endpoints.has_any_endpoints,
     };
     let node_ports = info.node_port.into_iter().flat_map(move |np| {

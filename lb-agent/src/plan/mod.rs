@@ -182,6 +182,7 @@ fn cluster_ip_state(spn: &ServicePortName, info: &ServicePortInfo) -> FrontendSt
         backends: backends(info, info.internal_endpoints()),
         local_only: false,
         source_ranges: None,
+        session_affinity: info.session_affinity,
         reject: !info.endpoints.has_any_endpoints,
     }
 }

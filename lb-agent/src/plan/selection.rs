@@ -92,6 +92,8 @@ pub struct ServicePortInfo {
     pub internal_policy_local: bool,
     /// `externalTrafficPolicy: Local` on a service that can take external traffic.
     pub external_policy_local: bool,
+    /// `sessionAffinity: ClientIP` with this timeout in seconds.
+    pub session_affinity: Option<u32>,
     /// The endpoints of each scope.
     pub endpoints: PortEndpoints,
 }
@@ -281,6 +283,7 @@ fn select_service(
                 source_ranges: ranges_of_family(&svc.load_balancer_source_ranges, family),
                 internal_policy_local: svc.internal_traffic_policy == TrafficPolicy::Local,
                 external_policy_local,
+                session_affinity: svc.session_affinity,
                 endpoints: PortEndpoints::default(),
             };
             let candidates = merge(slices, family, port, node);
@@ -932,6 +935,7 @@ mod tests {
                 external_traffic_policy: etp,
                 health_check_node_port: None,
                 load_balancer_source_ranges: vec![],
+                session_affinity: None,
                 ..s
             };
             s.ports[0].node_port = Some(30080);
@@ -946,6 +950,7 @@ mod tests {
                     external_traffic_policy: TrafficPolicy::Local,
                     health_check_node_port: None,
                     load_balancer_source_ranges: vec![],
+                    session_affinity: None,
                     ..web()
                 },
                 Some(both),
@@ -980,6 +985,7 @@ mod tests {
                     external_traffic_policy: TrafficPolicy::Local,
                     health_check_node_port: None,
                     load_balancer_source_ranges: vec![],
+                    session_affinity: None,
                     ..web()
                 },
                 Some(both),
@@ -994,6 +1000,7 @@ mod tests {
                     external_traffic_policy: TrafficPolicy::Local,
                     health_check_node_port: None,
                     load_balancer_source_ranges: vec![],
+                    session_affinity: None,
                     ..web()
                 },
                 Some(both),
@@ -1008,6 +1015,7 @@ mod tests {
                     external_traffic_policy: TrafficPolicy::Local,
                     health_check_node_port: None,
                     load_balancer_source_ranges: vec![],
+                    session_affinity: None,
                     ..web()
                 },
                 Some(both),
@@ -1172,6 +1180,7 @@ mod tests {
                 external_traffic_policy: TrafficPolicy::Local,
                 health_check_node_port: None,
                 load_balancer_source_ranges: vec![],
+                session_affinity: None,
                 ..web()
             };
             s.ports[0].node_port = Some(30080);

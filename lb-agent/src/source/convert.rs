@@ -319,9 +319,44 @@ pub fn service(
                         })
                 })
                 .collect::<Result<_, _>>()?,
+            session_affinity: session_affinity(spec)?,
         },
         warnings,
     })
+}
+
+/// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+/// The longest timeout the API server accepts (one day).
+pub const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
+
+/// `spec.sessionAffinity` and its timeout: `None` without affinity.
+fn session_affinity(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+) -> Result<Option<u32>, ConvertError> {
+    match spec.session_affinity.as_deref() {
+        None | Some("None") => Ok(None),
+        Some("ClientIP") => {
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            match timeout {
+                None => Ok(Some(DEFAULT_AFFINITY_TIMEOUT)),
+                Some(t) if (1..=i64::from(MAX_AFFINITY_TIMEOUT)).contains(&i64::from(t)) => {
+                    Ok(Some(t as u32))
+                }
+                Some(t) => Err(invalid!(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds {t} is not between 1 \
+                     and {MAX_AFFINITY_TIMEOUT}"
+                )),
+            }
+        }
+        Some(other) => Err(invalid!(
+            "spec.sessionAffinity {other:?} is neither None nor ClientIP"
+        )),
+    }
 }
 
 /// Converts an EndpointSlice. `Ok(None)` for slices the proxy ignores: addressType FQDN, or no

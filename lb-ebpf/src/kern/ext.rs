@@ -314,10 +314,7 @@ pub fn decide<F: ExtFamily, C: EbpfContext>(ctx: &C, pkt: &Packet<F::Addr>) -> D
     if frontend.refuses() {
         return Decision::Reject;
     }
-    // SAFETY: helper without arguments.
-    let pick = unsafe { bpf_get_prandom_u32() };
-    let Some(chosen) = lb::pick_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, &frontend, pick)
-    else {
+    let Some(chosen) = lb::choose::<F>(pkt, &frontend, now) else {
         // No endpoint (or, for Local, no local endpoint): drop rather than let the kernel
         // answer for a port it does not serve. The one count of this drop: not NO_BACKEND too.
         count(stats::NO_ENDPOINT_DROPPED);

@@ -2,11 +2,12 @@
 //! written once and compiled for each family.
 
 use aya_ebpf::maps::{HashMap, LruHashMap};
-use lb_ebpf::{Backend, FlowKey, FlowValue, ServiceKey, ServiceValue};
+use lb_ebpf::{AffinityKey, AffinityValue, Backend, FlowKey, FlowValue, ServiceKey, ServiceValue};
 
 use super::{
     maps::{
-        LB_BACKENDS_V4, LB_BACKENDS_V6, LB_FLOWS_V4, LB_FLOWS_V6, LB_SERVICES_V4, LB_SERVICES_V6,
+        LB_AFFINITY_V4, LB_AFFINITY_V6, LB_BACKENDS_V4, LB_BACKENDS_V6, LB_FLOWS_V4, LB_FLOWS_V6,
+        LB_SERVICES_V4, LB_SERVICES_V6,
     },
     nat::{End, Rewrite},
     parse::Packet,
@@ -16,10 +17,13 @@ use super::{
 pub trait Family {
     type Addr: Copy + PartialEq + 'static;
     type Flow: FlowEntry<Self::Addr> + 'static;
+    /// 4 or 6, where a key holds both families.
+    const NUMBER: u8;
 
     fn services() -> &'static HashMap<ServiceKey<Self::Addr>, ServiceValue>;
     fn backends() -> &'static HashMap<u32, Backend<Self::Addr>>;
     fn flows() -> &'static LruHashMap<FlowKey<Self::Addr>, Self::Flow>;
+    fn affinity() -> &'static LruHashMap<AffinityKey<Self::Addr>, AffinityValue>;
     fn rewrite_addr<C: Rewrite>(
         ctx: &C,
         pkt: &Packet<Self::Addr>,
@@ -100,6 +104,7 @@ pub struct V6;
 impl Family for V4 {
     type Addr = [u8; 4];
     type Flow = lb_ebpf::Flow4Value;
+    const NUMBER: u8 = 4;
 
     #[inline(always)]
     fn services() -> &'static HashMap<ServiceKey<[u8; 4]>, ServiceValue> {
@@ -112,6 +117,10 @@ impl Family for V4 {
     #[inline(always)]
     fn flows() -> &'static LruHashMap<FlowKey<[u8; 4]>, Self::Flow> {
         &LB_FLOWS_V4
+    }
+    #[inline(always)]
+    fn affinity() -> &'static LruHashMap<AffinityKey<[u8; 4]>, AffinityValue> {
+        &LB_AFFINITY_V4
     }
     #[inline(always)]
     fn rewrite_addr<C: Rewrite>(
@@ -127,6 +136,7 @@ impl Family for V4 {
 impl Family for V6 {
     type Addr = [u8; 16];
     type Flow = lb_ebpf::Flow6Value;
+    const NUMBER: u8 = 6;
 
     #[inline(always)]
     fn services() -> &'static HashMap<ServiceKey<[u8; 16]>, ServiceValue> {
@@ -139,6 +149,10 @@ impl Family for V6 {
     #[inline(always)]
     fn flows() -> &'static LruHashMap<FlowKey<[u8; 16]>, Self::Flow> {
         &LB_FLOWS_V6
+    }
+    #[inline(always)]
+    fn affinity() -> &'static LruHashMap<AffinityKey<[u8; 16]>, AffinityValue> {
+        &LB_AFFINITY_V6
     }
     #[inline(always)]
     fn rewrite_addr<C: Rewrite>(

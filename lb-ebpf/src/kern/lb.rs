@@ -8,11 +8,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use lb_ebpf::{
-    Backend, FLOW_F_CLOSING, FLOW_FORWARD, FLOW_REPLY, FLOW_TCP_CLOSING_NS, FLOW_TCP_LIFETIME_NS,
-    FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, ServiceKey, ServiceValue, stats,
+    AffinityKey, Backend, FLOW_F_CLOSING, FLOW_FORWARD, FLOW_REPLY, FLOW_TCP_CLOSING_NS,
+    FLOW_TCP_LIFETIME_NS, FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, ServiceKey, ServiceValue,
+    stats,
 };
 
 use super::{
+    affinity,
     family::{Family, FlowEntry, V4, V6},
     maps::count,
     nat::{End, Rewrite},
@@ -188,9 +190,7 @@ fn forward<F: RejectFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i3
         count(stats::NO_BACKEND);
         return Ok(TC_ACT_SHOT);
     }
-    // SAFETY: helper without arguments.
-    let pick = unsafe { bpf_get_prandom_u32() };
-    let Some(chosen) = pick_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, &frontend, pick) else {
+    let Some(chosen) = choose::<F>(pkt, &frontend, now) else {
         // A slot or its backend missing (an update applied halfway): passed on untouched.
         count(stats::NO_BACKEND);
         return Ok(TC_ACT_OK as i32);
@@ -218,6 +218,37 @@ pub fn frontend<F: Family>(addr: F::Addr, port: u16, proto: u8) -> Option<Servic
     };
     // SAFETY: read-only copy of a map value.
     unsafe { F::services().get(&key) }.copied()
+}
+
+/// The backend of a new flow from the packet's source: the one session affinity keeps for it,
+/// else a random one (then remembered when the frontend has affinity). Shared by the pod and
+/// external paths, TC and XDP.
+#[inline(always)]
+pub fn choose<F: Family>(
+    pkt: &Packet<F::Addr>,
+    frontend: &ServiceValue,
+    now: u64,
+) -> Option<Chosen<F::Addr>> {
+    if frontend.affinity_timeout_ns().is_none() {
+        // SAFETY: helper without arguments.
+        let pick = unsafe { bpf_get_prandom_u32() };
+        return pick_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, frontend, pick);
+    }
+    let key = AffinityKey {
+        client: pkt.saddr,
+        rev_nat_id: frontend.rev_nat_id,
+        _pad: [0; 2],
+    };
+    let chosen = match affinity::remembered::<F, _>(F::affinity(), &key, frontend, now) {
+        Some(chosen) => chosen,
+        None => {
+            // SAFETY: helper without arguments.
+            let pick = unsafe { bpf_get_prandom_u32() };
+            pick_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, frontend, pick)?
+        }
+    };
+    affinity::remember(F::affinity(), &key, frontend, chosen.backend_id, now);
+    Some(chosen)
 }
 
 /// Picks the backend in slot `1 + pick % count` of a frontend; `None` when it has no usable

@@ -6,11 +6,12 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_ebpf::{
-    Backend4, Backend6, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
+    Affinity4Key, Affinity6Key, AffinityMatchKey, AffinityValue, Backend4, Backend6,
+    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
     DEFAULT_MAX_SNAT, DEFAULT_MAX_SOCKETS, DEFAULT_MAX_SOURCE_RANGES, Flow4Key, Flow4Value,
     Flow6Key, Flow6Value, MAX_XDP_DEVICES, Service4Key, Service6Key, ServiceValue, Snat4Key,
-    Snat4Value, Snat6Key, Snat6Value, Sock4Key, Sock4Value, Sock6Key, Sock6Value, SourceRange,
-    stats,
+    Snat4Value, Snat6Key, Snat6Value, Sock4Key, Sock4Value, Sock6Key, Sock6Value, SockAffinityKey,
+    SourceRange, stats,
 };
 
 #[map]
@@ -52,6 +53,19 @@ pub static LB_SOCK_REVNAT_V6: LruHashMap<Sock6Key, Sock6Value> =
 pub static LB_XDP_DEVICES: DevMapHash = DevMapHash::pinned(MAX_XDP_DEVICES, 0);
 #[map]
 pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
+#[map]
+pub static LB_AFFINITY_V4: LruHashMap<Affinity4Key, AffinityValue> =
+    LruHashMap::pinned(DEFAULT_MAX_AFFINITY, 0);
+#[map]
+pub static LB_AFFINITY_V6: LruHashMap<Affinity6Key, AffinityValue> =
+    LruHashMap::pinned(DEFAULT_MAX_AFFINITY, 0);
+#[map]
+pub static LB_SOCK_AFFINITY: LruHashMap<SockAffinityKey, AffinityValue> =
+    LruHashMap::pinned(DEFAULT_MAX_AFFINITY, 0);
+/// Sized as the backend maps: at most one entry per backend slot of a frontend.
+#[map]
+pub static LB_AFFINITY_MATCH: HashMap<AffinityMatchKey, u8> =
+    HashMap::pinned(DEFAULT_MAX_BACKENDS, 0);
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]

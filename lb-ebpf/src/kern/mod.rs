@@ -2,6 +2,7 @@
 //! their maps, checksum-correct rewriting, and the load-balancing decision with connection
 //! tracking; the TC, XDP and socket programs are thin layers over them.
 
+pub mod affinity;
 pub mod ext;
 pub mod family;
 pub mod frame;

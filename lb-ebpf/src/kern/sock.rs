@@ -10,16 +10,17 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
     maps::LruHashMap,
     programs::SockAddrContext,
 };
-use lb_ebpf::{PROTO_TCP, PROTO_UDP, SockKey, SockValue, stats};
+use lb_ebpf::{PROTO_TCP, PROTO_UDP, ServiceValue, SockAffinityKey, SockKey, SockValue, stats};
 
 use super::{
+    affinity,
     family::{Family, V4, V6},
     lb::{Chosen, frontend, pick_backend},
-    maps::{LB_SOCK_REVNAT_V4, LB_SOCK_REVNAT_V6, count},
+    maps::{LB_SOCK_AFFINITY, LB_SOCK_REVNAT_V4, LB_SOCK_REVNAT_V6, count},
 };
 
 /// What a sock_addr program returns to let the call proceed.
@@ -241,7 +242,7 @@ fn translate<F: SockFamily, View: SockAddrView<F>>(ctx: &SockAddrContext) -> i32
         rev_nat_id,
         backend,
         ..
-    }) = pick_backend::<F>(addr, port, proto, &frontend, pick_for(cookie))
+    }) = choose::<F>(ctx, addr, port, proto, &frontend, cookie)
     else {
         count(stats::NO_BACKEND);
         return ALLOW;
@@ -262,6 +263,36 @@ fn translate<F: SockFamily, View: SockAddrView<F>>(ctx: &SockAddrContext) -> i32
     View::set(sa, backend.addr);
     sa.user_port = u32::from(backend.port);
     ALLOW
+}
+
+/// The backend for a socket: the one session affinity keeps for the socket's network namespace,
+/// else the socket's own pick (then remembered when the frontend has affinity).
+#[inline(always)]
+fn choose<F: SockFamily>(
+    ctx: &SockAddrContext,
+    addr: F::Addr,
+    port: u16,
+    proto: u8,
+    frontend: &ServiceValue,
+    cookie: u64,
+) -> Option<Chosen<F::Addr>> {
+    if frontend.affinity_timeout_ns().is_none() {
+        return pick_backend::<F>(addr, port, proto, frontend, pick_for(cookie));
+    }
+    // SAFETY: helpers taking the program's own context, or none.
+    let (netns_cookie, now) = unsafe { (bpf_get_netns_cookie(ctx.as_ptr()), bpf_ktime_get_ns()) };
+    let key = SockAffinityKey {
+        netns_cookie,
+        rev_nat_id: frontend.rev_nat_id,
+        family: F::NUMBER,
+        _pad: [0; 5],
+    };
+    let chosen = match affinity::remembered::<F, _>(&LB_SOCK_AFFINITY, &key, frontend, now) {
+        Some(chosen) => chosen,
+        None => pick_backend::<F>(addr, port, proto, frontend, pick_for(cookie))?,
+    };
+    affinity::remember(&LB_SOCK_AFFINITY, &key, frontend, chosen.backend_id, now);
+    Some(chosen)
 }
 
 /// A backend address this socket was sent to reads as the service address.

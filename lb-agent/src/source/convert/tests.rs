@@ -100,6 +100,7 @@ fn dual_stack_node_port_service_converts_every_field() {
             external_traffic_policy: TrafficPolicy::Local,
             health_check_node_port: None,
             load_balancer_source_ranges: vec![],
+            session_affinity: None,
         }
     );
 }
@@ -125,6 +126,7 @@ fn omitted_fields_take_the_api_defaults() {
             external_traffic_policy: TrafficPolicy::Cluster,
             health_check_node_port: None,
             load_balancer_source_ranges: vec![],
+            session_affinity: None,
         }
     );
 }
@@ -826,4 +828,42 @@ fn errors_name_the_field_at_fault() {
         service(&svc, None, true).unwrap_err().field(),
         "metadata.name"
     );
+}
+
+#[test]
+fn session_affinity_client_ip_with_kube_proxys_default_and_limits() {
+    let affinity = |extra: Value| {
+        let mut spec = json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        convert_service(&svc_json(spec), true).map(|c| c.value.session_affinity)
+    };
+    assert_eq!(affinity(json!({})), Ok(None));
+    assert_eq!(affinity(json!({"sessionAffinity": "None"})), Ok(None));
+    assert_eq!(
+        affinity(json!({"sessionAffinity": "ClientIP"})),
+        Ok(Some(10_800)),
+        "kube-proxy's default timeout"
+    );
+    assert_eq!(
+        affinity(json!({
+            "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86400}}
+        })),
+        Ok(Some(86_400))
+    );
+    for bad in [0, -1, 86_401] {
+        let e = affinity(json!({
+            "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": bad}}
+        }))
+        .unwrap_err();
+        assert!(
+            e.contains("spec.sessionAffinityConfig.clientIP.timeoutSeconds"),
+            "{bad}: {e}"
+        );
+    }
+    let e = affinity(json!({"sessionAffinity": "Cookie"})).unwrap_err();
+    assert!(e.contains("spec.sessionAffinity \"Cookie\""), "{e}");
 }

@@ -157,6 +157,7 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
             external_traffic_policy: TrafficPolicy::Local,
             health_check_node_port: None,
             load_balancer_source_ranges: vec![],
+            session_affinity: None,
         },
         Service {
             name: named("shop", "db"),
@@ -169,6 +170,7 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
             external_traffic_policy: TrafficPolicy::Cluster,
             health_check_node_port: None,
             load_balancer_source_ranges: vec![],
+            session_affinity: None,
         },
         Service {
             name: named("shop", "front"),
@@ -181,6 +183,7 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
             external_traffic_policy: TrafficPolicy::Local,
             health_check_node_port: Some(31999),
             load_balancer_source_ranges: vec![],
+            session_affinity: Some(10_800),
         },
         Service {
             name: named("shop", "payments"),
@@ -193,6 +196,7 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
             external_traffic_policy: TrafficPolicy::Cluster,
             health_check_node_port: None,
             load_balancer_source_ranges: vec![],
+            session_affinity: None,
         },
         Service {
             name: named("shop", "web"),
@@ -208,6 +212,7 @@ fn kubectl_get_yaml_list_loads_into_the_exact_model() {
             external_traffic_policy: TrafficPolicy::Cluster,
             health_check_node_port: None,
             load_balancer_source_ranges: vec![],
+            session_affinity: None,
         },
     ];
     assert_eq!(services, want_services);
@@ -284,6 +289,7 @@ fn kubectl_get_json_list_loads() {
             external_traffic_policy: TrafficPolicy::Cluster,
             health_check_node_port: None,
             load_balancer_source_ranges: vec![],
+            session_affinity: None,
         }]
     );
     assert_eq!(

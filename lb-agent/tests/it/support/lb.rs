@@ -309,6 +309,7 @@ pub fn cluster_ip(frontend: Frontend, backends: &[SocketAddr]) -> (Frontend, Fro
         backends: backends_of(backends, &[]),
         local_only: false,
         source_ranges: None,
+        session_affinity: None,
         reject: false,
     };
     (frontend, state)
@@ -338,6 +339,7 @@ pub struct External {
     local_backends: Vec<SocketAddr>,
     local_only: bool,
     source_ranges: Option<Vec<ipnet::IpNet>>,
+    session_affinity: Option<u32>,
     reject: bool,
 }
 
@@ -363,6 +365,7 @@ impl External {
             local_backends: Vec::new(),
             local_only: false,
             source_ranges: None,
+            session_affinity: None,
             reject: false,
         }
     }
@@ -398,6 +401,12 @@ impl External {
         self
     }
 
+    /// `sessionAffinity: ClientIP` with this timeout in seconds.
+    pub fn affinity(mut self, timeout_seconds: u32) -> Self {
+        self.session_affinity = Some(timeout_seconds);
+        self
+    }
+
     /// No endpoint anywhere: connections are refused.
     pub fn rejecting(mut self) -> Self {
         self.reject = true;
@@ -417,6 +426,7 @@ impl External {
             backends: backends_of(&self.backends, &self.local_backends),
             local_only: self.local_only,
             source_ranges,
+            session_affinity: self.session_affinity,
             reject: self.reject,
         };
         (self.frontend, state)
