@@ -131,6 +131,8 @@ pub struct ServiceSpec<'a> {
     pub external_ips: Vec<IpAddr>,
     pub load_balancer_ips: Vec<IpAddr>,
     pub source_ranges: Vec<&'a str>,
+    /// `sessionAffinity: ClientIP` with this timeout in seconds.
+    pub session_affinity: Option<u32>,
 }
 
 impl ServiceSpec<'_> {
@@ -185,6 +187,13 @@ impl ServiceSpec<'_> {
                 .map(|i| format!("\"{i}\""))
                 .collect();
             let _ = writeln!(y, "  loadBalancerSourceRanges: [{}]", r.join(", "));
+        }
+        if let Some(timeout) = self.session_affinity {
+            let _ = writeln!(
+                y,
+                "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      \
+                 timeoutSeconds: {timeout}"
+            );
         }
         y.push_str("  ports:\n");
         for (pname, port, proto, node_port) in &self.ports {

@@ -61,6 +61,7 @@ in_both_modes!(
     ports_without_a_node_port_are_not_reachable_on_node_addresses,
     a_node_address_added_at_run_time_serves_node_ports_within_a_second,
     node_ports_of_a_service_without_endpoints_refuse_connections,
+    session_affinity_keeps_an_outside_client_on_one_backend_through_a_node_port,
     restarting_an_agent_keeps_node_port_connections_and_swaps_its_programs_in_place,
 );
 
@@ -283,6 +284,62 @@ fn node_ports_serve_local_and_remote_backends_for_both_families_over_tcp_and_udp
             Mode::Xdp => assert!(sent > 0, "node {node}: XDP sent no frame itself"),
             Mode::Tc => assert_eq!(sent, 0, "node {node}: XDP ran in TC mode"),
         }
+    }
+}
+
+/// e2e: "should have session affinity work for NodePort service [LinuxOnly] [Conformance]":
+/// 15 consecutive requests from one client through a node port reach one backend, whether
+/// local or on the other node (SNAT), both families, TCP and UDP; without affinity the same
+/// requests reach both.
+fn session_affinity_keeps_an_outside_client_on_one_backend_through_a_node_port(mode: Mode) {
+    let spec = |name, session_affinity, base: u16| ServiceSpec {
+        name,
+        service_type: "NodePort",
+        cluster_ips: vec![ip("10.96.3.60"), ip("fd00:96::3:60")]
+            .into_iter()
+            .map(|a: IpAddr| match a {
+                IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) + u32::from(base)).into()),
+                IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) + u128::from(base)).into()),
+            })
+            .collect(),
+        ports: vec![
+            port("http", 80, "TCP", 30600 + base),
+            port("dns", 53, "UDP", 30650 + base),
+        ],
+        session_affinity,
+        ..Default::default()
+    };
+    let mut lan = Lan::new(
+        mode,
+        &[spec("sticky", Some(10_800), 0), spec("plain", None, 1)],
+        &[("sticky", &["a1", "b1"]), ("plain", &["a1", "b1"])],
+    );
+    lan.start_agents();
+    for v6 in [false, true] {
+        let node_addr = lan.net.node("a").addr(v6);
+        let tcp = |node_port| -> BTreeSet<String> {
+            (0..15)
+                .map(|_| {
+                    lan.tcp(sa(node_addr, node_port))
+                        .unwrap_or_else(|e| panic!("{e:#}; counters:\n{}", lan.diagnose()))
+                        .0
+                })
+                .collect()
+        };
+        let udp = |node_port| -> BTreeSet<String> {
+            (0..15)
+                .map(|_| {
+                    udp_request(&lan.net.client, sa(node_addr, node_port))
+                        .unwrap()
+                        .0
+                })
+                .collect()
+        };
+        assert_eq!(tcp(30600).len(), 1, "TCP with affinity via {node_addr}");
+        assert_eq!(udp(30650).len(), 1, "UDP with affinity via {node_addr}");
+        // Two backends, 15 requests on one by chance: 1 in 16 000.
+        assert_eq!(tcp(30601).len(), 2, "TCP without affinity via {node_addr}");
+        assert_eq!(udp(30651).len(), 2, "UDP without affinity via {node_addr}");
     }
 }
 

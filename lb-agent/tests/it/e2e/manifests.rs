@@ -341,3 +341,65 @@ fn restarted_agent_reuses_pinned_maps_and_established_connections_continue() {
         );
     }
 }
+
+/// e2e: "should have session affinity work for service with type clusterIP [LinuxOnly]
+/// [Conformance]" and "should be able to switch session affinity for service with type
+/// clusterIP [LinuxOnly] [Conformance]": 15 consecutive requests from one pod reach one
+/// backend; switched off they spread again, switched on they stick again. Both families, TCP
+/// and UDP.
+#[test]
+fn session_affinity_keeps_a_pod_on_one_backend_and_switches_off_and_on() {
+    let c = ManifestCluster::new();
+    let vips = [ip("10.96.0.60"), ip("fd00:96::60")];
+    c.write_affine_service("sticky", &vips, &BACKENDS, Some(10_800));
+    let _agent = c.start_agent();
+    for vip in vips {
+        assert_eq!(c.net.tcp_spread(vip, 15).len(), 1, "TCP to {vip}");
+        assert_eq!(c.net.udp_spread(vip, 15).len(), 1, "UDP to {vip}");
+    }
+    c.write_affine_service("sticky", &vips, &BACKENDS, None);
+    for vip in vips {
+        assert!(
+            eventually(Duration::from_secs(5), || c.net.tcp_spread(vip, 15).len()
+                > 1),
+            "TCP to {vip} still sticks with affinity switched off"
+        );
+        assert!(c.net.udp_spread(vip, 30).len() > 1, "UDP to {vip}");
+    }
+    c.write_affine_service("sticky", &vips, &BACKENDS, Some(10_800));
+    for vip in vips {
+        assert!(
+            eventually(Duration::from_secs(5), || c.net.tcp_spread(vip, 15).len()
+                == 1),
+            "TCP to {vip} does not stick with affinity switched on again"
+        );
+        assert_eq!(c.net.udp_spread(vip, 15).len(), 1, "UDP to {vip}");
+    }
+}
+
+/// e2e: "should have session affinity timeout work for service with type clusterIP
+/// [LinuxOnly]": requests spaced more than `timeoutSeconds` apart reach other backends, while
+/// back-to-back ones keep one.
+#[test]
+fn session_affinity_ends_after_its_timeout() {
+    let c = ManifestCluster::new();
+    let vips = [ip("10.96.0.61"), ip("fd00:96::61")];
+    c.write_affine_service("brief", &vips, &BACKENDS, Some(1));
+    let _agent = c.start_agent();
+    let mut seen: Vec<BTreeSet<String>> = vec![BTreeSet::new(); vips.len()];
+    for _ in 0..10 {
+        for (vip, seen) in vips.iter().zip(&mut seen) {
+            let burst = c.net.tcp_spread(*vip, 3);
+            assert_eq!(burst.len(), 1, "back to back to {vip}: {burst:?}");
+            seen.extend(burst);
+        }
+        std::thread::sleep(Duration::from_millis(1_300));
+    }
+    for (vip, seen) in vips.iter().zip(&seen) {
+        // Ten choices made anew, all on one backend of three: about 1 in 20 000.
+        assert!(
+            seen.len() > 1,
+            "{vip}: every request after the timeout on {seen:?}"
+        );
+    }
+}

@@ -63,6 +63,32 @@ impl ManifestCluster {
         }
     }
 
+    /// Writes `name` as [`ManifestCluster::write_service`] does, with `sessionAffinity:
+    /// ClientIP` and `timeout` seconds when `timeout` is set (and `None` otherwise).
+    fn write_affine_service(
+        &self,
+        name: &str,
+        vips: &[IpAddr],
+        pods: &[&str],
+        timeout: Option<u32>,
+    ) {
+        let affinity = match timeout {
+            Some(t) => format!(
+                "spec:\n  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      \
+                 timeoutSeconds: {t}\n"
+            ),
+            None => "spec:\n  sessionAffinity: None\n".to_owned(),
+        };
+        let yaml = service(name, vips, SERVICE_PORTS).replacen("spec:\n", &affinity, 1);
+        self.manifests
+            .write(&format!("{name}.yaml"), &yaml)
+            .unwrap();
+        for vip in vips {
+            let v6 = vip.is_ipv6();
+            self.write_slice(name, v6, &self.net.ready_endpoints(v6, pods));
+        }
+    }
+
     /// The agent of this node, reading the manifest directory; more settings go on the
     /// builder before [`ManifestCluster::start`].
     fn agent(&self) -> AgentBuilder<'_> {

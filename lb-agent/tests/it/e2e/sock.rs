@@ -272,3 +272,20 @@ fn node_processes_reach_node_ports_on_the_nodes_own_addresses() {
         );
     }
 }
+
+/// Session affinity on the socket path: the node's processes (one network namespace, one
+/// client) keep reaching one backend with `sessionAffinity: ClientIP`, over TCP and connected
+/// UDP, both families.
+#[test]
+fn node_processes_keep_one_backend_with_session_affinity() {
+    let node = node_without_routes();
+    let vips = [ip("10.96.1.60"), ip("fd00:96::1:60")];
+    node.write_affine_service("sticky", &vips, &BACKENDS, Some(10_800));
+    let agent = node.start_agent();
+    for vip in vips {
+        for (mode, port) in [(Mode::Tcp, 80), (Mode::UdpConnected, 53)] {
+            let got = answers(&node, &agent, mode, sa(vip, port), 15);
+            assert_eq!(got.len(), 1, "{mode:?} to {vip}: {got:?}");
+        }
+    }
+}

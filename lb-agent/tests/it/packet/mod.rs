@@ -6,6 +6,7 @@
 //! ([`crate::support::lb::Lb`]) with maps pinned in a directory of its own. Needs root and
 //! bpffs: a test that cannot load the programs fails, it never skips.
 
+mod affinity;
 mod ext;
 mod pod;
 mod xdp;

@@ -3,7 +3,7 @@
 //! TC programs run on crafted frames with BPF_PROG_TEST_RUN.
 //!
 //! The frontends the tests program are built here, and only here: [`cluster_ip`],
-//! [`rejecting`], and [`External::node_port`] or [`External::load_balancer_ip`]. They are
+//! [`with_affinity`], [`rejecting`], and [`External::node_port`] or [`External::load_balancer_ip`]. They are
 //! the tests' one place that writes the model's `FrontendState`.
 
 use std::{
@@ -315,6 +315,20 @@ pub fn cluster_ip(frontend: Frontend, backends: &[SocketAddr]) -> (Frontend, Fro
     (frontend, state)
 }
 
+/// The same frontend with `sessionAffinity: ClientIP` and this timeout in seconds.
+pub fn with_affinity(
+    (frontend, state): (Frontend, FrontendState),
+    timeout_seconds: u32,
+) -> (Frontend, FrontendState) {
+    (
+        frontend,
+        FrontendState {
+            session_affinity: Some(timeout_seconds),
+            ..state
+        },
+    )
+}
+
 /// A frontend of a service port without any endpoint: connections are refused (kube-proxy's
 /// REJECT).
 pub fn rejecting(frontend: Frontend) -> (Frontend, FrontendState) {
@@ -339,7 +353,6 @@ pub struct External {
     local_backends: Vec<SocketAddr>,
     local_only: bool,
     source_ranges: Option<Vec<ipnet::IpNet>>,
-    session_affinity: Option<u32>,
     reject: bool,
 }
 
@@ -365,7 +378,6 @@ impl External {
             local_backends: Vec::new(),
             local_only: false,
             source_ranges: None,
-            session_affinity: None,
             reject: false,
         }
     }
@@ -401,12 +413,6 @@ impl External {
         self
     }
 
-    /// `sessionAffinity: ClientIP` with this timeout in seconds.
-    pub fn affinity(mut self, timeout_seconds: u32) -> Self {
-        self.session_affinity = Some(timeout_seconds);
-        self
-    }
-
     /// No endpoint anywhere: connections are refused.
     pub fn rejecting(mut self) -> Self {
         self.reject = true;
@@ -426,7 +432,7 @@ impl External {
             backends: backends_of(&self.backends, &self.local_backends),
             local_only: self.local_only,
             source_ranges,
-            session_affinity: self.session_affinity,
+            session_affinity: None,
             reject: self.reject,
         };
         (self.frontend, state)
