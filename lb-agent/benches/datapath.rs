@@ -487,6 +487,7 @@ fn main() -> anyhow::Result<()> {
             max_flows,
             max_sockets: 1_024,
             socket_lb: SocketLb::Off,
+            socket_lb_scope: Default::default(),
         })
         .context("loading the datapath (needs root and bpffs)")?;
         let mut maps = BpfMaps::take(dp.ebpf_mut())?;

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lb_agent::{
     agent::{self, RunOptions},
-    kernel::{DatapathMode, LoadOptions, SocketLb},
+    kernel::{DatapathMode, LoadOptions, SocketLb, SocketLbScope},
     node::{
         addrs::{parse_cidrs, usable},
         devices::DevicePatterns,
@@ -124,6 +124,11 @@ struct RunArgs {
     /// Socket-level load balancing of traffic sent by processes on the node (cgroup hooks).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     socket_lb: bool,
+    /// Which sockets the socket programs translate: `all` (every network namespace of the
+    /// cgroup: pods too) or `host` (the agent's namespace only; pods see the service address
+    /// and the TC programs translate their packets, as service meshes, KubeVirt and Kata need).
+    #[arg(long, value_enum, default_value_t = SocketLbScope::All)]
+    socket_lb_scope: SocketLbScope,
     /// cgroup2 directory for the socket programs; only processes below it are affected.
     /// Default: the host's cgroup2 root (a cgroup2 hierarchy is mounted when the host has only
     /// cgroup v1).
@@ -232,6 +237,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
                 (true, Some(dir)) => SocketLb::Cgroup(dir),
                 (true, None) => SocketLb::HostRoot,
             },
+            socket_lb_scope: args.socket_lb_scope,
         },
         healthz_bind_address: args.healthz_bind_address,
         devices,

@@ -67,6 +67,8 @@ pub enum KernelError {
         #[source]
         source: AyaMapError,
     },
+    #[error("reading this network namespace's cookie (--socket-lb-scope host needs Linux 5.14+)")]
+    NetnsCookie(#[source] std::io::Error),
     #[error("program {name}: {source}")]
     Program {
         name: &'static str,
@@ -87,7 +89,19 @@ pub enum SocketLb {
     Cgroup(PathBuf),
 }
 
-/// Map sizes, where to pin, and where socket programs attach.
+/// Which sockets the socket programs translate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SocketLbScope {
+    /// Every network namespace of the cgroup: pods' sockets connect to a backend directly.
+    #[default]
+    All,
+    /// The agent's (host) network namespace only, as Cilium's `socketLB.hostNamespaceOnly`:
+    /// pods see the service address on their sockets (service meshes, KubeVirt and Kata rely
+    /// on that) and the TC programs translate their packets.
+    Host,
+}
+
+/// Map sizes, where to pin, and where and for whom socket programs attach.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub pin_dir: PathBuf,
@@ -96,6 +110,7 @@ pub struct LoadOptions {
     pub max_flows: u32,
     pub max_sockets: u32,
     pub socket_lb: SocketLb,
+    pub socket_lb_scope: SocketLbScope,
 }
 
 /// The cgroup sock_addr programs.
@@ -109,6 +124,9 @@ const SOCK_PROGRAMS: [&str; 8] = [
     program_names::SOCK_GETPEERNAME4,
     program_names::SOCK_GETPEERNAME6,
 ];
+
+/// The socket programs' scope: the one network namespace they translate in, 0 for all.
+const HOST_NETNS_COOKIE: &str = "HOST_NETNS_COOKIE";
 
 /// Subdirectory of the pin directory holding the pinned links.
 const LINKS_DIR: &str = "links";
@@ -142,8 +160,15 @@ impl Programs {
     pub fn load(opts: &LoadOptions) -> Result<Self, KernelError> {
         fs::ensure_bpffs(&opts.pin_dir)?;
         create_dir(&opts.pin_dir)?;
+        let host_netns_cookie = match opts.socket_lb_scope {
+            SocketLbScope::All => 0,
+            SocketLbScope::Host => {
+                crate::node::netns::own_cookie().map_err(KernelError::NetnsCookie)?
+            }
+        };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&opts.pin_dir)
+            .override_global(HOST_NETNS_COOKIE, &host_netns_cookie, true)
             .map_max_entries(map_names::SERVICES_V4, opts.max_services)
             .map_max_entries(map_names::SERVICES_V6, opts.max_services)
             .map_max_entries(map_names::BACKENDS_V4, opts.max_backends)

@@ -1,5 +1,6 @@
-//! This node's network devices and addresses, in the agent's own network namespace.
+//! This node's network devices, addresses and network namespace, as the agent sees them.
 
 pub mod addrs;
 pub mod devices;
+pub mod netns;
 pub mod watch;

@@ -23,6 +23,23 @@ use super::{
     maps::{LB_SOCK_AFFINITY, LB_SOCK_REVNAT_V4, LB_SOCK_REVNAT_V6, count},
 };
 
+/// The network namespace (`bpf_get_netns_cookie`) socket-level load balancing is limited to,
+/// with `--socket-lb-scope host`; 0 (the default): every namespace of the cgroup. The agent sets
+/// it when it loads the programs. Sockets of other namespaces (pods) then connect to the
+/// service address itself, which service meshes, KubeVirt and Kata expect to see, and the TC
+/// programs translate their packets.
+#[unsafe(no_mangle)]
+static HOST_NETNS_COOKIE: u64 = 0;
+
+/// Whether sockets of the namespace of `ctx` are translated here.
+#[inline(always)]
+fn in_scope(ctx: &SockAddrContext) -> bool {
+    // SAFETY: a read of the program's own read-only global.
+    let host = unsafe { core::ptr::read_volatile(&HOST_NETNS_COOKIE) };
+    // SAFETY: the helper takes the program's own context.
+    host == 0 || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == host
+}
+
 /// What a sock_addr program returns to let the call proceed.
 pub const ALLOW: i32 = 1;
 /// What it returns to fail the call, with the error set by `bpf_set_retval`.
@@ -223,6 +240,9 @@ fn translate<F: SockFamily, View: SockAddrView<F>>(ctx: &SockAddrContext) -> i32
     let Some(addr) = View::get(sa) else {
         return ALLOW;
     };
+    if !in_scope(ctx) {
+        return ALLOW;
+    }
     let port = sa.user_port as u16;
     // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };

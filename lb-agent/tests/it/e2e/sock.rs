@@ -289,3 +289,65 @@ fn node_processes_keep_one_backend_with_session_affinity() {
         }
     }
 }
+
+/// A datapath counter of `agent`, read with `lb-agent stats`.
+fn stat(agent: &Agent, name: &str) -> u64 {
+    let out = std::process::Command::new(super::AGENT)
+        .args(["stats", "--bpffs"])
+        .arg(&agent.pin_dir)
+        .output()
+        .expect("lb-agent stats");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.parse().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("no counter {name} in {out:?}"))
+}
+
+/// `--socket-lb-scope host` leaves the sockets of pods (other network namespaces in the
+/// agent's cgroup) to the TC programs, which translate their packets: the pod's connections
+/// still work and show the service address, and the TC counter grows by one per connection;
+/// node processes are still translated at `connect()`. With `all`, pods' sockets are
+/// translated at `connect()` too and the TC programs see nothing to translate. Both families.
+#[test]
+fn socket_lb_scope_host_leaves_pods_to_the_tc_programs_and_keeps_node_processes() {
+    for (scope, pods_via_tc) in [("all", false), ("host", true)] {
+        let node = node_without_routes();
+        let vips = [ip("10.96.1.70"), ip("fd00:96::1:70")];
+        node.write_service("scoped", &vips, &BACKENDS);
+        let agent = node.start(node.agent().args(["--socket-lb-scope", scope]));
+        for vip in vips {
+            let addr = sa(vip, 80);
+            let before = stat(&agent, "translated");
+            let outcomes =
+                probe(node.net.client(), Some(&agent.cgroup), Mode::Tcp, addr, 15).unwrap();
+            for outcome in &outcomes {
+                match outcome {
+                    Outcome::Answer { peer, .. } => {
+                        assert_eq!(*peer, Some(addr), "{scope}: a pod's getpeername()")
+                    }
+                    Outcome::Error(e) => panic!("{scope}: pod to {addr}: {e}"),
+                }
+            }
+            let by_tc = stat(&agent, "translated") - before;
+            if pods_via_tc {
+                assert!(
+                    by_tc >= 15,
+                    "{scope}: {by_tc} packets translated by TC for {addr}"
+                );
+            } else {
+                assert_eq!(by_tc, 0, "{scope}: TC translated pod packets for {addr}");
+            }
+            let before = stat(&agent, "translated");
+            // `answers` fails on any error and checks getpeername().
+            answers(&node, &agent, Mode::Tcp, addr, 5);
+            assert_eq!(
+                stat(&agent, "translated"),
+                before,
+                "{scope}: node processes are translated at connect(), not by TC"
+            );
+        }
+    }
+}

@@ -84,6 +84,7 @@ impl Lb {
             max_flows: MAX_FLOWS,
             max_sockets: 1024,
             socket_lb: SocketLb::Off,
+            socket_lb_scope: Default::default(),
         })
         .with_context(|| {
             format!(
