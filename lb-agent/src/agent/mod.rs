@@ -112,6 +112,16 @@ fn node_facts(
     }
 }
 
+/// Where the health check node ports listen: as kube-proxy, on the node port addresses when
+/// `--nodeport-addresses` restricts them, else on every address (empty).
+fn health_check_addresses<'a>(opts: &RunOptions, facts: &'a NodeFacts) -> &'a [std::net::IpAddr] {
+    if opts.nodeport_addresses.is_empty() {
+        &[]
+    } else {
+        &facts.addresses
+    }
+}
+
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // The source first: a bad kubeconfig or manifest directory fails before the datapath is
@@ -189,7 +199,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut facts = node_facts(&node_name, &scanner, last_addrs.as_deref());
     syncer.sync(&mut source, &facts, false);
     health_check_servers
-        .update(syncer.health_checks(), &health)
+        .update(
+            syncer.health_checks(),
+            &health,
+            health_check_addresses(&opts, &facts),
+        )
         .await;
     resync_tick.reset();
     loop {
@@ -219,7 +233,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         };
         syncer.sync(&mut source, &facts, periodic);
         health_check_servers
-            .update(syncer.health_checks(), &health)
+            .update(
+                syncer.health_checks(),
+                &health,
+                health_check_addresses(&opts, &facts),
+            )
             .await;
     }
     info!("stopping");
