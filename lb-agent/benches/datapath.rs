@@ -42,7 +42,7 @@ use aya::programs::SchedClassifier;
 use clap::Parser;
 use lb_agent::{
     kernel::{LoadOptions, Programs, SocketLb},
-    lbmap::{BackendKey, MapOps as _, bpf::BpfMaps},
+    lbmap::{BackendKey, MapOps as _, Vip, bpf::BpfMaps},
     model::{Frontend, Protocol},
 };
 use lb_ebpf::{ServiceValue, program_names, stats};
@@ -281,10 +281,10 @@ const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
 fn program_services(maps: &mut BpfMaps, from: u32, to: u32) -> anyhow::Result<()> {
     for family in FAMILIES {
         for i in from..to {
-            let frontend = Frontend {
+            let frontend = Vip::from(Frontend {
                 addr: SocketAddr::new(family.vip(i), PORT),
                 protocol: Protocol::Tcp,
-            };
+            });
             for slot in 1..=BACKENDS {
                 // Slots start at a different backend per service, as independent services would.
                 let b = (i + slot) % BACKENDS;

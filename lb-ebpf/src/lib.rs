@@ -169,11 +169,18 @@ pub struct ServiceKey<A> {
     pub port: u16,
     pub slot: u16,
     pub proto: u8,
-    /// Always zero. The first byte was a `scope` field that only ever held 0 (`SCOPE_CLUSTER`;
-    /// Local traffic policies are resolved into the backend slots instead), so keys pinned by an
-    /// earlier agent have the same bytes and stay valid.
-    pub _pad: [u8; 3],
+    /// [`SCOPE_DEFAULT`] or [`SCOPE_INTERNAL`]. Keys pinned by earlier agents hold 0 here, the
+    /// default scope, and stay valid.
+    pub scope: u8,
+    pub _pad: [u8; 2],
 }
+
+/// The service entry every path reads.
+pub const SCOPE_DEFAULT: u8 = 0;
+/// The entry in-cluster clients (the pod and socket programs) read instead for an external
+/// frontend with `externalTrafficPolicy: Local` ([`SVC_F_LOCAL`]): every backend of the
+/// cluster, where the default entry holds this node's only.
+pub const SCOPE_INTERNAL: u8 = 1;
 
 /// Key of the IPv4 service map.
 pub type Service4Key = ServiceKey<[u8; 4]>;

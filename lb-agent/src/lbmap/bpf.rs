@@ -14,13 +14,13 @@ use aya::{
 use ipnet::IpNet;
 use lb_ebpf::{
     AffinityMatchKey, BACKEND_F_LOCAL, Backend4, Backend6, Flow4Key, Flow4Value, Flow6Key,
-    Flow6Value, Service4Key, Service6Key, ServiceKey, ServiceValue, SourceRange, map_names,
-    port_to_map,
+    Flow6Value, SCOPE_DEFAULT, SCOPE_INTERNAL, Service4Key, Service6Key, ServiceKey, ServiceValue,
+    SourceRange, map_names, port_to_map,
 };
 use thiserror::Error;
 
-use super::{BackendId, BackendKey, MapError, MapOps};
-use crate::model::{Frontend, IpFamily, Protocol};
+use super::{BackendId, BackendKey, MapError, MapOps, Scope, Vip};
+use crate::model::{IpFamily, Protocol};
 
 /// The agent's handles on the pinned maps.
 pub struct BpfMaps {
@@ -109,13 +109,17 @@ fn ignore_missing(r: Result<(), AyaMapError>) -> Result<(), AyaMapError> {
     }
 }
 
-fn service_key<A>(addr: A, frontend: &Frontend, slot: u16) -> ServiceKey<A> {
+fn service_key<A>(addr: A, vip: &Vip, slot: u16) -> ServiceKey<A> {
     ServiceKey {
         addr,
-        port: port_to_map(frontend.addr.port()),
+        port: port_to_map(vip.addr.port()),
         slot,
-        proto: frontend.protocol.number(),
-        _pad: [0; 3],
+        proto: vip.protocol.number(),
+        scope: match vip.scope {
+            Scope::Default => SCOPE_DEFAULT,
+            Scope::Internal => SCOPE_INTERNAL,
+        },
+        _pad: [0; 2],
     }
 }
 
@@ -236,7 +240,7 @@ impl MapOps for BpfMaps {
 
     fn put_slot(
         &mut self,
-        frontend: &Frontend,
+        frontend: &Vip,
         slot: u16,
         value: &ServiceValue,
     ) -> Result<(), MapError> {
@@ -252,7 +256,7 @@ impl MapOps for BpfMaps {
         }
     }
 
-    fn delete_slot(&mut self, frontend: &Frontend, slot: u16) -> Result<(), MapError> {
+    fn delete_slot(&mut self, frontend: &Vip, slot: u16) -> Result<(), MapError> {
         match frontend.addr.ip() {
             IpAddr::V4(ip) => ignore_missing(self.services_v4.remove(&service_key(
                 ip.octets(),
@@ -328,7 +332,7 @@ impl MapOps for BpfMaps {
         Ok(out)
     }
 
-    fn list_slots(&self) -> Result<Vec<(Frontend, u16, ServiceValue)>, MapError> {
+    fn list_slots(&self) -> Result<Vec<(Vip, u16, ServiceValue)>, MapError> {
         let mut out = Vec::new();
         for entry in self.services_v4.iter() {
             let (key, value) = entry.map_err(|e| io_err("iterate", map_names::SERVICES_V4, e))?;
@@ -400,10 +404,17 @@ fn backend_key(addr: IpAddr, port: u16, proto: u8, flags: u8) -> Option<BackendK
     })
 }
 
-fn frontend_of<A>(addr: IpAddr, key: &ServiceKey<A>) -> Option<Frontend> {
+/// The entry of a service key; `None` for protocols and scopes the agent does not program.
+fn frontend_of<A>(addr: IpAddr, key: &ServiceKey<A>) -> Option<Vip> {
     let protocol = protocol_of(key.proto)?;
-    Some(Frontend {
+    let scope = match key.scope {
+        SCOPE_DEFAULT => Scope::Default,
+        SCOPE_INTERNAL => Scope::Internal,
+        _ => return None,
+    };
+    Some(Vip {
         addr: std::net::SocketAddr::new(addr, lb_ebpf::port_from_map(key.port)),
         protocol,
+        scope,
     })
 }

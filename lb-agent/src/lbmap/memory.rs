@@ -7,13 +7,15 @@ use std::{
 
 use lb_ebpf::ServiceValue;
 
-use super::{BackendId, BackendKey, MapError, MapOps};
+use super::{BackendId, BackendKey, MapError, MapOps, Scope, Vip};
 use crate::model::{Frontend, IpFamily};
 
 /// The BPF maps' contents, kept in memory.
 #[derive(Debug, Default)]
 pub struct MemoryMaps {
     pub services: BTreeMap<(Frontend, u16), ServiceValue>,
+    /// The in-cluster entries ([`Scope::Internal`]).
+    pub internal: BTreeMap<(Frontend, u16), ServiceValue>,
     pub backends: BTreeMap<BackendId, BackendKey>,
     pub source_ranges: BTreeSet<(u16, ipnet::IpNet)>,
     /// The SNAT address per family; a family never set is absent.
@@ -40,6 +42,13 @@ impl MemoryMaps {
         Ok(())
     }
 
+    fn scope_mut(&mut self, scope: Scope) -> &mut BTreeMap<(Frontend, u16), ServiceValue> {
+        match scope {
+            Scope::Default => &mut self.services,
+            Scope::Internal => &mut self.internal,
+        }
+    }
+
     /// Backends a frontend's slots point at, in slot order.
     pub fn slot_backends(&self, frontend: &Frontend) -> Vec<BackendKey> {
         let count = self.services.get(&(*frontend, 0)).map_or(0, |v| v.count);
@@ -55,11 +64,16 @@ impl MemoryMaps {
 impl std::fmt::Display for MemoryMaps {
     /// Every entry, one a line, in map order: what a golden test compares.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for ((frontend, slot), value) in &self.services {
+        let all = self
+            .services
+            .iter()
+            .map(|(k, v)| (k, v, ""))
+            .chain(self.internal.iter().map(|(k, v)| (k, v, " in-cluster")));
+        for ((frontend, slot), value, scope) in all {
             if *slot == 0 {
                 write!(
                     f,
-                    "service {frontend} count={} rev_nat={} flags={}",
+                    "service {frontend}{scope} count={} rev_nat={} flags={}",
                     value.count,
                     value.rev_nat_id,
                     flag_names(value.flags)
@@ -71,7 +85,7 @@ impl std::fmt::Display for MemoryMaps {
             } else {
                 writeln!(
                     f,
-                    "service {frontend} slot={slot} backend={}",
+                    "service {frontend}{scope} slot={slot} backend={}",
                     value.backend_id
                 )?;
             }
@@ -139,20 +153,16 @@ impl MapOps for MemoryMaps {
         Ok(())
     }
 
-    fn put_slot(
-        &mut self,
-        frontend: &Frontend,
-        slot: u16,
-        value: &ServiceValue,
-    ) -> Result<(), MapError> {
+    fn put_slot(&mut self, vip: &Vip, slot: u16, value: &ServiceValue) -> Result<(), MapError> {
         self.step()?;
-        self.services.insert((*frontend, slot), *value);
+        self.scope_mut(vip.scope)
+            .insert((vip.frontend(), slot), *value);
         Ok(())
     }
 
-    fn delete_slot(&mut self, frontend: &Frontend, slot: u16) -> Result<(), MapError> {
+    fn delete_slot(&mut self, vip: &Vip, slot: u16) -> Result<(), MapError> {
         self.step()?;
-        self.services.remove(&(*frontend, slot));
+        self.scope_mut(vip.scope).remove(&(vip.frontend(), slot));
         Ok(())
     }
 
@@ -218,12 +228,15 @@ impl MapOps for MemoryMaps {
         Ok(self.source_ranges.iter().copied().collect())
     }
 
-    fn list_slots(&self) -> Result<Vec<(Frontend, u16, ServiceValue)>, MapError> {
-        Ok(self
-            .services
-            .iter()
-            .map(|((f, s), v)| (*f, *s, *v))
-            .collect())
+    fn list_slots(&self) -> Result<Vec<(Vip, u16, ServiceValue)>, MapError> {
+        let scoped = |map: &BTreeMap<(Frontend, u16), ServiceValue>, scope| {
+            map.iter()
+                .map(move |((f, s), v)| (Vip::of(f, scope), *s, *v))
+                .collect::<Vec<_>>()
+        };
+        let mut out = scoped(&self.services, Scope::Default);
+        out.extend(scoped(&self.internal, Scope::Internal));
+        Ok(out)
     }
 
     fn list_backends(&self) -> Result<Vec<(BackendId, IpFamily, Option<BackendKey>)>, MapError> {

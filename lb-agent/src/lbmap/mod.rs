@@ -39,6 +39,91 @@ pub struct BackendKey {
     pub local: bool,
 }
 
+/// Which of a frontend's service map entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// The entry every path reads; for an external frontend with `externalTrafficPolicy:
+    /// Local`, the local backends traffic from outside gets.
+    Default,
+    /// Read by the pod and socket paths, for in-cluster clients of an external frontend with
+    /// `externalTrafficPolicy: Local`: every backend of the cluster (kube-proxy's short-circuit).
+    Internal,
+}
+
+/// A service map entry's frontend: address, port, protocol and scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Vip {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+    pub scope: Scope,
+}
+
+impl Vip {
+    pub fn of(frontend: &Frontend, scope: Scope) -> Self {
+        Self {
+            addr: frontend.addr,
+            protocol: frontend.protocol,
+            scope,
+        }
+    }
+
+    pub fn frontend(&self) -> Frontend {
+        Frontend {
+            addr: self.addr,
+            protocol: self.protocol,
+        }
+    }
+}
+
+impl From<Frontend> for Vip {
+    fn from(frontend: Frontend) -> Self {
+        Self::of(&frontend, Scope::Default)
+    }
+}
+
+impl std::fmt::Display for Vip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.frontend())?;
+        if self.scope == Scope::Internal {
+            f.write_str(" (in-cluster)")?;
+        }
+        Ok(())
+    }
+}
+
+/// The service map entries of one frontend: its own, and for in-cluster clients of an external
+/// frontend with other backends, the internal one (without `SVC_F_LOCAL`: it serves every
+/// backend).
+fn entries<'a>(
+    frontend: &Frontend,
+    state: &'a FrontendState,
+) -> impl Iterator<Item = (Vip, (Vec<BackendKey>, FrontendPolicy, &'a FrontendState))> + use<'a> {
+    let keys = |backends: &[crate::model::Backend]| -> Vec<BackendKey> {
+        backends
+            .iter()
+            .map(|b| BackendKey {
+                addr: b.addr,
+                protocol: frontend.protocol,
+                local: b.local,
+            })
+            .collect()
+    };
+    let policy = FrontendPolicy::of(state);
+    let internal = state.internal_backends.as_ref().map(|backends| {
+        let mut policy = policy.clone();
+        policy.flags &= !SVC_F_LOCAL;
+        (
+            Vip::of(frontend, Scope::Internal),
+            (keys(backends), policy, state),
+        )
+    });
+    std::iter::once((
+        Vip::of(frontend, Scope::Default),
+        (keys(&state.backends), policy, state),
+    ))
+    .chain(internal)
+}
+
 /// What a frontend entry says besides its backends: `lb_ebpf::SVC_F_*` flags, the source
 /// ranges allowed when `SVC_F_SOURCE_RANGES` is set, and the session affinity timeout when
 /// `SVC_F_AFFINITY` is.
@@ -104,14 +189,9 @@ pub trait MapOps {
     fn put_backend(&mut self, id: BackendId, backend: &BackendKey) -> Result<(), MapError>;
     /// Deleting an absent entry succeeds.
     fn delete_backend(&mut self, id: BackendId, family: IpFamily) -> Result<(), MapError>;
-    fn put_slot(
-        &mut self,
-        frontend: &Frontend,
-        slot: u16,
-        value: &ServiceValue,
-    ) -> Result<(), MapError>;
+    fn put_slot(&mut self, vip: &Vip, slot: u16, value: &ServiceValue) -> Result<(), MapError>;
     /// Deleting an absent entry succeeds.
-    fn delete_slot(&mut self, frontend: &Frontend, slot: u16) -> Result<(), MapError>;
+    fn delete_slot(&mut self, vip: &Vip, slot: u16) -> Result<(), MapError>;
     /// Sets the node's address of `family` that SNATed external flows leave from; `None`
     /// clears it (external flows to other nodes' backends are then dropped).
     fn set_node_addr(&mut self, family: IpFamily, addr: Option<IpAddr>) -> Result<(), MapError>;
@@ -121,7 +201,7 @@ pub trait MapOps {
     fn delete_xdp_device(&mut self, ifindex: u32) -> Result<(), MapError>;
     /// Every service map entry present (entries of protocols the agent does not program are
     /// left out).
-    fn list_slots(&self) -> Result<Vec<(Frontend, u16, ServiceValue)>, MapError>;
+    fn list_slots(&self) -> Result<Vec<(Vip, u16, ServiceValue)>, MapError>;
     /// Every backend map entry present; `None` for an entry the agent cannot read back.
     fn list_backends(&self) -> Result<Vec<(BackendId, IpFamily, Option<BackendKey>)>, MapError>;
     /// Allows sources in `range` on the frontend with `rev_nat_id`.
@@ -218,7 +298,7 @@ pub struct ApplyReport {
 /// Keeps the maps equal to the desired state with as few writes as possible.
 pub struct Writer<M> {
     maps: M,
-    frontends: BTreeMap<Frontend, Programmed>,
+    frontends: BTreeMap<Vip, Programmed>,
     /// Backend -> (ID, number of frontends using it).
     backends: HashMap<BackendKey, (BackendId, usize)>,
     backend_ids: IdPool,
@@ -290,42 +370,35 @@ impl<M: MapOps> Writer<M> {
     /// Makes the maps serve exactly `desired`.
     pub fn apply(&mut self, desired: &BTreeMap<Frontend, FrontendState>) -> ApplyReport {
         let mut report = ApplyReport::default();
-        let stale: Vec<Frontend> = self
+        let wanted: BTreeMap<Vip, (Vec<BackendKey>, FrontendPolicy, &FrontendState)> = desired
+            .iter()
+            .flat_map(|(frontend, state)| entries(frontend, state))
+            .collect();
+        let stale: Vec<Vip> = self
             .frontends
             .keys()
-            .filter(|f| !desired.contains_key(f))
+            .filter(|v| !wanted.contains_key(v))
             .copied()
             .collect();
-        for frontend in stale {
-            match self.remove_frontend(&frontend) {
+        for vip in stale {
+            match self.remove_frontend(&vip) {
                 Ok(()) => report.frontends_removed += 1,
-                Err(e) => report.errors.push(format!("removing {frontend}: {e}")),
+                Err(e) => report.errors.push(format!("removing {vip}: {e}")),
             }
         }
-        for (frontend, state) in desired {
-            let wanted: Vec<BackendKey> = state
-                .backends
-                .iter()
-                .map(|b| BackendKey {
-                    addr: b.addr,
-                    protocol: frontend.protocol,
-                    local: b.local,
-                })
-                .collect();
-            let policy = FrontendPolicy::of(state);
+        for (vip, (backends, policy, state)) in wanted {
             if self
                 .frontends
-                .get(frontend)
-                .is_some_and(|p| p.backends == wanted && p.policy == policy)
+                .get(&vip)
+                .is_some_and(|p| p.backends == backends && p.policy == policy)
             {
                 continue;
             }
-            match self.update_frontend(frontend, wanted, policy) {
+            match self.update_frontend(&vip, backends, policy) {
                 Ok(()) => report.frontends_changed += 1,
-                Err(e) => report.errors.push(format!(
-                    "programming {frontend} of service {}: {e}",
-                    state.owner
-                )),
+                Err(e) => report
+                    .errors
+                    .push(format!("programming {vip} of service {}: {e}", state.owner)),
             }
         }
         report
@@ -347,7 +420,7 @@ impl<M: MapOps> Writer<M> {
                     .map(|k| (id, k))
             })
             .collect();
-        let mut frontends: BTreeMap<Frontend, BTreeMap<u16, ServiceValue>> = BTreeMap::new();
+        let mut frontends: BTreeMap<Vip, BTreeMap<u16, ServiceValue>> = BTreeMap::new();
         for (frontend, slot, value) in self.maps.list_slots()? {
             if slot == 0 && value.rev_nat_id != 0 {
                 self.orphan_rev_nat_ids.insert(value.rev_nat_id);
@@ -509,7 +582,7 @@ impl<M: MapOps> Writer<M> {
         let ranges: HashSet<(u16, IpNet)> = self.maps.list_source_ranges()?.into_iter().collect();
         let matches: HashSet<(u16, BackendId)> =
             self.maps.list_affinity_matches()?.into_iter().collect();
-        let slots: HashMap<(Frontend, u16), ServiceValue> = self
+        let slots: HashMap<(Vip, u16), ServiceValue> = self
             .maps
             .list_slots()?
             .into_iter()
@@ -576,7 +649,7 @@ impl<M: MapOps> Writer<M> {
 
     fn update_frontend(
         &mut self,
-        frontend: &Frontend,
+        frontend: &Vip,
         wanted: Vec<BackendKey>,
         policy: FrontendPolicy,
     ) -> Result<(), MapError> {
@@ -687,7 +760,7 @@ impl<M: MapOps> Writer<M> {
         Ok(())
     }
 
-    fn remove_frontend(&mut self, frontend: &Frontend) -> Result<(), MapError> {
+    fn remove_frontend(&mut self, frontend: &Vip) -> Result<(), MapError> {
         let Some(old) = self.frontends.get(frontend).cloned() else {
             return Ok(());
         };

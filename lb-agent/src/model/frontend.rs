@@ -129,6 +129,10 @@ pub struct FrontendState {
     pub kind: FrontendKind,
     /// Backends of the frontend's family, sorted by address and without duplicates.
     pub backends: Vec<Backend>,
+    /// For an external frontend with `externalTrafficPolicy: Local`, what in-cluster clients
+    /// (pods, node processes) get instead: every backend of the cluster, as kube-proxy
+    /// short-circuits traffic from inside to external addresses. `None`: the same backends.
+    pub internal_backends: Option<Vec<Backend>>,
     /// `externalTrafficPolicy: Local` on an external frontend: the backends are this node's
     /// only, the client address is kept, and traffic is dropped when there is none.
     pub local_only: bool,
@@ -163,8 +167,18 @@ impl fmt::Display for FrontendState {
         if self.reject {
             return f.write_str(" -> reject");
         }
-        let backends: Vec<String> = self.backends.iter().map(ToString::to_string).collect();
-        write!(f, " -> [{}]", backends.join(", "))
+        let list = |backends: &[Backend]| {
+            backends
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        write!(f, " -> [{}]", list(&self.backends))?;
+        if let Some(internal) = &self.internal_backends {
+            write!(f, " in-cluster -> [{}]", list(internal))?;
+        }
+        Ok(())
     }
 }
 

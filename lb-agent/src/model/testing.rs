@@ -178,6 +178,7 @@ pub fn cluster_ip_state(owner: &str, backends: &[&str]) -> FrontendState {
             .into_iter()
             .map(|addr| Backend { addr, local: false })
             .collect(),
+        internal_backends: None,
         local_only: false,
         source_ranges: None,
         session_affinity: None,

@@ -20,6 +20,9 @@ pub fn frontends<'a>(
         owner: spn.clone(),
         kind,
         backends: super::backends(info, info.external_endpoints()),
+        internal_backends: info
+            .external_policy_local
+            .then(|| super::backends(info, info.endpoints.cluster.as_deref().unwrap_or_default())),
         local_only: info.external_policy_local,
         source_ranges: match kind {
             FrontendKind::LoadBalancer => info.source_ranges.clone(),

@@ -180,6 +180,7 @@ fn cluster_ip_state(spn: &ServicePortName, info: &ServicePortInfo) -> FrontendSt
         owner: spn.clone(),
         kind: FrontendKind::ClusterIp,
         backends: backends(info, info.internal_endpoints()),
+        internal_backends: None,
         local_only: false,
         source_ranges: None,
         session_affinity: info.session_affinity,

@@ -21,8 +21,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_ebpf::{
-    BACKEND_F_LOCAL, FLOW_REPLY, FlowKey, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_SOURCE_RANGES,
-    SnatValue, SourceRange, stats,
+    BACKEND_F_LOCAL, FLOW_REPLY, FlowKey, SCOPE_DEFAULT, SVC_F_EXTERNAL, SVC_F_LOCAL,
+    SVC_F_SOURCE_RANGES, ServiceValue, SnatValue, SourceRange, stats,
 };
 
 use super::{
@@ -259,6 +259,24 @@ fn snat_reply<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> i32 {
     redirect::<F>(ctx, pkt.proto, &reply.service, &reply.client)
 }
 
+/// Whether `frontend` admits `client`: no `loadBalancerSourceRanges`, or one of them holds it.
+/// Checked for clients outside and inside the cluster alike, as kube-proxy does.
+#[inline(always)]
+pub fn source_allowed<F: ExtFamily>(frontend: &ServiceValue, client: F::Addr) -> bool {
+    if frontend.flags & SVC_F_SOURCE_RANGES == 0 {
+        return true;
+    }
+    let key = Key::new(
+        32 + F::PREFIX_BITS,
+        SourceRange {
+            rev_nat_id: frontend.rev_nat_id.to_be(),
+            _pad: 0,
+            addr: client,
+        },
+    );
+    F::source_ranges().get(&key).is_some()
+}
+
 /// What the external path does with a packet from outside.
 pub enum Decision<A> {
     /// Not for a service served from outside: passed on untouched.
@@ -297,24 +315,14 @@ pub fn decide<F: ExtFamily, C: EbpfContext>(ctx: &C, pkt: &Packet<F::Addr>) -> D
     if frontend.flags & SVC_F_EXTERNAL == 0 {
         return Decision::Pass;
     }
-    if frontend.flags & SVC_F_SOURCE_RANGES != 0 {
-        let key = Key::new(
-            32 + F::PREFIX_BITS,
-            SourceRange {
-                rev_nat_id: frontend.rev_nat_id.to_be(),
-                _pad: 0,
-                addr: pkt.saddr,
-            },
-        );
-        if F::source_ranges().get(&key).is_none() {
-            count(stats::SOURCE_RANGE_DROPPED);
-            return Decision::Drop;
-        }
+    if !source_allowed::<F>(&frontend, pkt.saddr) {
+        count(stats::SOURCE_RANGE_DROPPED);
+        return Decision::Drop;
     }
     if frontend.refuses() {
         return Decision::Reject;
     }
-    let Some(chosen) = lb::choose::<F>(pkt, &frontend, now) else {
+    let Some(chosen) = lb::choose::<F>(pkt, &frontend, SCOPE_DEFAULT, now) else {
         // No endpoint (or, for Local, no local endpoint): drop rather than let the kernel
         // answer for a port it does not serve. The one count of this drop: not NO_BACKEND too.
         count(stats::NO_ENDPOINT_DROPPED);

@@ -9,17 +9,18 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use lb_ebpf::{
     AffinityKey, Backend, FLOW_F_CLOSING, FLOW_FORWARD, FLOW_REPLY, FLOW_TCP_CLOSING_NS,
-    FLOW_TCP_LIFETIME_NS, FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, ServiceKey, ServiceValue,
-    stats,
+    FLOW_TCP_LIFETIME_NS, FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, SCOPE_DEFAULT, SCOPE_INTERNAL,
+    SVC_F_EXTERNAL, SVC_F_LOCAL, ServiceKey, ServiceValue, stats,
 };
 
 use super::{
     affinity,
+    ext::{self, ExtFamily},
     family::{Family, FlowEntry, V4, V6},
     maps::count,
     nat::{End, Rewrite},
     parse::{Packet, Parsed, parse},
-    reject::{RejectFamily, reject},
+    reject::reject,
     tcp::{TCP_ACK, TCP_SYN, closing_flag},
 };
 
@@ -171,7 +172,7 @@ pub fn record_flow<F: Family, C: EbpfContext>(
 }
 
 #[inline(always)]
-fn forward<F: RejectFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
+fn forward<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some((addr, port, _, _)) = established::<F>(pkt, now) {
@@ -180,6 +181,11 @@ fn forward<F: RejectFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i3
     let Some(frontend) = frontend::<F>(pkt.daddr, pkt.dport, pkt.proto) else {
         return Ok(TC_ACT_OK as i32);
     };
+    let (frontend, scope) = in_cluster::<F>(pkt.daddr, pkt.dport, pkt.proto, frontend);
+    if !ext::source_allowed::<F>(&frontend, pkt.saddr) {
+        count(stats::SOURCE_RANGE_DROPPED);
+        return Ok(TC_ACT_SHOT);
+    }
     // No endpoint anywhere: refused, as kube-proxy rejects (counted as such by `reject`).
     if frontend.refuses() {
         return Ok(reject::<F>(ctx, pkt));
@@ -190,7 +196,7 @@ fn forward<F: RejectFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i3
         count(stats::NO_BACKEND);
         return Ok(TC_ACT_SHOT);
     }
-    let Some(chosen) = choose::<F>(pkt, &frontend, now) else {
+    let Some(chosen) = choose::<F>(pkt, &frontend, scope, now) else {
         // A slot or its backend missing (an update applied halfway): passed on untouched.
         count(stats::NO_BACKEND);
         return Ok(TC_ACT_OK as i32);
@@ -209,15 +215,47 @@ pub struct Chosen<A> {
 /// The frontend entry of the service `(addr, port, proto)`, if it is one.
 #[inline(always)]
 pub fn frontend<F: Family>(addr: F::Addr, port: u16, proto: u8) -> Option<ServiceValue> {
+    entry::<F>(addr, port, proto, 0, SCOPE_DEFAULT)
+}
+
+#[inline(always)]
+fn entry<F: Family>(
+    addr: F::Addr,
+    port: u16,
+    proto: u8,
+    slot: u16,
+    scope: u8,
+) -> Option<ServiceValue> {
     let key = ServiceKey {
         addr,
         port,
-        slot: 0,
+        slot,
         proto,
-        _pad: [0; 3],
+        scope,
+        _pad: [0; 2],
     };
     // SAFETY: read-only copy of a map value.
     unsafe { F::services().get(&key) }.copied()
+}
+
+/// What an in-cluster client (a pod, a node process) gets of `frontend`: for an external
+/// frontend with `externalTrafficPolicy: Local`, its internal entry with every backend of the
+/// cluster (kube-proxy's short-circuit), when the agent programmed one; else the frontend
+/// itself. Returns the entry and its scope.
+#[inline(always)]
+pub fn in_cluster<F: Family>(
+    addr: F::Addr,
+    port: u16,
+    proto: u8,
+    frontend: ServiceValue,
+) -> (ServiceValue, u8) {
+    const EXTERNAL_LOCAL: u8 = SVC_F_EXTERNAL | SVC_F_LOCAL;
+    if frontend.flags & EXTERNAL_LOCAL == EXTERNAL_LOCAL
+        && let Some(internal) = entry::<F>(addr, port, proto, 0, SCOPE_INTERNAL)
+    {
+        return (internal, SCOPE_INTERNAL);
+    }
+    (frontend, SCOPE_DEFAULT)
 }
 
 /// The backend of a new flow from the packet's source: the one session affinity keeps for it,
@@ -227,12 +265,13 @@ pub fn frontend<F: Family>(addr: F::Addr, port: u16, proto: u8) -> Option<Servic
 pub fn choose<F: Family>(
     pkt: &Packet<F::Addr>,
     frontend: &ServiceValue,
+    scope: u8,
     now: u64,
 ) -> Option<Chosen<F::Addr>> {
     if frontend.affinity_timeout_ns().is_none() {
         // SAFETY: helper without arguments.
         let pick = unsafe { bpf_get_prandom_u32() };
-        return pick_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, frontend, pick);
+        return pick_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, frontend, scope, pick);
     }
     let key = AffinityKey {
         client: pkt.saddr,
@@ -244,7 +283,7 @@ pub fn choose<F: Family>(
         None => {
             // SAFETY: helper without arguments.
             let pick = unsafe { bpf_get_prandom_u32() };
-            pick_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, frontend, pick)?
+            pick_backend::<F>(pkt.daddr, pkt.dport, pkt.proto, frontend, scope, pick)?
         }
     };
     affinity::remember(F::affinity(), &key, frontend, chosen.backend_id, now);
@@ -261,29 +300,22 @@ pub fn pick_backend<F: Family>(
     port: u16,
     proto: u8,
     frontend: &ServiceValue,
+    scope: u8,
     pick: u32,
 ) -> Option<Chosen<F::Addr>> {
     if frontend.count == 0 {
         return None;
     }
-    let slot_key = ServiceKey {
-        addr,
-        port,
-        slot: (pick % u32::from(frontend.count)) as u16 + 1,
-        proto,
-        _pad: [0; 3],
-    };
-    // SAFETY: read-only copies of map values.
-    unsafe { F::services().get(&slot_key) }
-        .copied()
-        .and_then(|slot| {
-            let backend = unsafe { F::backends().get(&slot.backend_id) }.copied()?;
-            Some(Chosen {
-                rev_nat_id: frontend.rev_nat_id,
-                backend_id: slot.backend_id,
-                backend,
-            })
+    let slot = (pick % u32::from(frontend.count)) as u16 + 1;
+    entry::<F>(addr, port, proto, slot, scope).and_then(|slot| {
+        // SAFETY: read-only copy of a map value.
+        let backend = unsafe { F::backends().get(&slot.backend_id) }.copied()?;
+        Some(Chosen {
+            rev_nat_id: frontend.rev_nat_id,
+            backend_id: slot.backend_id,
+            backend,
         })
+    })
 }
 
 /// Rewrites the destination to a backend.

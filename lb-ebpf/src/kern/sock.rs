@@ -19,7 +19,7 @@ use lb_ebpf::{PROTO_TCP, PROTO_UDP, ServiceValue, SockAffinityKey, SockKey, Sock
 use super::{
     affinity,
     family::{Family, V4, V6},
-    lb::{Chosen, frontend, pick_backend},
+    lb::{Chosen, frontend, in_cluster, pick_backend},
     maps::{LB_SOCK_AFFINITY, LB_SOCK_REVNAT_V4, LB_SOCK_REVNAT_V6, count},
 };
 
@@ -249,6 +249,8 @@ fn translate<F: SockFamily, View: SockAddrView<F>>(ctx: &SockAddrContext) -> i32
     let Some(frontend) = frontend::<F>(addr, port, proto) else {
         return ALLOW;
     };
+    // The node's processes are in-cluster clients of external frontends too.
+    let (frontend, scope) = in_cluster::<F>(addr, port, proto, frontend);
     if frontend.refuses() && proto == PROTO_TCP {
         // No endpoint anywhere: connect() fails at once with "connection refused", as it does
         // when kube-proxy's REJECT rule answers the SYN. (UDP has no connection to refuse.)
@@ -262,7 +264,7 @@ fn translate<F: SockFamily, View: SockAddrView<F>>(ctx: &SockAddrContext) -> i32
         rev_nat_id,
         backend,
         ..
-    }) = choose::<F>(ctx, addr, port, proto, &frontend, cookie)
+    }) = choose::<F>(ctx, addr, port, proto, &frontend, scope, cookie)
     else {
         count(stats::NO_BACKEND);
         return ALLOW;
@@ -294,10 +296,11 @@ fn choose<F: SockFamily>(
     port: u16,
     proto: u8,
     frontend: &ServiceValue,
+    scope: u8,
     cookie: u64,
 ) -> Option<Chosen<F::Addr>> {
     if frontend.affinity_timeout_ns().is_none() {
-        return pick_backend::<F>(addr, port, proto, frontend, pick_for(cookie));
+        return pick_backend::<F>(addr, port, proto, frontend, scope, pick_for(cookie));
     }
     // SAFETY: helpers taking the program's own context, or none.
     let (netns_cookie, now) = unsafe { (bpf_get_netns_cookie(ctx.as_ptr()), bpf_ktime_get_ns()) };
@@ -309,7 +312,7 @@ fn choose<F: SockFamily>(
     };
     let chosen = match affinity::remembered::<F, _>(&LB_SOCK_AFFINITY, &key, frontend, now) {
         Some(chosen) => chosen,
-        None => pick_backend::<F>(addr, port, proto, frontend, pick_for(cookie))?,
+        None => pick_backend::<F>(addr, port, proto, frontend, scope, pick_for(cookie))?,
     };
     affinity::remember(&LB_SOCK_AFFINITY, &key, frontend, chosen.backend_id, now);
     Some(chosen)

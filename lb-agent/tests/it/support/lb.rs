@@ -308,6 +308,7 @@ pub fn cluster_ip(frontend: Frontend, backends: &[SocketAddr]) -> (Frontend, Fro
         owner: owner(frontend),
         kind: FrontendKind::ClusterIp,
         backends: backends_of(backends, &[]),
+        internal_backends: None,
         local_only: false,
         source_ranges: None,
         session_affinity: None,
@@ -354,6 +355,7 @@ pub struct External {
     local_backends: Vec<SocketAddr>,
     local_only: bool,
     source_ranges: Option<Vec<ipnet::IpNet>>,
+    in_cluster: Option<Vec<SocketAddr>>,
     reject: bool,
 }
 
@@ -379,8 +381,16 @@ impl External {
             local_backends: Vec::new(),
             local_only: false,
             source_ranges: None,
+            in_cluster: None,
             reject: false,
         }
+    }
+
+    /// What in-cluster clients get instead (the plan sets it for `externalTrafficPolicy:
+    /// Local`): these backends, on other nodes.
+    pub fn in_cluster(mut self, backends: &[&str]) -> Self {
+        self.in_cluster = Some(parse(backends));
+        self
     }
 
     /// Adds backends on this node: reached from outside without SNAT.
@@ -431,6 +441,9 @@ impl External {
             owner: owner(self.frontend),
             kind: self.kind,
             backends: backends_of(&self.backends, &self.local_backends),
+            internal_backends: self
+                .in_cluster
+                .map(|b| backends_of(&b, &self.local_backends)),
             local_only: self.local_only,
             source_ranges,
             session_affinity: None,
