@@ -124,7 +124,8 @@ pub mod stats {
     /// External packets, and replies of SNATed flows, dropped because no SNAT port, node
     /// address or route was found.
     pub const SNAT_FAILED: u32 = 9;
-    /// Packets sent on by FIB lookup and redirect (SNATed flows and their replies) from TC.
+    /// Packets TC sent out itself by redirect: SNATed flows and their replies (after a FIB
+    /// lookup), and both directions of hairpin flows.
     pub const REDIRECTED: u32 = 10;
     /// Frames the XDP program sent out itself (`XDP_TX` or a redirect to another XDP device).
     pub const XDP_SENT: u32 = 11;
@@ -393,6 +394,9 @@ pub const BACKEND_F_LOCAL: u8 = 1;
 
 /// Flow flag: the flow is SNATed to this node's address (backend on another node).
 pub const FLOW_F_SNAT: u8 = 2;
+/// Flow flag: a hairpin flow (the client is its own backend); its packets leave from the
+/// hairpin address (`kern/hairpin.rs`).
+pub const FLOW_F_HAIRPIN: u8 = 4;
 
 /// Key of the socket reverse-translation maps: a socket (by cookie) and the backend it was sent
 /// to. `PAD` makes the trailing padding explicit.

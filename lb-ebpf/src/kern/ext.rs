@@ -260,9 +260,10 @@ fn snat_reply<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> i32 {
 }
 
 /// Whether `frontend` admits `client`: no `loadBalancerSourceRanges`, or one of them holds it.
-/// Checked for clients outside and inside the cluster alike, as kube-proxy does.
-#[inline(always)]
-pub fn source_allowed<F: ExtFamily>(frontend: &ServiceValue, client: F::Addr) -> bool {
+/// Checked for clients outside and inside the cluster alike, as kube-proxy does. A subprogram
+/// of its own, for the callers' stack frames.
+#[inline(never)]
+pub fn source_allowed<F: ExtFamily>(frontend: &ServiceValue, client: &F::Addr) -> bool {
     if frontend.flags & SVC_F_SOURCE_RANGES == 0 {
         return true;
     }
@@ -271,7 +272,7 @@ pub fn source_allowed<F: ExtFamily>(frontend: &ServiceValue, client: F::Addr) ->
         SourceRange {
             rev_nat_id: frontend.rev_nat_id.to_be(),
             _pad: 0,
-            addr: client,
+            addr: *client,
         },
     );
     F::source_ranges().get(&key).is_some()
@@ -315,7 +316,7 @@ pub fn decide<F: ExtFamily, C: EbpfContext>(ctx: &C, pkt: &Packet<F::Addr>) -> D
     if frontend.flags & SVC_F_EXTERNAL == 0 {
         return Decision::Pass;
     }
-    if !source_allowed::<F>(&frontend, pkt.saddr) {
+    if !source_allowed::<F>(&frontend, &pkt.saddr) {
         count(stats::SOURCE_RANGE_DROPPED);
         return Decision::Drop;
     }

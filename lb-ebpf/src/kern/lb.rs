@@ -8,15 +8,16 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use lb_ebpf::{
-    AffinityKey, Backend, FLOW_F_CLOSING, FLOW_FORWARD, FLOW_REPLY, FLOW_TCP_CLOSING_NS,
-    FLOW_TCP_LIFETIME_NS, FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP, SCOPE_DEFAULT, SCOPE_INTERNAL,
-    SVC_F_EXTERNAL, SVC_F_LOCAL, ServiceKey, ServiceValue, stats,
+    AffinityKey, Backend, FLOW_F_CLOSING, FLOW_F_HAIRPIN, FLOW_FORWARD, FLOW_REPLY,
+    FLOW_TCP_CLOSING_NS, FLOW_TCP_LIFETIME_NS, FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP,
+    SCOPE_DEFAULT, SCOPE_INTERNAL, SVC_F_EXTERNAL, SVC_F_LOCAL, ServiceKey, ServiceValue, stats,
 };
 
 use super::{
     affinity,
     ext::{self, ExtFamily},
     family::{Family, FlowEntry, V4, V6},
+    hairpin::{self, HairpinFamily},
     maps::count,
     nat::{End, Rewrite},
     parse::{Packet, Parsed, parse},
@@ -172,17 +173,26 @@ pub fn record_flow<F: Family, C: EbpfContext>(
 }
 
 #[inline(always)]
-fn forward<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
+fn forward<F: ExtFamily + HairpinFamily>(
+    ctx: &TcContext,
+    pkt: &Packet<F::Addr>,
+) -> Result<i32, i64> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some((addr, port, _, _)) = established::<F>(pkt, now) {
+    if let Some((addr, port, _, flags)) = established::<F>(pkt, now) {
+        if flags & FLOW_F_HAIRPIN != 0 {
+            return Ok(hairpin::forward::<F>(ctx, pkt, &addr, port));
+        }
         return dnat::<F, _>(ctx, pkt, addr, port);
+    }
+    if let Some(action) = hairpin::answer::<F>(ctx, pkt, now) {
+        return Ok(action);
     }
     let Some(frontend) = frontend::<F>(pkt.daddr, pkt.dport, pkt.proto) else {
         return Ok(TC_ACT_OK as i32);
     };
     let (frontend, scope) = in_cluster::<F>(pkt.daddr, pkt.dport, pkt.proto, frontend);
-    if !ext::source_allowed::<F>(&frontend, pkt.saddr) {
+    if !ext::source_allowed::<F>(&frontend, &pkt.saddr) {
         count(stats::SOURCE_RANGE_DROPPED);
         return Ok(TC_ACT_SHOT);
     }
@@ -201,6 +211,10 @@ fn forward<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, 
         count(stats::NO_BACKEND);
         return Ok(TC_ACT_OK as i32);
     };
+    // The pod is its own backend: its packet must not come back from its own address.
+    if chosen.backend.addr == pkt.saddr {
+        return hairpin::start::<F>(ctx, pkt, &chosen, now);
+    }
     record_flow::<F, _>(ctx, pkt, &chosen, 0, now);
     dnat::<F, _>(ctx, pkt, chosen.backend.addr, chosen.backend.port)
 }
@@ -260,8 +274,9 @@ pub fn in_cluster<F: Family>(
 
 /// The backend of a new flow from the packet's source: the one session affinity keeps for it,
 /// else a random one (then remembered when the frontend has affinity). Shared by the pod and
-/// external paths, TC and XDP.
-#[inline(always)]
+/// external paths, TC and XDP. A subprogram of its own: its keys would otherwise crowd the
+/// callers' stack frames.
+#[inline(never)]
 pub fn choose<F: Family>(
     pkt: &Packet<F::Addr>,
     frontend: &ServiceValue,

@@ -403,3 +403,23 @@ fn session_affinity_ends_after_its_timeout() {
         );
     }
 }
+
+/// e2e: "should allow pods to hairpin back to themselves through services": the only backend
+/// of a service reaches itself through the service's cluster IP on the TC path, over TCP and
+/// UDP, both families, and sees the service address as the answer's source.
+#[test]
+fn a_pod_reaches_itself_through_its_own_service() {
+    let c = ManifestCluster::new();
+    let vips = [ip("10.96.0.63"), ip("fd00:96::63")];
+    c.write_service("itself", &vips, &["b1"]);
+    let _agent = c.start_agent();
+    let b1 = &c.net.topo.pod("b1").ns;
+    for vip in vips {
+        for _ in 0..3 {
+            assert_eq!(tcp_request(b1, sa(vip, 80)).unwrap(), "b1", "TCP to {vip}");
+            let (answer, from) = udp_request(b1, sa(vip, 53)).unwrap();
+            assert_eq!(answer, "b1", "UDP to {vip}");
+            assert_eq!(from, sa(vip, 53), "UDP answer from the service address");
+        }
+    }
+}

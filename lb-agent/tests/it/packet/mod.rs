@@ -8,6 +8,7 @@
 
 mod affinity;
 mod ext;
+mod hairpin;
 mod in_cluster;
 mod pod;
 mod xdp;

@@ -312,6 +312,15 @@ fn eth_header(ethertype: u16) -> Vec<u8> {
 }
 
 /// An ARP request (RFC 826) asking for `target`.
+/// `frame` with its Ethernet source and destination swapped: what a program sends back out of
+/// the device the frame came in on.
+pub fn macs_swapped(mut frame: Vec<u8>) -> Vec<u8> {
+    let (dst, src) = (frame[0..6].to_vec(), frame[6..12].to_vec());
+    frame[0..6].copy_from_slice(&src);
+    frame[6..12].copy_from_slice(&dst);
+    frame
+}
+
 pub fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
     let mut frame = [
         &[0xff; 6][..],
