@@ -6,6 +6,7 @@ pub mod affinity;
 pub mod ext;
 pub mod family;
 pub mod frame;
+pub mod icmp;
 pub mod lb;
 pub mod maps;
 pub mod nat;
