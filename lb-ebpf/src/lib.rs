@@ -133,8 +133,8 @@ pub mod stats {
     pub const XDP_TO_TC: u32 = 12;
     /// Refusals of a service port without any endpoint: packets answered by the TC programs
     /// with a TCP reset or an ICMP port unreachable, or dropped when no answer is allowed (XDP
-    /// leaves them to TC), and TCP `connect()` calls of node processes failed with ECONNREFUSED
-    /// by the socket programs.
+    /// leaves them to TC), and node processes' `connect()` and unconnected UDP `sendmsg()` calls
+    /// failed with ECONNREFUSED by the socket programs.
     pub const REJECTED: u32 = 13;
     /// Number of counters.
     pub const COUNT: u32 = 14;
