@@ -132,9 +132,10 @@ pub mod stats {
     /// Translatable frames XDP left untouched to the TC program: the next hop's neighbour entry
     /// is not resolved, the egress device runs no XDP, or the frame exceeds the egress MTU.
     pub const XDP_TO_TC: u32 = 12;
-    /// Refusals of a service port without any endpoint: packets answered with a TCP reset or
-    /// dropped by the TC programs (XDP leaves them to TC), and TCP `connect()` calls of node
-    /// processes failed with ECONNREFUSED by the socket programs.
+    /// Refusals of a service port without any endpoint: packets answered by the TC programs
+    /// with a TCP reset or an ICMP port unreachable, or dropped when no answer is allowed (XDP
+    /// leaves them to TC), and node processes' `connect()` and unconnected UDP `sendmsg()` calls
+    /// failed with ECONNREFUSED by the socket programs.
     pub const REJECTED: u32 = 13;
     /// Number of counters.
     pub const COUNT: u32 = 14;

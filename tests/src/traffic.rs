@@ -200,6 +200,24 @@ pub fn udp_request(ns: &Netns, addr: SocketAddr) -> anyhow::Result<(String, Sock
     udp_exchange(&socket, addr)
 }
 
+/// Sends one datagram from `ns` to `addr` on a connected socket and returns the answer. A
+/// connected socket is told of ICMP errors (an unconnected one is not, without `IP_RECVERR`):
+/// a port unreachable answering the datagram fails the receive with ECONNREFUSED ("Connection
+/// refused").
+pub fn udp_connected_request(ns: &Netns, addr: SocketAddr) -> anyhow::Result<String> {
+    let socket = udp_socket(ns, addr.is_ipv6())?;
+    socket.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    socket
+        .connect(addr)
+        .with_context(|| format!("connecting to {addr}"))?;
+    socket.send(b"hello")?;
+    let mut buf = [0u8; 2048];
+    let n = socket
+        .recv(&mut buf)
+        .with_context(|| format!("waiting for an answer from {addr}"))?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// Sends one datagram on an existing socket and waits for the answer.
 pub fn udp_exchange(socket: &UdpSocket, addr: SocketAddr) -> anyhow::Result<(String, SocketAddr)> {
     socket.set_read_timeout(Some(CLIENT_TIMEOUT))?;

@@ -284,7 +284,8 @@ pub enum Decision<A> {
     Pass,
     /// Dropped by rule: outside the source ranges, no (local) endpoint, or no SNAT port.
     Drop,
-    /// The service port has no endpoint anywhere: refused (a TCP reset), as kube-proxy rejects.
+    /// The service port has no endpoint anywhere: refused (a TCP reset, an ICMP port
+    /// unreachable for UDP), as kube-proxy rejects.
     Reject,
     /// To this backend; SNATed to this node's address from `snat_port` when it is not 0.
     Translate {

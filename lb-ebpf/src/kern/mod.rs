@@ -7,6 +7,7 @@ pub mod ext;
 pub mod family;
 pub mod frame;
 pub mod hairpin;
+pub mod icmp;
 pub mod lb;
 pub mod maps;
 pub mod nat;

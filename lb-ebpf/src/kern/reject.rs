@@ -1,25 +1,26 @@
 //! Refusing connections to a service port without any endpoint, as kube-proxy's REJECT rules do:
 //! the client learns at once ("connection refused") instead of waiting for a timeout.
 //!
-//! A TCP segment is turned into the reset the service address would answer with (RFC 9293,
+//! A UDP datagram is answered with an ICMP port unreachable ([`super::icmp`]). A TCP segment is
+//! turned into the reset the service address would answer with (RFC 9293,
 //! 3.10.7.1: "If the incoming segment has an ACK field, the reset takes its sequence number from
 //! the ACK field of the segment, otherwise the reset has sequence number zero and the ACK field
 //! is set to the sum of the sequence number and segment length of the incoming segment") and
 //! sent back out of the device it came in on. Only words change in place: the addresses and
 //! ports are swapped, which leaves every checksum as it is, and sequence numbers, flags and
 //! window go through `bpf_l4_csum_replace`, which is right in every checksum state of the skb.
-//! Segments carrying data, resets, and anything but TCP are dropped.
+//! Segments carrying data and resets are dropped, as are datagrams an ICMP error must not answer.
 
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_SHOT},
     helpers::bpf_redirect,
     programs::TcContext,
 };
-use lb_ebpf::{PROTO_TCP, stats};
+use lb_ebpf::{PROTO_TCP, PROTO_UDP, stats};
 
 use super::{
-    family::Family,
     frame::Frame,
+    icmp::{self, Unreachable},
     maps::count,
     parse::Packet,
     tcp::{
@@ -31,8 +32,9 @@ use super::{
 /// Length of an Ethernet address.
 const ETH_ALEN: usize = 6;
 
-/// Per-family facts the reset needs: where the IP payload ends and where the addresses sit.
-pub trait RejectFamily: Family {
+/// Per-family facts the answers need: where the IP payload ends and where the addresses sit, and
+/// the ICMP answer's own.
+pub trait RejectFamily: Unreachable {
     /// Offsets of the source and destination addresses from the start of the IP header.
     const SADDR_OFF: usize;
     /// The offset, from the frame's start, of the end of the IP packet.
@@ -57,27 +59,40 @@ impl RejectFamily for super::family::V6 {
     }
 }
 
-/// Answers a packet to a service port without endpoints: a reset for TCP, sent back out of the
-/// device it came in on; a drop for the rest. Counted as `REJECTED`.
+/// Answers a packet to a service port without endpoints, sent back out of the device it came in
+/// on: a reset for TCP, an ICMP port unreachable for UDP; a drop for what gets no answer.
+/// Counted as `REJECTED`, once, answered or not.
+///
+/// The answers are subprograms of their own below this small one: their stack frames then
+/// never add up along one call chain.
 #[inline(never)]
 pub fn reject<F: RejectFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> i32 {
     count(stats::REJECTED);
-    match reset::<F>(ctx, pkt) {
-        Ok(true) => {
-            // SAFETY: the skb of a TC program; redirecting to its own device's egress.
-            let ifindex = unsafe { (*(ctx.skb.skb as *const __sk_buff)).ifindex };
-            // SAFETY: plain helper call.
-            unsafe { bpf_redirect(ifindex, 0) as i32 }
-        }
-        // Not a segment a reset answers, or one half rewritten: never let it on.
-        Ok(false) | Err(_) => TC_ACT_SHOT,
+    let answered = match pkt.proto {
+        PROTO_TCP => tcp_reset::<F>(ctx, pkt),
+        PROTO_UDP => icmp::unreachable::<F>(ctx, pkt),
+        _ => false,
+    };
+    if !answered {
+        // Not a packet to answer, or one half rewritten: never let it on.
+        return TC_ACT_SHOT;
     }
+    // SAFETY: the skb of a TC program; redirecting to its own device's egress.
+    let ifindex = unsafe { (*(ctx.skb.skb as *const __sk_buff)).ifindex };
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
+/// [`reset`] as a subprogram: `true` when the segment was turned into its reset.
+#[inline(never)]
+fn tcp_reset<F: RejectFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> bool {
+    matches!(reset::<F>(ctx, pkt), Ok(true))
 }
 
 /// Rewrites a TCP segment into the reset answering it; `false` when it is none to answer.
 #[inline(always)]
 fn reset<F: RejectFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<bool, i64> {
-    if pkt.proto != PROTO_TCP || pkt.tcp_flags & TCP_RST != 0 {
+    if pkt.tcp_flags & TCP_RST != 0 {
         return Ok(false);
     }
     let doff = usize::from(ctx.load::<u8>(pkt.l4_off + TCP_DOFF_OFF)? >> 4) * 4;

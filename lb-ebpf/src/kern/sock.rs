@@ -251,12 +251,20 @@ fn translate<F: SockFamily, View: SockAddrView<F>>(ctx: &SockAddrContext) -> i32
     };
     // The node's processes are in-cluster clients of external frontends too.
     let (frontend, scope) = in_cluster::<F>(addr, port, proto, frontend);
-    if frontend.refuses() && proto == PROTO_TCP {
-        // No endpoint anywhere: connect() fails at once with "connection refused", as it does
-        // when kube-proxy's REJECT rule answers the SYN. (UDP has no connection to refuse.)
-        // No packet leaves, so no TC program counts it: counted here.
+    if frontend.refuses() {
+        // No endpoint anywhere: the call fails at once with "connection refused", as kube-proxy's
+        // REJECT rules make the kernel answer (a reset for a SYN, an ICMP port unreachable for a
+        // datagram). TCP and UDP `connect()` return ECONNREFUSED; so do unconnected UDP
+        // `sendmsg()`/`sendto()`: `udp_sendmsg` and `udpv6_sendmsg` return the hook's error as
+        // is, and `bpf_set_retval` replaces the EPERM a denying sock_addr program would cause
+        // ("bpf: Add cgroup helpers bpf_{get,set}_retval to get/set syscall return value",
+        // Linux 5.18).
+        // Where a UDP socket was connected while the service still had endpoints, its datagrams
+        // go to that backend and are never seen here. No packet leaves, so no TC program counts
+        // it: counted here.
         count(stats::REJECTED);
-        // SAFETY: plain helper call; the kernel returns the value to the caller of connect().
+        // SAFETY: plain helper call; the kernel returns the value to the caller of connect() or
+        // sendmsg().
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return DENY;
     }

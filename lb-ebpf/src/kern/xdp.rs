@@ -12,7 +12,8 @@
 //! Everything XDP cannot finish goes to the TC program on the same device untouched: a next hop
 //! whose neighbour entry is not resolved yet (TC's `bpf_redirect_neigh` resolves it), a device
 //! outside `LB_XDP_DEVICES`, a frame larger than the egress MTU, a frame XDP cannot parse. The
-//! flow the decision recorded is then found and translated by TC. So XDP never sends a packet
+//! flow the decision recorded is then found and translated by TC. Refusals of a service port
+//! without endpoints go to TC too, which answers them (see `decide`). So XDP never sends a packet
 //! it cannot deliver, and nothing is translated twice: a packet either leaves XDP translated
 //! (and no longer matches a service or a SNAT entry) or untouched.
 
@@ -232,7 +233,14 @@ fn forward<F: ExtFamily>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> u32 {
 #[inline(never)]
 fn decide<F: ExtFamily>(ctx: &XdpContext, pkt: &Packet<F::Addr>, out: &mut Outcome<F::Addr>) {
     match ext::decide::<F, _>(ctx, pkt) {
-        // The TC program on the same device answers with the reset.
+        // Refusals are answered by the TC program on the same device, which always runs on what
+        // XDP passes: the TCP reset and the ICMP port unreachable (`reject`, `icmp`) are built
+        // once, on the skb, where `bpf_skb_change_tail` and `bpf_skb_adjust_room` reshape any
+        // frame (non-linear ones too) and keep its checksum state right. An XDP copy would need
+        // headroom the driver may not give (`bpf_xdp_adjust_head`), a second checksum path,
+        // and a second set of tests, for packets kube-proxy itself answers on its slow path
+        // (netfilter's REJECT): XDP's gain is on translated flows, not on refusals. Counted once,
+        // by TC.
         Decision::Pass | Decision::Reject => out.kind = OUTCOME_PASS,
         Decision::Drop => out.kind = OUTCOME_DROP,
         Decision::Translate {

@@ -19,7 +19,8 @@ use lb_tests::{
     require_root, sa,
     topology::{NODE_DEVICE, TwoNodes},
     traffic::{
-        Server, TcpSession, tcp_request, tcp_server, tcp_whoami_server, udp_request, udp_server,
+        Server, TcpSession, tcp_request, tcp_server, tcp_whoami_server, udp_connected_request,
+        udp_request, udp_server,
     },
 };
 
@@ -579,7 +580,10 @@ fn node_ports_of_a_service_without_endpoints_refuse_connections(mode: Mode) {
         name: "empty",
         service_type: "NodePort",
         cluster_ips: vec![ip("10.96.3.70"), ip("fd00:96::3:70")],
-        ports: vec![port("http", 80, "TCP", 30090)],
+        ports: vec![
+            port("http", 80, "TCP", 30090),
+            port("dns", 53, "UDP", 30093),
+        ],
         ..Default::default()
     };
     let mut lan = Lan::new(mode, &[svc], &[("empty", &[])]);
@@ -592,9 +596,17 @@ fn node_ports_of_a_service_without_endpoints_refuse_connections(mode: Mode) {
                 format!("{err:#}").contains("refused"),
                 "{target} without endpoints: {err:#}"
             );
+            // UDP: a port unreachable from the node port's address fails the client's
+            // connected socket (in XDP mode too: XDP leaves the refusal to TC).
+            let target = sa(lan.net.node(node).addr(v6), 30093);
+            let err = udp_connected_request(&lan.net.client, target).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("refused"),
+                "UDP to {target} without endpoints: {err:#}"
+            );
         }
     }
-    assert!(lan.stat("a", "rejected") >= 2, "node a refused them itself");
+    assert!(lan.stat("a", "rejected") >= 4, "node a refused them itself");
 }
 
 fn restarting_an_agent_keeps_node_port_connections_and_swaps_its_programs_in_place(mode: Mode) {

@@ -12,7 +12,9 @@ use lb_tests::{
     eventually, ip,
     manifests::service,
     sa,
-    traffic::{TcpSession, tcp_request, udp_exchange, udp_request, udp_socket},
+    traffic::{
+        TcpSession, tcp_request, udp_connected_request, udp_exchange, udp_request, udp_socket,
+    },
 };
 
 use super::ManifestCluster;
@@ -128,6 +130,42 @@ fn a_service_without_any_ready_endpoint_refuses_connections_at_once() {
             "{vip} still refused after its endpoint turned ready: {last:?}"
         );
         assert_eq!(last.unwrap().unwrap(), "b2");
+    }
+}
+
+#[test]
+fn udp_to_a_service_without_any_endpoint_is_refused_at_once() {
+    let c = ManifestCluster::new();
+    let vips = [ip("10.96.0.32"), ip("fd00:96::32")];
+    c.write_service("empty", &vips, &[]);
+    let _agent = c.start_agent();
+    for vip in vips {
+        // The pod's datagram is answered by the TC program on its veth with a port unreachable,
+        // which fails the connected socket's receive; dropped, it would time out instead.
+        let started = Instant::now();
+        let err = udp_connected_request(c.net.client(), sa(vip, 53)).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("refused"),
+            "UDP to {vip} without endpoints: {err:#}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "refused at once, not after a timeout"
+        );
+    }
+    // An endpoint comes: served from then on.
+    c.write_service("empty", &vips, &["b3"]);
+    for vip in vips {
+        let mut last = None;
+        let served = eventually(Duration::from_secs(2), || {
+            last = Some(udp_connected_request(c.net.client(), sa(vip, 53)));
+            matches!(last, Some(Ok(_)))
+        });
+        assert!(
+            served,
+            "{vip} still refused after an endpoint came: {last:?}"
+        );
+        assert_eq!(last.unwrap().unwrap(), "b3");
     }
 }
 

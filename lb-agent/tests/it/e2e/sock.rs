@@ -153,6 +153,28 @@ fn node_connections_to_a_service_without_endpoints_are_refused() {
 }
 
 #[test]
+fn node_udp_to_a_service_without_endpoints_is_refused_at_connect_and_at_sendto() {
+    let node = node_without_routes();
+    let vips = [ip("10.96.1.41"), ip("fd00:96::1:41")];
+    node.write_service("empty", &vips, &[]);
+    let agent = node.start_agent();
+    // The IPv4 service through an IPv6 socket too (IPv4-mapped address).
+    let mapped = IpAddr::V6(std::net::Ipv4Addr::new(10, 96, 1, 41).to_ipv6_mapped());
+    for vip in [vips[0], vips[1], mapped] {
+        // A connected socket's connect() fails, as TCP's does; an unconnected one's sendto().
+        // Without the refusal the call would go on untranslated: "Network is unreachable".
+        for mode in [Mode::UdpConnected, Mode::Udp] {
+            let outcome =
+                probe(node.net.node(), Some(&agent.cgroup), mode, sa(vip, 53), 1).unwrap();
+            assert!(
+                matches!(&outcome[0], Outcome::Error(e) if e.contains("refused")),
+                "{mode:?} to {vip} without endpoints: {outcome:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn only_processes_under_the_attached_cgroup_are_translated() {
     let node = node_without_routes();
     let vips = [ip("10.96.1.30"), ip("fd00:96::1:30")];

@@ -11,7 +11,10 @@ use lb_ebpf::stats;
 
 use super::{LAN_CLIENT4 as CLIENT4, LAN_CLIENT6 as CLIENT6, TestResult, lb_with, sock};
 use crate::support::{
-    frame::{Packet, TCP_ACK, TCP_RST, TCP_SYN, assert_frame_eq, summary, verify_checksums},
+    frame::{
+        Packet, TCP_ACK, TCP_RST, TCP_SYN, assert_frame_eq, port_unreachable, summary,
+        verify_checksums,
+    },
     lb::{External, Lb, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, assert_drops},
 };
 
@@ -144,6 +147,43 @@ fn external_connections_to_a_service_without_any_endpoint_are_reset_and_counted_
             lb.ext_ingress(&Packet::tcp(sock(client), sock(node_port), TCP_RST).frame())?;
         assert_eq!(verdict, TC_ACT_SHOT, "{node_port}: RST");
         assert_drops(&lb, &[(stats::REJECTED, 2)], node_port);
+    }
+    Ok(())
+}
+
+#[test]
+fn external_udp_to_a_service_without_any_endpoint_is_answered_with_port_unreachable() -> TestResult
+{
+    for (node_port, client) in [
+        ("192.0.2.1:30082", CLIENT4),
+        ("[2001:db8::1]:30082", CLIENT6),
+    ] {
+        let mut lb = lb_with(&[External::node_port(node_port, Protocol::Udp)
+            .rejecting()
+            .build()])?;
+        let datagrams = [
+            Packet::udp(sock(client), sock(node_port)),
+            Packet::udp(sock(client), sock(node_port)).payload(&[0x99; 1400]),
+        ];
+        for (n, datagram) in datagrams.iter().enumerate() {
+            let frame = datagram.frame();
+            // From a NIC the skb may be CHECKSUM_COMPLETE; the first datagram is quoted whole,
+            // so its skb stays so, and the kernel checks `skb->csum` after the run.
+            let (verdict, out) = if n == 0 {
+                lb.ext_ingress_checksum_complete(&frame)?
+            } else {
+                lb.ext_ingress(&frame)?
+            };
+            assert_eq!(verdict, TC_ACT_REDIRECT, "{node_port}: answer sent back");
+            assert_frame_eq(
+                &out,
+                &port_unreachable(&frame),
+                &format!("port unreachable from {node_port}"),
+            );
+            verify_checksums(&out).map_err(anyhow::Error::msg)?;
+        }
+        assert_drops(&lb, &[(stats::REJECTED, 2)], node_port);
+        assert_eq!(lb.stat(stats::TRANSLATED), 0);
     }
     Ok(())
 }

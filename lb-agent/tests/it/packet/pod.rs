@@ -10,10 +10,11 @@ use std::{
 use super::TestResult;
 use crate::support::{
     frame::{
-        ETH_HLEN, Ext, IP_MF, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, arp_request,
-        assert_frame_eq, summary, verify_checksums,
+        ETH_HLEN, ETH_P_IP, Ext, ICMP_MAX_LEN, IP_MF, IPV6_MIN_MTU, Packet, TCP_ACK, TCP_FIN,
+        TCP_RST, TCP_SYN, Transport, arp_request, assert_frame_eq, ones_complement_sum,
+        port_unreachable, pseudo_header, summary, verify_checksums,
     },
-    lb::{Lb, TC_ACT_REDIRECT, TC_ACT_SHOT, assert_drops, rejecting},
+    lb::{Lb, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, assert_drops, rejecting},
 };
 use anyhow::Context as _;
 use aya::programs::ProgramError;
@@ -997,20 +998,321 @@ fn connections_to_a_service_without_any_endpoint_are_reset_from_the_service_for_
         let expected = reversed_macs(Packet::new(service, client, reset).frame());
         assert_frame_eq(&out, &expected, &format!("reset for the ACK to {service}"));
         verify_checksums(&out).map_err(anyhow::Error::msg)?;
-        // Data, resets and UDP are dropped.
+        // Data and resets are dropped.
         for frame in [
             Packet::tcp(client, service, TCP_ACK)
                 .payload(b"GET /")
                 .frame(),
             Packet::tcp(client, service, TCP_RST).frame(),
-            Packet::udp(client, service).frame(),
         ] {
             let (verdict, _) = lb.ingress_verdict(&frame)?;
             assert_eq!(verdict, TC_ACT_SHOT);
         }
-        // Five refusals, each counted once: as refused, not also as without a backend.
-        assert_drops(&lb, &[(stats::REJECTED, 5)], &service.to_string());
+        // Four refusals, each counted once: as refused, not also as without a backend.
+        assert_drops(&lb, &[(stats::REJECTED, 4)], &service.to_string());
         assert_eq!(lb.stat(stats::TRANSLATED), 0);
+    }
+    Ok(())
+}
+
+/// Runs a UDP datagram to a refusing frontend through the ingress program and checks the answer
+/// is sent back (a redirect) and is, byte for byte, the port unreachable built independently by
+/// [`port_unreachable`] from `expected_from` (the frame whose IP packet the answer quotes), with
+/// every checksum valid.
+fn assert_port_unreachable(
+    (verdict, out): (u32, Vec<u8>),
+    expected_from: &[u8],
+    what: &str,
+) -> TestResult {
+    assert_eq!(verdict, TC_ACT_REDIRECT, "{what}: sent back to the client");
+    let expected = port_unreachable(expected_from);
+    assert_frame_eq(&out, &expected, what);
+    // Said once more on its own: what follows the new IP and ICMP headers is the invoking IP
+    // packet's first bytes, as many as fit, unchanged.
+    let (headers, limit) = if out[12..14] == ETH_P_IP.to_be_bytes() {
+        (20 + 8, ICMP_MAX_LEN)
+    } else {
+        (40 + 8, IPV6_MIN_MTU)
+    };
+    let quoted = &out[ETH_HLEN + headers..];
+    let invoking = &expected_from[ETH_HLEN..];
+    assert_eq!(
+        quoted.len(),
+        invoking.len().min(limit - headers),
+        "{what}: quote length"
+    );
+    assert_eq!(quoted, &invoking[..quoted.len()], "{what}: quoted bytes");
+    verify_checksums(&out)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("checksums of the answer to {what}"))?;
+    Ok(())
+}
+
+/// The datagrams each family's answer is checked on: short and odd-length, empty, long enough to
+/// be cut (the answer quotes at most 548 bytes of an IPv4 packet and 1232 of an IPv6 one), with
+/// IPv4 options and without a UDP checksum, with IPv6 extension headers.
+fn refused_datagrams(client: SocketAddr, service: SocketAddr) -> Vec<(&'static str, Packet)> {
+    let udp = Packet::udp(client, service);
+    let mut cases = vec![
+        ("a 5-byte datagram", udp.clone()),
+        ("an empty datagram", udp.clone().payload(b"")),
+        ("a 1000-byte datagram", udp.clone().payload(&[0xa5; 1000])),
+        ("a 1401-byte datagram", udp.clone().payload(&[0x5a; 1401])),
+    ];
+    if client.is_ipv4() {
+        cases.push((
+            "a datagram with IPv4 options",
+            udp.clone().ipv4_options(&[1, 1, 1, 0]),
+        ));
+        cases.push((
+            "a datagram without UDP checksum",
+            Packet::new(client, service, Transport::UdpNoChecksum),
+        ));
+    } else {
+        cases.push((
+            "a datagram after two extension headers",
+            udp.clone().ext(Ext::HopByHop).ext(Ext::DestOpts),
+        ));
+    }
+    cases
+}
+
+#[test]
+fn udp_to_a_service_without_any_endpoint_is_answered_with_port_unreachable_for_both_families()
+-> TestResult {
+    for (service, client) in [
+        (sock(SERVICE4, 53), sock(CLIENT4, CLIENT_PORT)),
+        (sock(SERVICE6, 53), sock(CLIENT6, CLIENT_PORT)),
+    ] {
+        let mut lb = Lb::load()?;
+        lb.apply_states(&[rejecting(frontend(service, Protocol::Udp))])?;
+        let cases = refused_datagrams(client, service);
+        for (what, datagram) in &cases {
+            let what = format!("{what} to {service}");
+            let frame = datagram.frame();
+            assert_port_unreachable(lb.ingress_verdict(&frame)?, &frame, &what)?;
+        }
+        // Ethernet padding after the IP packet is not quoted.
+        let padded = [Packet::udp(client, service).frame(), vec![0; 20]].concat();
+        assert_port_unreachable(
+            lb.ingress_verdict(&padded)?,
+            &Packet::udp(client, service).frame(),
+            &format!("a padded frame to {service}"),
+        )?;
+        // Each datagram refused once, counted once.
+        assert_drops(
+            &lb,
+            &[(stats::REJECTED, cases.len() as u64 + 1)],
+            &service.to_string(),
+        );
+        assert_eq!(lb.stat(stats::TRANSLATED), 0);
+        assert!(lb.maps().flows_v4().is_empty() && lb.maps().flows_v6().is_empty());
+    }
+    Ok(())
+}
+
+/// A datagram that is not cut (the whole IP packet is quoted) leaves the skb CHECKSUM_COMPLETE:
+/// `skb->csum` must then cover the new headers too. (A cut skb turns CHECKSUM_NONE, whose
+/// `skb->csum` the kernel no longer reads; BPF_PROG_TEST_RUN would compare it all the same.)
+#[test]
+fn port_unreachable_keeps_checksum_complete_consistent_for_both_families() -> TestResult {
+    for (service, client) in [
+        (sock(SERVICE4, 53), sock(CLIENT4, CLIENT_PORT)),
+        (sock(SERVICE6, 53), sock(CLIENT6, CLIENT_PORT)),
+    ] {
+        let mut lb = Lb::load()?;
+        lb.apply_states(&[rejecting(frontend(service, Protocol::Udp))])?;
+        for datagram in [
+            Packet::udp(client, service),
+            Packet::udp(client, service).payload(&[0x33; 501]),
+        ] {
+            let frame = datagram.frame();
+            assert_port_unreachable(
+                lb.ingress_checksum_complete_verdict(&frame)?,
+                &frame,
+                &format!("CHECKSUM_COMPLETE datagram to {service}"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn icmp_and_fragments_to_a_refusing_service_address_are_never_answered() -> TestResult {
+    for (service, client) in [
+        (sock(SERVICE4, 53), sock(CLIENT4, CLIENT_PORT)),
+        (sock(SERVICE6, 53), sock(CLIENT6, CLIENT_PORT)),
+    ] {
+        let mut lb = Lb::load()?;
+        lb.apply_states(&[
+            rejecting(frontend(service, Protocol::Udp)),
+            rejecting(frontend(sock(service.ip(), SERVICE_PORT), Protocol::Tcp)),
+        ])?;
+        let udp = Packet::udp(client, service).payload(&[0x42; 64]);
+        let mut cases = vec![
+            // ICMP has no port: it matches no frontend, and ICMP is never answered with ICMP.
+            (
+                "an ICMP echo request",
+                Packet::new(client, service, Transport::IcmpEcho),
+            ),
+        ];
+        if client.is_ipv4() {
+            cases.push(("a later fragment", udp.clone().frag_off(185)));
+            cases.push(("a middle fragment", udp.clone().frag_off(IP_MF | 185)));
+            cases.push(("a first fragment", udp.clone().frag_off(IP_MF)));
+        } else {
+            cases.push(("a later fragment", udp.clone().ext(Ext::LaterFragment)));
+            cases.push((
+                "a first fragment",
+                udp.clone().ext(Ext::Fragment { more: true }),
+            ));
+        }
+        for (what, packet) in cases {
+            let frame = packet.frame();
+            let (verdict, out) = lb.ingress_verdict(&frame)?;
+            // Fragments carry no port (but the first): passed on untouched, as every fragment
+            // is, by rule, and never refused.
+            assert_eq!(verdict, TC_ACT_OK, "{what} to {service}: not answered");
+            assert_frame_eq(&out, &frame, &format!("{what} to {service} is untouched"));
+        }
+        assert_drops(&lb, &[], &service.to_string());
+    }
+    Ok(())
+}
+
+#[test]
+fn datagrams_an_icmp_error_must_not_answer_are_dropped_and_counted_once() -> TestResult {
+    let multicast4 = sock(Ipv4Addr::new(239, 1, 2, 3), 53);
+    let broadcast4 = sock(Ipv4Addr::BROADCAST, 53);
+    let multicast6 = sock("ff05::53".parse::<Ipv6Addr>()?, 53);
+    let service4 = sock(SERVICE4, 53);
+    let service6 = sock(SERVICE6, 53);
+    let mut lb = Lb::load()?;
+    lb.apply_states(&[
+        rejecting(frontend(service4, Protocol::Udp)),
+        rejecting(frontend(service6, Protocol::Udp)),
+        rejecting(frontend(multicast4, Protocol::Udp)),
+        rejecting(frontend(broadcast4, Protocol::Udp)),
+        rejecting(frontend(multicast6, Protocol::Udp)),
+    ])?;
+    let to_group_mac = |mut frame: Vec<u8>| {
+        frame[0..6].copy_from_slice(&[0xff; 6]);
+        frame
+    };
+    let (client4, client6) = (sock(CLIENT4, CLIENT_PORT), sock(CLIENT6, CLIENT_PORT));
+    let cases = [
+        (
+            "to the Ethernet broadcast address (IPv4)",
+            to_group_mac(Packet::udp(client4, service4).frame()),
+        ),
+        (
+            "to the Ethernet broadcast address (IPv6)",
+            to_group_mac(Packet::udp(client6, service6).frame()),
+        ),
+        (
+            "to an IPv4 multicast group",
+            Packet::udp(client4, multicast4).frame(),
+        ),
+        (
+            "to the IPv4 broadcast address",
+            Packet::udp(client4, broadcast4).frame(),
+        ),
+        (
+            "to an IPv6 multicast group",
+            Packet::udp(client6, multicast6).frame(),
+        ),
+        (
+            "from 0.0.0.0",
+            Packet::udp(sock(Ipv4Addr::UNSPECIFIED, 68), service4).frame(),
+        ),
+        (
+            "from an IPv4 multicast address",
+            Packet::udp(sock(Ipv4Addr::new(224, 0, 0, 9), 520), service4).frame(),
+        ),
+        (
+            "from ::",
+            Packet::udp(sock(Ipv6Addr::UNSPECIFIED, 546), service6).frame(),
+        ),
+        (
+            "from an IPv6 multicast address",
+            Packet::udp(sock("ff02::1".parse::<Ipv6Addr>()?, 521), service6).frame(),
+        ),
+    ];
+    for (what, frame) in &cases {
+        let (verdict, _) = lb.ingress_verdict(frame)?;
+        assert_eq!(
+            verdict, TC_ACT_SHOT,
+            "a datagram {what}: dropped, not answered"
+        );
+    }
+    // Refused all the same, once each.
+    assert_drops(
+        &lb,
+        &[(stats::REJECTED, cases.len() as u64)],
+        "not answered",
+    );
+    Ok(())
+}
+
+/// The UDP checksum a device completing a CHECKSUM_PARTIAL skb writes over `udp` (from its
+/// start to the end of the skb): `skb_checksum_help`, the complement of the sum, 0 sent as
+/// 0xffff.
+fn offload_completion(udp: &[u8]) -> u16 {
+    match !ones_complement_sum(udp) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+/// A datagram from a pod's socket (checksum offload: the UDP checksum field holds the
+/// pseudo-header sum, and the kernel would complete it later) is quoted with that field set so
+/// that a completion of the answer, by a device on its way, changes nothing: the answer's ICMP
+/// checksum holds whether the quoted UDP checksum gets completed or not.
+#[test]
+fn a_datagram_with_an_offload_seed_is_quoted_so_that_completing_it_keeps_the_answer_valid()
+-> TestResult {
+    for (service, client) in [
+        (sock(SERVICE4, 53), sock(CLIENT4, CLIENT_PORT)),
+        (sock(SERVICE6, 53), sock(CLIENT6, CLIENT_PORT)),
+    ] {
+        let mut lb = Lb::load()?;
+        lb.apply_states(&[rejecting(frontend(service, Protocol::Udp))])?;
+        for payload in [&b"hello"[..], &[0x77; 1300][..]] {
+            let datagram = Packet::udp(client, service).payload(payload);
+            let mut frame = datagram.frame();
+            let udp_at = ETH_HLEN + if client.is_ipv4() { 20 } else { 40 };
+            let udp_len = datagram.payload.len() + 8;
+            // What the sending kernel leaves in the field: the folded pseudo-header sum.
+            let seed = ones_complement_sum(&pseudo_header(
+                client.ip(),
+                service.ip(),
+                PROTO_UDP,
+                udp_len,
+            ));
+            frame[udp_at + 6..udp_at + 8].copy_from_slice(&seed.to_be_bytes());
+            let (verdict, out) = lb.ingress_verdict(&frame)?;
+            let what = format!("{}-byte seeded datagram to {service}", payload.len());
+            assert_eq!(verdict, TC_ACT_REDIRECT, "{what}");
+            // The quoted field, found independently: the one value a completion leaves as it is.
+            let quoted_udp_at = udp_at + if client.is_ipv4() { 28 } else { 48 };
+            let mut answer_udp = out[quoted_udp_at..].to_vec();
+            let settled = (1..=0xffff_u16)
+                .find(|&x| {
+                    answer_udp[6..8].copy_from_slice(&x.to_be_bytes());
+                    offload_completion(&answer_udp) == x
+                })
+                .context("no fixed point")?;
+            let mut expected_from = frame.clone();
+            expected_from[udp_at + 6..udp_at + 8].copy_from_slice(&settled.to_be_bytes());
+            assert_port_unreachable((verdict, out.clone()), &expected_from, &what)?;
+            // Completing the quoted UDP checksum, as a device may, leaves the answer valid.
+            let mut completed = out.clone();
+            let field = quoted_udp_at + 6;
+            let value = offload_completion(&completed[quoted_udp_at..]);
+            completed[field..field + 2].copy_from_slice(&value.to_be_bytes());
+            assert_frame_eq(&completed, &out, &format!("{what}, completed"));
+            verify_checksums(&completed).map_err(anyhow::Error::msg)?;
+        }
     }
     Ok(())
 }

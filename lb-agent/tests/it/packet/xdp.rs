@@ -15,8 +15,10 @@ use lb_tests::{ip, netns::Netns, require_root};
 
 use super::{LAN_CLIENT4 as CLIENT4, LAN_CLIENT6 as CLIENT6, TestResult, lb_with, sock};
 use crate::support::{
-    frame::{Packet, TCP_ACK, TCP_SYN, Transport, assert_frame_eq, verify_checksums},
-    lb::{External, Lb, assert_drops},
+    frame::{
+        Packet, TCP_ACK, TCP_SYN, Transport, assert_frame_eq, port_unreachable, verify_checksums,
+    },
+    lb::{External, Lb, TC_ACT_REDIRECT, assert_drops},
 };
 
 /// `enum xdp_action` (`linux/bpf.h`).
@@ -174,21 +176,36 @@ fn source_ranges_and_local_policy_without_endpoints_drop() -> TestResult {
     Ok(())
 }
 
+/// XDP leaves refusals, TCP and UDP, to the TC program on the same device, which always runs on
+/// what XDP passes: the answer is built once, on the skb (see `xdp::decide`).
 #[test]
 fn refusals_are_left_to_tc_and_counted_there_not_in_xdp() -> TestResult {
     for (node_port, client) in [
         ("192.0.2.1:30082", CLIENT4),
         ("[2001:db8::1]:30082", CLIENT6),
     ] {
-        let mut lb = lb_with(&[External::node_port(node_port, Protocol::Tcp)
-            .rejecting()
-            .build()])?;
-        let frame = Packet::tcp(sock(client), sock(node_port), TCP_SYN).frame();
-        let (verdict, out) = lb.xdp(&frame, 0)?;
-        assert_eq!(verdict, XDP_PASS, "{node_port}: TC answers with the reset");
-        assert_frame_eq(&out, &frame, node_port);
-        // TC counts the refusal when it answers; counting it here too would count it twice.
-        assert_drops(&lb, &[], node_port);
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let mut lb = lb_with(&[External::node_port(node_port, protocol).rejecting().build()])?;
+            let frame = match protocol {
+                Protocol::Tcp => Packet::tcp(sock(client), sock(node_port), TCP_SYN),
+                _ => Packet::udp(sock(client), sock(node_port)),
+            }
+            .frame();
+            let what = format!("{protocol:?} to {node_port}");
+            let (verdict, out) = lb.xdp(&frame, 0)?;
+            assert_eq!(verdict, XDP_PASS, "{what}: TC answers");
+            assert_frame_eq(&out, &frame, &what);
+            // TC counts the refusal when it answers; counting it here too would count it twice.
+            assert_drops(&lb, &[], &what);
+            // And TC does answer what XDP passed.
+            let (verdict, out) = lb.ext_ingress(&out)?;
+            assert_eq!(verdict, TC_ACT_REDIRECT, "{what}: TC sends the answer back");
+            if protocol == Protocol::Udp {
+                assert_frame_eq(&out, &port_unreachable(&frame), &what);
+            }
+            verify_checksums(&out).map_err(anyhow::Error::msg)?;
+            assert_drops(&lb, &[(stats::REJECTED, 1)], &what);
+        }
     }
     Ok(())
 }

@@ -71,6 +71,8 @@ pub enum Ext {
     Fragment {
         more: bool,
     },
+    /// A later fragment: offset 1480 bytes (in 8-byte units, 185), M flag set.
+    LaterFragment,
 }
 
 /// A TCP, UDP or ICMP packet in an Ethernet frame. Every field not named here is fixed, so two
@@ -284,6 +286,8 @@ impl Packet {
                         Ext::Fragment { more } => {
                             [next, 0, 0, u8::from(*more), 0xde, 0xad, 0xbe, 0xef]
                         }
+                        // Offset 185 << 3 | M.
+                        Ext::LaterFragment => [next, 0, 0x05, 0xc9, 0xde, 0xad, 0xbe, 0xef],
                     });
                 }
             }
@@ -298,7 +302,7 @@ fn ext_number(ext: Ext) -> u8 {
     match ext {
         Ext::HopByHop => IPPROTO_HOPOPTS,
         Ext::DestOpts => IPPROTO_DSTOPTS,
-        Ext::Fragment { .. } => IPPROTO_FRAGMENT,
+        Ext::Fragment { .. } | Ext::LaterFragment => IPPROTO_FRAGMENT,
     }
 }
 
@@ -341,7 +345,7 @@ pub fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
 }
 
 /// The TCP/UDP pseudo-header: RFC 793/768 for IPv4, RFC 8200 section 8.1 for IPv6.
-fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, l4_len: usize) -> Vec<u8> {
+pub fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, l4_len: usize) -> Vec<u8> {
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let mut p = [s.octets(), d.octets()].concat();
@@ -361,7 +365,7 @@ fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, l4_len: usize) -> Vec<u8> 
 
 /// One's-complement sum of 16-bit big-endian words, an odd last byte padded with zero
 /// (RFC 1071, section 4.1), folded to 16 bits.
-fn ones_complement_sum(data: &[u8]) -> u16 {
+pub fn ones_complement_sum(data: &[u8]) -> u16 {
     let mut sum: u32 = data
         .chunks(2)
         .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
@@ -375,6 +379,75 @@ fn ones_complement_sum(data: &[u8]) -> u16 {
 /// The Internet checksum of `data` (with its checksum field zeroed).
 fn checksum(data: &[u8]) -> u16 {
     !ones_complement_sum(data)
+}
+
+/// The largest IPv4 datagram an ICMP error may be (RFC 1812, 4.3.2.3; what Linux's `icmp_send`
+/// quotes up to).
+pub const ICMP_MAX_LEN: usize = 576;
+/// The largest ICMPv6 error: the minimum IPv6 MTU (RFC 4443, 2.4 (c)).
+pub const IPV6_MIN_MTU: usize = 1280;
+
+/// The ICMP error a service address answers an invoking UDP datagram `frame` with, built from
+/// the RFCs: destination unreachable, port unreachable (IPv4 type 3 code 3, RFC 792; ICMPv6
+/// type 1 code 4, RFC 4443 3.1), quoting the invoking IP packet (Ethernet padding excluded) as
+/// far as the answer stays within 576 bytes (IPv4) or 1280 bytes (IPv6); from the invoking
+/// packet's destination to its source, TTL / hop limit 64; IPv4 with type of service 0xc0
+/// (precedence "internetwork control", RFC 1812 4.3.2.5), DF and identification 0 (an atomic
+/// datagram, RFC 6864); ICMPv6 with traffic class and flow label 0; the Ethernet addresses
+/// swapped; every checksum computed here from scratch.
+pub fn port_unreachable(frame: &[u8]) -> Vec<u8> {
+    let ip = &frame[ETH_HLEN..];
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    let mut out = [&frame[6..12], &frame[0..6], &frame[12..ETH_HLEN]].concat();
+    match ethertype {
+        ETH_P_IP => {
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let quoted = &ip[..total
+                .min(ip.len())
+                .min(ICMP_MAX_LEN - IPV4_HLEN - ICMP_HLEN)];
+            let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+            icmp.extend(quoted);
+            let csum = checksum(&icmp);
+            icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+            let mut header = vec![0x45, 0xc0];
+            header.extend(((IPV4_HLEN + icmp.len()) as u16).to_be_bytes());
+            header.extend([0, 0]); // identification
+            header.extend(IP_DF.to_be_bytes());
+            header.extend([64, IPPROTO_ICMP, 0, 0]);
+            header.extend(&ip[16..20]);
+            header.extend(&ip[12..16]);
+            let csum = checksum(&header);
+            header[10..12].copy_from_slice(&csum.to_be_bytes());
+            out.extend(header);
+            out.extend(icmp);
+        }
+        ETH_P_IPV6 => {
+            let total = IPV6_HLEN + usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            let quoted = &ip[..total
+                .min(ip.len())
+                .min(IPV6_MIN_MTU - IPV6_HLEN - ICMP_HLEN)];
+            let (src, dst) = (&ip[24..40], &ip[8..24]);
+            let mut icmp = vec![1, 4, 0, 0, 0, 0, 0, 0];
+            icmp.extend(quoted);
+            let addr = |a: &[u8]| IpAddr::from(<[u8; 16]>::try_from(a).expect("16 bytes"));
+            let csum = checksum(
+                &[
+                    pseudo_header(addr(src), addr(dst), IPPROTO_ICMPV6, icmp.len()),
+                    icmp.clone(),
+                ]
+                .concat(),
+            );
+            icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+            out.extend([0x60, 0, 0, 0]);
+            out.extend((icmp.len() as u16).to_be_bytes());
+            out.extend([IPPROTO_ICMPV6, 64]);
+            out.extend(src);
+            out.extend(dst);
+            out.extend(icmp);
+        }
+        other => panic!("ethertype {other:#06x} is not IP"),
+    }
+    out
 }
 
 /// What the independent parser found in a frame.

@@ -35,8 +35,9 @@ pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 /// `TC_ACT_REDIRECT`: the program sent the packet out itself (a reset back to the client).
 pub const TC_ACT_REDIRECT: u32 = 7;
-/// Room for the output frame: larger than any frame these tests build (the programs never grow
-/// a packet), so BPF_PROG_TEST_RUN never fails with ENOSPC.
+/// Room for the output frame: larger than any frame these tests build, and than the ICMP errors
+/// the programs build from them (which never exceed IPv6's minimum MTU), so BPF_PROG_TEST_RUN
+/// never fails with ENOSPC.
 const DATA_OUT_LEN: usize = 4096;
 
 const MAX_SERVICES: u32 = 1024;
@@ -224,6 +225,23 @@ impl Lb {
         self.run_checksum_complete(lb_ebpf::program_names::TC_POD_EGRESS, frame)
     }
 
+    /// Like [`Lb::ingress_verdict`], on an skb in the CHECKSUM_COMPLETE state: the run fails
+    /// with EBADMSG if the program leaves `skb->csum` out of step with the packet.
+    pub fn ingress_checksum_complete_verdict(
+        &mut self,
+        frame: &[u8],
+    ) -> anyhow::Result<(u32, Vec<u8>)> {
+        self.run_checksum_complete_verdict(lb_ebpf::program_names::TC_POD_INGRESS, frame)
+    }
+
+    /// Like [`Lb::ext_ingress`], on an skb in the CHECKSUM_COMPLETE state.
+    pub fn ext_ingress_checksum_complete(
+        &mut self,
+        frame: &[u8],
+    ) -> anyhow::Result<(u32, Vec<u8>)> {
+        self.run_checksum_complete_verdict(lb_ebpf::program_names::TC_EXT_INGRESS, frame)
+    }
+
     fn classifier(&mut self, name: &'static str) -> anyhow::Result<&mut SchedClassifier> {
         self.programs
             .ebpf_mut()
@@ -246,6 +264,16 @@ impl Lb {
         name: &'static str,
         frame: &[u8],
     ) -> anyhow::Result<Vec<u8>> {
+        let (verdict, out) = self.run_checksum_complete_verdict(name, frame)?;
+        check_verdict(name, verdict)?;
+        Ok(out)
+    }
+
+    fn run_checksum_complete_verdict(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+    ) -> anyhow::Result<(u32, Vec<u8>)> {
         let prog_fd = self
             .classifier(name)?
             .fd()
@@ -262,8 +290,7 @@ impl Lb {
         .with_context(|| {
             format!("BPF_PROG_TEST_RUN of {name} with BPF_F_TEST_SKB_CHECKSUM_COMPLETE")
         })?;
-        check_verdict(name, run.retval)?;
-        Ok(run.out)
+        Ok((run.retval, run.out))
     }
 }
 
