@@ -109,31 +109,22 @@ fn parse_line(line: &str) -> anyhow::Result<Outcome> {
     })
 }
 
-/// Runs `count` exchanges with `addr` from a process in `cgroup` (or none) and `ns`.
-pub fn probe(
+/// `python3 -c script args...`, to run as a process in `cgroup` (or none) and `ns`: the
+/// command, ready to spawn.
+pub fn python_in(
     ns: &Netns,
     cgroup: Option<&TestCgroup>,
-    mode: Mode,
-    addr: SocketAddr,
-    count: usize,
-) -> anyhow::Result<Vec<Outcome>> {
+    script: &str,
+    args: &[String],
+) -> anyhow::Result<Command> {
     let netns = File::open(ns.path()).with_context(|| format!("opening {:?}", ns.path()))?;
     let procs = cgroup
         .map(|c| CString::new(c.procs_file().as_os_str().as_encoded_bytes()))
         .transpose()?;
-    let mode = match mode {
-        Mode::Tcp => "tcp",
-        Mode::Udp => "udp",
-        Mode::UdpConnected => "udp-connected",
-    };
     let mut cmd = Command::new("python3");
-    cmd.args(["-c", SCRIPT, mode])
-        .arg(addr.ip().to_string())
-        .arg(addr.port().to_string())
-        .arg(count.to_string());
-    let netns_fd = netns.as_raw_fd();
+    cmd.args(["-c", script]).args(args);
     // SAFETY: only async-signal-safe calls (open, write, close, setns) on data prepared before
-    // the fork.
+    // the fork; `netns` moves into the closure and stays open until it runs.
     unsafe {
         cmd.pre_exec(move || {
             if let Some(procs) = &procs {
@@ -143,13 +134,37 @@ pub fn probe(
                 }
                 libc::close(fd);
             }
-            if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+            if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    let out = cmd.output().context("running the python3 probe")?;
+    Ok(cmd)
+}
+
+/// Runs `count` exchanges with `addr` from a process in `cgroup` (or none) and `ns`.
+pub fn probe(
+    ns: &Netns,
+    cgroup: Option<&TestCgroup>,
+    mode: Mode,
+    addr: SocketAddr,
+    count: usize,
+) -> anyhow::Result<Vec<Outcome>> {
+    let mode = match mode {
+        Mode::Tcp => "tcp",
+        Mode::Udp => "udp",
+        Mode::UdpConnected => "udp-connected",
+    };
+    let args = [
+        mode.to_owned(),
+        addr.ip().to_string(),
+        addr.port().to_string(),
+        count.to_string(),
+    ];
+    let out = python_in(ns, cgroup, SCRIPT, &args)?
+        .output()
+        .context("running the python3 probe")?;
     if !out.status.success() {
         bail!(
             "probe failed ({}): {}",

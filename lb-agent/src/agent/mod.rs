@@ -23,7 +23,7 @@ use crate::{
     },
     kernel::{DatapathMode, LoadOptions, Programs},
     lbmap::{Writer, bpf::BpfMaps},
-    node::{addrs::DeviceAddr, devices::DevicePatterns, watch::Wakeups},
+    node::{addrs::DeviceAddr, devices::DevicePatterns, sockets, watch::Wakeups},
     plan::NodeFacts,
     source::{Changes, Source, SourceOptions, kube},
 };
@@ -122,6 +122,30 @@ fn health_check_addresses<'a>(opts: &RunOptions, facts: &'a NodeFacts) -> &'a [s
     }
 }
 
+/// Closes this node's connected UDP sockets that the socket programs sent to a backend their
+/// service no longer has, once a sync changed the maps: they would keep sending to it (DNS
+/// resolvers and statsd clients do). Their applications see ECONNABORTED and reconnect.
+/// Sockets of pods' network namespaces are out of reach here; TCP sockets are never touched.
+fn close_stale_udp(syncer: &Syncer<BpfMaps>, outcome: &sync::SyncOutcome) {
+    if outcome.changed == 0 {
+        return;
+    }
+    let stale = match syncer.writer().stale_sockets() {
+        Ok(stale) => stale,
+        Err(e) => {
+            warn!("listing the sockets the socket programs translated: {e}");
+            return;
+        }
+    };
+    for family in [sockets::Family::V4, sockets::Family::V6] {
+        match sockets::destroy_udp(family, &stale) {
+            Ok(0) => {}
+            Ok(n) => info!("closed {n} connected UDP sockets of removed backends ({family:?})"),
+            Err(e) => warn!("closing connected UDP sockets of removed backends ({family:?}): {e}"),
+        }
+    }
+}
+
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // The source first: a bad kubeconfig or manifest directory fails before the datapath is
@@ -197,7 +221,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut health_check_servers = HealthCheckServers::default();
     let mut facts = node_facts(&node_name, &scanner, last_addrs.as_deref());
-    syncer.sync(&mut source, &facts, false);
+    let outcome = syncer.sync(&mut source, &facts, false);
+    close_stale_udp(&syncer, &outcome);
     health_check_servers
         .update(
             syncer.health_checks(),
@@ -231,7 +256,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         };
-        syncer.sync(&mut source, &facts, periodic);
+        let outcome = syncer.sync(&mut source, &facts, periodic);
+        close_stale_udp(&syncer, &outcome);
         health_check_servers
             .update(
                 syncer.health_checks(),

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use lb_ebpf::{
     AffinityMatchKey, BACKEND_F_LOCAL, Backend4, Backend6, Flow4Key, Flow4Value, Flow6Key,
     Flow6Value, SCOPE_DEFAULT, SCOPE_INTERNAL, Service4Key, Service6Key, ServiceKey, ServiceValue,
-    SourceRange, map_names, port_to_map,
+    Sock4Key, Sock4Value, Sock6Key, Sock6Value, SourceRange, map_names, port_to_map,
 };
 use thiserror::Error;
 
@@ -36,6 +36,8 @@ pub struct BpfMaps {
     node_addr_v6: Array<MapData, [u8; 16]>,
     xdp_devices: DevMapHash<MapData>,
     affinity_match: HashMap<MapData, AffinityMatchKey, u8>,
+    sock_revnat_v4: HashMap<MapData, Sock4Key, Sock4Value>,
+    sock_revnat_v6: HashMap<MapData, Sock6Key, Sock6Value>,
 }
 
 /// A map the agent needs could not be taken from the loaded object.
@@ -77,6 +79,8 @@ impl BpfMaps {
             node_addr_v6: take_map(ebpf, map_names::NODE_ADDR_V6)?,
             xdp_devices: take_map(ebpf, map_names::XDP_DEVICES)?,
             affinity_match: take_map(ebpf, map_names::AFFINITY_MATCH)?,
+            sock_revnat_v4: take_map(ebpf, map_names::SOCK_REVNAT_V4)?,
+            sock_revnat_v6: take_map(ebpf, map_names::SOCK_REVNAT_V6)?,
         })
     }
 
@@ -175,6 +179,25 @@ impl MapOps for BpfMaps {
                     .map_err(|e| io_err("iterate", map_names::AFFINITY_MATCH, e))
             })
             .collect()
+    }
+
+    fn list_translated_sockets(&self) -> Result<Vec<(u64, std::net::SocketAddr, u16)>, MapError> {
+        let mut out = Vec::new();
+        for entry in self.sock_revnat_v4.iter() {
+            let (key, value) =
+                entry.map_err(|e| io_err("iterate", map_names::SOCK_REVNAT_V4, e))?;
+            let backend =
+                std::net::SocketAddr::new(IpAddr::from(key.addr), lb_ebpf::port_from_map(key.port));
+            out.push((key.cookie, backend, value.rev_nat_id));
+        }
+        for entry in self.sock_revnat_v6.iter() {
+            let (key, value) =
+                entry.map_err(|e| io_err("iterate", map_names::SOCK_REVNAT_V6, e))?;
+            let backend =
+                std::net::SocketAddr::new(IpAddr::from(key.addr), lb_ebpf::port_from_map(key.port));
+            out.push((key.cookie, backend, value.rev_nat_id));
+        }
+        Ok(out)
     }
 
     fn put_xdp_device(&mut self, ifindex: u32) -> Result<(), MapError> {

@@ -24,6 +24,8 @@ pub struct MemoryMaps {
     pub xdp_devices: BTreeSet<u32>,
     /// (reverse-NAT ID, backend ID) pairs session affinity may use.
     pub affinity_matches: BTreeSet<(u16, BackendId)>,
+    /// What the socket programs would have recorded: (cookie, backend, reverse-NAT ID).
+    pub translated_sockets: Vec<(u64, std::net::SocketAddr, u16)>,
     /// Number of write and delete operations so far.
     pub ops: usize,
     /// Fail every operation after this many more have succeeded (for error-path tests).
@@ -206,6 +208,10 @@ impl MapOps for MemoryMaps {
 
     fn list_affinity_matches(&self) -> Result<Vec<(u16, BackendId)>, MapError> {
         Ok(self.affinity_matches.iter().copied().collect())
+    }
+
+    fn list_translated_sockets(&self) -> Result<Vec<(u64, std::net::SocketAddr, u16)>, MapError> {
+        Ok(self.translated_sockets.clone())
     }
 
     fn put_source_range(&mut self, rev_nat_id: u16, range: &ipnet::IpNet) -> Result<(), MapError> {

@@ -225,6 +225,9 @@ pub trait MapOps {
     ) -> Result<(), MapError>;
     /// Every affinity match entry present.
     fn list_affinity_matches(&self) -> Result<Vec<(u16, BackendId)>, MapError>;
+    /// The sockets the socket programs translated: (socket cookie, the backend it was sent to,
+    /// the reverse-NAT ID of the frontend it asked for). Written by the kernel only.
+    fn list_translated_sockets(&self) -> Result<Vec<(u64, SocketAddr, u16)>, MapError>;
 }
 
 #[derive(Clone, Debug)]
@@ -355,6 +358,25 @@ impl<M: MapOps> Writer<M> {
             changed.push(family);
         }
         Ok(changed)
+    }
+
+    /// The cookies of sockets the socket programs sent to a backend their frontend no longer
+    /// has (or to a frontend that is gone): connected UDP sockets among them keep sending to a
+    /// removed backend unless they are closed ([`crate::node::sockets::destroy_udp`]).
+    pub fn stale_sockets(&self) -> Result<HashSet<u64>, MapError> {
+        let by_rev_nat: HashMap<u16, &Programmed> =
+            self.frontends.values().map(|p| (p.rev_nat_id, p)).collect();
+        Ok(self
+            .maps
+            .list_translated_sockets()?
+            .into_iter()
+            .filter(|(_, backend, rev_nat_id)| {
+                by_rev_nat
+                    .get(rev_nat_id)
+                    .is_none_or(|p| !p.backends.iter().any(|b| b.addr == *backend))
+            })
+            .map(|(cookie, _, _)| cookie)
+            .collect())
     }
 
     /// Makes `ifindex` a target of XDP redirects.

@@ -3,4 +3,5 @@
 pub mod addrs;
 pub mod devices;
 pub mod netns;
+pub mod sockets;
 pub mod watch;

@@ -373,3 +373,83 @@ fn socket_lb_scope_host_leaves_pods_to_the_tc_programs_and_keeps_node_processes(
         }
     }
 }
+
+/// A client that keeps one connected UDP socket, as a DNS resolver or statsd client does, and
+/// makes a new one only when its socket fails: one line per exchange, `answer=NAME` or
+/// `error=ERRNO`, for `seconds`.
+const KEEP_CONNECTED: &str = r#"
+import errno, socket, sys, time
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+fam = socket.AF_INET6 if ':' in host else socket.AF_INET
+def connect():
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.settimeout(0.3)
+    s.connect((host, port))
+    return s
+s = connect()
+end = time.time() + seconds
+while time.time() < end:
+    try:
+        s.send(b'hello')
+        print('answer=%s' % s.recv(2048).decode(), flush=True)
+    except socket.timeout:
+        print('error=timeout', flush=True)
+    except OSError as e:
+        print('error=%d' % e.errno, flush=True)
+        s.close()
+        s = connect()
+    time.sleep(0.05)
+"#;
+
+/// Connected UDP to a removed backend: a node process's connected socket, translated at
+/// `connect()`, is closed by the agent once its backend leaves the service (the application
+/// sees ECONNABORTED or EDESTADDRREQ and reconnects to a live backend), while the backend's pod still runs
+/// and would otherwise keep answering it. Both families.
+#[test]
+fn a_connected_udp_socket_of_a_removed_backend_is_closed_and_the_client_recovers() {
+    use std::io::BufRead as _;
+    let node = node_without_routes();
+    let vips = [ip("10.96.1.80"), ip("fd00:96::1:80")];
+    node.write_service("dns", &vips, &BACKENDS);
+    let agent = node.start_agent();
+    for vip in vips {
+        let mut child = lb_tests::probe::python_in(
+            node.net.node(),
+            Some(&agent.cgroup),
+            KEEP_CONNECTED,
+            &[vip.to_string(), "53".into(), "4".into()],
+        )
+        .unwrap()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let first = first
+            .strip_prefix("answer=")
+            .unwrap_or_else(|| panic!("{vip}: first exchange: {first}"))
+            .to_owned();
+        // The client's backend leaves the service; its pod keeps running.
+        let rest: Vec<&str> = BACKENDS.iter().copied().filter(|b| *b != first).collect();
+        let v6 = vip.is_ipv6();
+        node.write_slice("dns", v6, &node.net.ready_endpoints(v6, &rest));
+        let after: Vec<String> = lines.map(Result::unwrap).collect();
+        assert!(child.wait().unwrap().success());
+        // A blocked receive reports ECONNABORTED; a send after the close EDESTADDRREQ, as the
+        // destroyed socket is no longer connected.
+        let closed = [libc::ECONNABORTED, libc::EDESTADDRREQ].map(|e| format!("error={e}"));
+        let aborted = after
+            .iter()
+            .position(|l| closed.contains(l))
+            .unwrap_or_else(|| panic!("{vip}: the socket of {first} was never closed: {after:?}"));
+        let recovered = &after[aborted + 1..];
+        assert!(
+            recovered.iter().any(|l| l.starts_with("answer=")),
+            "{vip}: no answer after reconnecting: {after:?}"
+        );
+        assert!(
+            !recovered.contains(&format!("answer={first}")),
+            "{vip}: {first} answered after it was removed: {after:?}"
+        );
+    }
+}
