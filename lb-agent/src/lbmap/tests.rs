@@ -433,7 +433,10 @@ fn session_affinity_sets_the_timeout_and_a_match_per_backend_and_follows_every_c
 #[test]
 fn sockets_sent_to_a_backend_their_frontend_lost_are_stale_others_are_not() {
     let mut w = writer();
-    w.apply(&desired(&[("10.96.0.1:53", &["10.1.0.1:53", "10.1.0.2:53"])]));
+    w.apply(&desired(&[(
+        "10.96.0.1:53",
+        &["10.1.0.1:53", "10.1.0.2:53"],
+    )]));
     let rev_nat_id = w.maps().services[&(fe("10.96.0.1:53"), 0)].rev_nat_id;
     w.maps_mut().translated_sockets = vec![
         (1, "10.1.0.1:53".parse().unwrap(), rev_nat_id),

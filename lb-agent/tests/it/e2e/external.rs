@@ -63,6 +63,7 @@ in_both_modes!(
     a_node_address_added_at_run_time_serves_node_ports_within_a_second,
     node_ports_of_a_service_without_endpoints_refuse_connections,
     session_affinity_keeps_an_outside_client_on_one_backend_through_a_node_port,
+    pods_reach_local_policy_external_frontends_without_a_local_endpoint_within_source_ranges,
     restarting_an_agent_keeps_node_port_connections_and_swaps_its_programs_in_place,
 );
 
@@ -341,6 +342,79 @@ fn session_affinity_keeps_an_outside_client_on_one_backend_through_a_node_port(m
         // Two backends, 15 requests on one by chance: 1 in 16 000.
         assert_eq!(tcp(30601).len(), 2, "TCP without affinity via {node_addr}");
         assert_eq!(udp(30651).len(), 2, "UDP without affinity via {node_addr}");
+    }
+}
+
+/// e2e: "… should work from pods" and "… should only allow access from service loadbalancer
+/// source ranges" (from pods): a pod on a node without the service's endpoint reaches its load
+/// balancer IP and node port although `externalTrafficPolicy` is Local (kube-proxy's
+/// short-circuit to every endpoint), keeping its own address, but only from inside
+/// `loadBalancerSourceRanges`. Both families, TCP and UDP.
+fn pods_reach_local_policy_external_frontends_without_a_local_endpoint_within_source_ranges(
+    mode: Mode,
+) {
+    let spec = |name, lb: [&str; 2], ranges: Vec<&'static str>, base: u16| ServiceSpec {
+        name,
+        service_type: "LoadBalancer",
+        cluster_ips: vec![
+            ip(&format!("10.96.3.{}", 70 + base)),
+            ip(&format!("fd00:96::3:{}", 70 + base)),
+        ],
+        ports: vec![
+            port("http", 80, "TCP", 30700 + base),
+            port("dns", 53, "UDP", 30750 + base),
+        ],
+        external_traffic_local: true,
+        load_balancer_ips: lb.iter().map(|a| ip(a)).collect(),
+        source_ranges: ranges,
+        ..Default::default()
+    };
+    let mut lan = Lan::new(
+        mode,
+        &[
+            spec(
+                "esipp",
+                ["10.97.0.7", "fd00:97::7"],
+                // Pod a1 only, as the e2e test's acceptPod/32.
+                vec!["10.201.1.2/32", "fd00:201:1::2/128"],
+                0,
+            ),
+            spec(
+                "esippdeny",
+                ["10.97.0.8", "fd00:97::8"],
+                vec!["198.51.100.0/24", "2001:db8::/32"],
+                1,
+            ),
+        ],
+        &[("esipp", &["b1"]), ("esippdeny", &["b1"])],
+    );
+    lan.start_agents();
+    let a1 = &lan.net.node("a").pod("a1").ns;
+    for v6 in [false, true] {
+        let pod_addr = lan.net.node("a").pod("a1").addr(v6);
+        let (lb, denied) = if v6 {
+            (ip("fd00:97::7"), ip("fd00:97::8"))
+        } else {
+            (ip("10.97.0.7"), ip("10.97.0.8"))
+        };
+        let node_addr = lan.net.node("a").addr(v6);
+        for addr in [sa(lb, 80), sa(node_addr, 30700)] {
+            let line = tcp_request(a1, addr)
+                .unwrap_or_else(|e| panic!("{e:#}; a1 -> {addr}; counters:\n{}", lan.diagnose()));
+            let (pod, peer) = line.split_once(' ').unwrap();
+            assert_eq!(pod, "b1", "a1 -> {addr}: the only endpoint, on node b");
+            assert_eq!(
+                peer.parse::<IpAddr>().unwrap(),
+                pod_addr,
+                "a1 -> {addr}: client kept"
+            );
+        }
+        let (pod, _) = udp_request(a1, sa(lb, 53)).unwrap();
+        assert_eq!(pod, "b1", "UDP a1 -> {lb}");
+        assert!(
+            tcp_request(a1, sa(denied, 80)).is_err(),
+            "a1 -> {denied}: outside the source ranges"
+        );
     }
 }
 
