@@ -343,6 +343,39 @@ fn session_affinity_keeps_an_outside_client_on_one_backend_through_a_node_port(m
         assert_eq!(tcp(30601).len(), 2, "TCP without affinity via {node_addr}");
         assert_eq!(udp(30651).len(), 2, "UDP without affinity via {node_addr}");
     }
+    // e2e: "should be able to switch session affinity for NodePort service" and "should have
+    // session affinity timeout work for NodePort service": switched off the requests spread,
+    // with a 1 s timeout requests spaced further apart choose anew while bursts stick.
+    let rewrite = |affinity| {
+        lan.manifests
+            .write("sticky.yaml", &spec("sticky", affinity, 0).to_yaml())
+            .unwrap();
+    };
+    let node_addr = lan.net.node("a").addr(false);
+    let tcp_spread = |n| -> BTreeSet<String> {
+        (0..n)
+            .map(|_| lan.tcp(sa(node_addr, 30600)).unwrap().0)
+            .collect()
+    };
+    rewrite(None);
+    assert!(
+        eventually(Duration::from_secs(5), || tcp_spread(15).len() == 2),
+        "affinity switched off, yet one backend"
+    );
+    rewrite(Some(1));
+    assert!(
+        eventually(Duration::from_secs(5), || tcp_spread(15).len() == 1),
+        "affinity switched on again, yet two backends"
+    );
+    let mut seen = BTreeSet::new();
+    for _ in 0..12 {
+        let burst = tcp_spread(3);
+        assert_eq!(burst.len(), 1, "back to back within the timeout: {burst:?}");
+        seen.extend(burst);
+        std::thread::sleep(Duration::from_millis(1_300));
+    }
+    // Twelve fresh choices between two backends all alike: 1 in 2048.
+    assert_eq!(seen.len(), 2, "requests after the timeout all on {seen:?}");
 }
 
 /// e2e: "… should work from pods" and "… should only allow access from service loadbalancer
