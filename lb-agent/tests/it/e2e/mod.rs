@@ -6,7 +6,9 @@
 //! - [`external`]: node ports, external and load balancer IPs on two nodes, XDP and TC modes.
 //! - [`sock`]: processes on the node, translated by the socket programs.
 //! - [`restart`]: killing and restarting the agent fails no request.
+//! - [`conformance`]: the e2e suite's cases the agent used to fail, named after them.
 
+mod conformance;
 mod external;
 mod k8s;
 mod manifests;
