@@ -221,41 +221,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut health_check_servers = HealthCheckServers::default();
     let mut facts = node_facts(&node_name, &scanner, last_addrs.as_deref());
-    let outcome = syncer.sync(&mut source, &facts, false);
-    close_stale_udp(&syncer, &outcome);
-    health_check_servers
-        .update(
-            syncer.health_checks(),
-            &health,
-            health_check_addresses(&opts, &facts),
-        )
-        .await;
-    resync_tick.reset();
+    // The first sync is a full one; the periodic resyncs count from its end.
+    let mut periodic = false;
+    let mut first = true;
     loop {
-        let periodic = tokio::select! {
-            () = changes.notified() => {
-                health.queued();
-                tokio::time::sleep(debounce).await;
-                // The burst's later changes left one wake-up behind; this sync covers them.
-                let _ = futures::FutureExt::now_or_never(changes.notified());
-                false
-            }
-            _ = resync_tick.tick() => true,
-            () = device_wake.next() => {
-                // A node address that comes or goes changes the node ports: sync at once rather
-                // than at the next periodic resync.
-                let addrs = scanner.scan(&mut programs, syncer.writer_mut());
-                if addrs.is_none() || addrs == last_addrs {
-                    continue;
-                }
-                debug!("the node's addresses changed");
-                last_addrs = addrs;
-                facts = node_facts(&node_name, &scanner, last_addrs.as_deref());
-                false
-            }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
-        };
         let outcome = syncer.sync(&mut source, &facts, periodic);
         close_stale_udp(&syncer, &outcome);
         health_check_servers
@@ -265,7 +234,40 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 health_check_addresses(&opts, &facts),
             )
             .await;
+        if std::mem::take(&mut first) {
+            resync_tick.reset();
+        }
+        periodic = loop {
+            tokio::select! {
+                () = changes.notified() => {
+                    health.queued();
+                    tokio::time::sleep(debounce).await;
+                    // The burst's later changes left one wake-up behind; this sync covers them.
+                    let _ = futures::FutureExt::now_or_never(changes.notified());
+                    break false;
+                }
+                _ = resync_tick.tick() => break true,
+                () = device_wake.next() => {
+                    // A node address that comes or goes changes the node ports: sync at once
+                    // rather than at the next periodic resync.
+                    let addrs = scanner.scan(&mut programs, syncer.writer_mut());
+                    if addrs.is_none() || addrs == last_addrs {
+                        continue;
+                    }
+                    debug!("the node's addresses changed");
+                    last_addrs = addrs;
+                    facts = node_facts(&node_name, &scanner, last_addrs.as_deref());
+                    break false;
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    info!("stopping");
+                    return Ok(());
+                }
+                _ = sigterm.recv() => {
+                    info!("stopping");
+                    return Ok(());
+                }
+            }
+        };
     }
-    info!("stopping");
-    Ok(())
 }
