@@ -486,6 +486,7 @@ fn main() -> anyhow::Result<()> {
             max_backends: 1_024,
             max_flows,
             max_sockets: 1_024,
+            max_affinity: 1_024,
             socket_lb: SocketLb::Off,
             socket_lb_scope: Default::default(),
         })

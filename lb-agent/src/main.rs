@@ -19,7 +19,10 @@ use lb_agent::{
     plan::{self, NodeFacts},
     source::{SourceOptions, kube::KubeOptions, manifest::ManifestSource},
 };
-use lb_ebpf::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOCKETS};
+use lb_ebpf::{
+    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
+    DEFAULT_MAX_SOCKETS,
+};
 
 #[derive(Parser)]
 #[command(
@@ -121,6 +124,10 @@ struct RunArgs {
     /// getpeername()/recvmsg().
     #[arg(long, default_value_t = DEFAULT_MAX_SOCKETS, value_parser = clap::value_parser!(u32).range(1..))]
     max_sockets: u32,
+    /// Session affinity entries per family: clients times frontends with `sessionAffinity:
+    /// ClientIP` (least recently used ones go when full, and those clients choose anew).
+    #[arg(long, default_value_t = DEFAULT_MAX_AFFINITY, value_parser = clap::value_parser!(u32).range(1..))]
+    max_affinity: u32,
     /// Socket-level load balancing of traffic sent by processes on the node (cgroup hooks).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     socket_lb: bool,
@@ -232,6 +239,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             max_backends: args.max_backends,
             max_flows: args.max_flows,
             max_sockets: args.max_sockets,
+            max_affinity: args.max_affinity,
             socket_lb: match (args.socket_lb, args.cgroup) {
                 (false, _) => SocketLb::Off,
                 (true, Some(dir)) => SocketLb::Cgroup(dir),

@@ -109,6 +109,8 @@ pub struct LoadOptions {
     pub max_backends: u32,
     pub max_flows: u32,
     pub max_sockets: u32,
+    /// Session affinity entries per family (clients x frontends with affinity).
+    pub max_affinity: u32,
     pub socket_lb: SocketLb,
     pub socket_lb_scope: SocketLbScope,
 }
@@ -177,6 +179,15 @@ impl Programs {
             .map_max_entries(map_names::FLOWS_V6, opts.max_flows)
             .map_max_entries(map_names::SOCK_REVNAT_V4, opts.max_sockets)
             .map_max_entries(map_names::SOCK_REVNAT_V6, opts.max_sockets)
+            .map_max_entries(map_names::AFFINITY_V4, opts.max_affinity)
+            .map_max_entries(map_names::AFFINITY_V6, opts.max_affinity)
+            .map_max_entries(map_names::SOCK_AFFINITY, opts.max_affinity)
+            // At most one match per backend slot, and every slot is a service map entry of
+            // one family or the other.
+            .map_max_entries(
+                map_names::AFFINITY_MATCH,
+                opts.max_services.saturating_mul(2),
+            )
             .load(object::EBPF_OBJECT)?;
         load_programs(&mut ebpf)?;
         let links_dir = opts.pin_dir.join(LINKS_DIR);

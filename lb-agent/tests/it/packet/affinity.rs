@@ -16,7 +16,7 @@ use lb_agent::model::{Frontend, Protocol};
 use super::{TestResult, lb_with, sock};
 use crate::support::{
     frame::{Packet, TCP_SYN, summary, verify_checksums},
-    lb::{External, Lb, cluster_ip, with_affinity},
+    lb::{External, Lb, MAX_AFFINITY, MAX_SERVICES, cluster_ip, with_affinity},
 };
 
 /// `XDP_PASS`: the frame goes on to the kernel (translated, for a local backend).
@@ -300,5 +300,23 @@ fn affinity_expires_after_its_timeout_and_each_new_flow_refreshes_it() -> TestRe
         // After expiry each client chooses anew: none of 16 moving is a 1 in 4 billion chance.
         assert!(moved > 0, "{what}: no client chose anew after the timeout");
     }
+    Ok(())
+}
+
+#[test]
+fn affinity_maps_are_sized_by_the_load_options() -> TestResult {
+    let lb = Lb::load()?;
+    for map in [
+        lb_ebpf::map_names::AFFINITY_V4,
+        lb_ebpf::map_names::AFFINITY_V6,
+        lb_ebpf::map_names::SOCK_AFFINITY,
+    ] {
+        assert_eq!(lb.max_entries(map)?, MAX_AFFINITY, "{map}");
+    }
+    // One match per backend slot of either family at most.
+    assert_eq!(
+        lb.max_entries(lb_ebpf::map_names::AFFINITY_MATCH)?,
+        2 * MAX_SERVICES
+    );
     Ok(())
 }

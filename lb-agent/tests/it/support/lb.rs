@@ -40,7 +40,8 @@ pub const TC_ACT_REDIRECT: u32 = 7;
 /// never fails with ENOSPC.
 const DATA_OUT_LEN: usize = 4096;
 
-const MAX_SERVICES: u32 = 1024;
+pub const MAX_SERVICES: u32 = 1024;
+pub const MAX_AFFINITY: u32 = 2048;
 const MAX_BACKENDS: u32 = 1024;
 /// Well above what any test creates: the common LRU hands free entries to each CPU in batches,
 /// so a table sized close to its use could evict live flows.
@@ -71,7 +72,7 @@ pub struct Lb {
     programs: Programs,
     writer: Writer<BpfMaps>,
     /// Declared last: the directory goes after the maps and programs are closed.
-    _pin_dir: PinDir,
+    pin_dir: PinDir,
 }
 
 impl Lb {
@@ -84,6 +85,7 @@ impl Lb {
             max_backends: MAX_BACKENDS,
             max_flows: MAX_FLOWS,
             max_sockets: 1024,
+            max_affinity: MAX_AFFINITY,
             socket_lb: SocketLb::Off,
             socket_lb_scope: Default::default(),
         })
@@ -97,7 +99,7 @@ impl Lb {
         Ok(Self {
             programs,
             writer: Writer::new(maps, MAX_BACKENDS),
-            _pin_dir: pin_dir,
+            pin_dir: pin_dir,
         })
     }
 
@@ -190,6 +192,13 @@ impl Lb {
     /// Undoes [`Lb::attach_ext_device`].
     pub fn detach_ext_device(&mut self, name: &str, ifindex: u32) {
         detach_external(&mut self.programs, &mut self.writer, name, ifindex);
+    }
+
+    /// The size the kernel gave a map of this datapath (read from its pin).
+    pub fn max_entries(&self, map: &str) -> anyhow::Result<u32> {
+        let info = aya::maps::MapInfo::from_pin(self.pin_dir.0.join(map))
+            .with_context(|| format!("map {map}"))?;
+        Ok(info.max_entries())
     }
 
     /// A counter of `lb_ebpf::stats`, summed over CPUs.
