@@ -99,7 +99,7 @@ impl Lb {
         Ok(Self {
             programs,
             writer: Writer::new(maps, MAX_BACKENDS),
-            pin_dir: pin_dir,
+            pin_dir,
         })
     }
 
