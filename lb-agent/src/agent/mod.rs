@@ -23,7 +23,7 @@ use crate::{
     },
     kernel::{DatapathMode, LoadOptions, Programs},
     lbmap::{Writer, bpf::BpfMaps},
-    node::{addrs::DeviceAddr, devices::DevicePatterns, sockets, watch::Wakeups},
+    node::{addrs::DeviceAddr, devices::DevicePatterns, sockets::UdpCloser, watch::Wakeups},
     plan::NodeFacts,
     source::{Changes, Source, SourceOptions, kube},
 };
@@ -122,11 +122,11 @@ fn health_check_addresses<'a>(opts: &RunOptions, facts: &'a NodeFacts) -> &'a [s
     }
 }
 
-/// Closes this node's connected UDP sockets that the socket programs sent to a backend their
-/// service no longer has, once a sync changed the maps: they would keep sending to it (DNS
-/// resolvers and statsd clients do). Their applications see ECONNABORTED and reconnect.
-/// Sockets of pods' network namespaces are out of reach here; TCP sockets are never touched.
-fn close_stale_udp(syncer: &Syncer<BpfMaps>, outcome: &sync::SyncOutcome) {
+/// Closes the connected UDP sockets, of node processes and of pods, that the socket programs
+/// sent to a backend their service no longer has, once a sync changed the maps: they would
+/// keep sending to it (DNS resolvers and statsd clients do). Their applications see
+/// ECONNABORTED and reconnect. TCP sockets are never touched.
+fn close_stale_udp(syncer: &Syncer<BpfMaps>, closer: &mut UdpCloser, outcome: &sync::SyncOutcome) {
     if outcome.changed == 0 {
         return;
     }
@@ -137,12 +137,29 @@ fn close_stale_udp(syncer: &Syncer<BpfMaps>, outcome: &sync::SyncOutcome) {
             return;
         }
     };
-    for family in [sockets::Family::V4, sockets::Family::V6] {
-        match sockets::destroy_udp(family, &stale) {
-            Ok(0) => {}
-            Ok(n) => info!("closed {n} connected UDP sockets of removed backends ({family:?})"),
-            Err(e) => warn!("closing connected UDP sockets of removed backends ({family:?}): {e}"),
+    if stale.is_empty() {
+        return;
+    }
+    match closer.close(&stale) {
+        Ok(closed) => {
+            if closed.own + closed.others > 0 {
+                info!(
+                    node = closed.own,
+                    pods = closed.others,
+                    namespaces = closed.namespaces,
+                    "closed connected UDP sockets of removed backends"
+                );
+            }
+            if let Some((path, e)) = closed.failed.first() {
+                warn!(
+                    failed = closed.failed.len(),
+                    "closing pods' connected UDP sockets of removed backends: {}: {e} \
+                     (entering a pod's network namespace needs CAP_SYS_ADMIN)",
+                    path.display()
+                );
+            }
         }
+        Err(e) => warn!("closing connected UDP sockets of removed backends: {e}"),
     }
 }
 
@@ -224,9 +241,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // The first sync is a full one; the periodic resyncs count from its end.
     let mut periodic = false;
     let mut first = true;
+    let mut closer = UdpCloser::default();
     loop {
         let outcome = syncer.sync(&mut source, &facts, periodic);
-        close_stale_udp(&syncer, &outcome);
+        close_stale_udp(&syncer, &mut closer, &outcome);
         health_check_servers
             .update(
                 syncer.health_checks(),

@@ -2,10 +2,13 @@
 //! socket diagnostics (`NETLINK_SOCK_DIAG`, `SOCK_DESTROY`, as `ss -K` does; Linux 4.5+ with
 //! `CONFIG_INET_DIAG_DESTROY`). A destroyed UDP socket is disconnected: a blocked receive
 //! fails with `ECONNABORTED`, a send with `EDESTADDRREQ`; the application reconnects and gets
-//! a live backend: what Cilium does with
-//! `bpf_sock_destroy`. Only sockets of the agent's own network namespace are reachable.
+//! a live backend: what Cilium does with `bpf_sock_destroy`.
+//!
+//! A diagnostics socket reaches the sockets of the network namespace it was made in, so the
+//! sockets of pods are reached from a thread that enters each pod's namespace in turn
+//! (`setns`, which needs `CAP_SYS_ADMIN`), as Cilium does for its socket iterator.
 
-use std::{collections::HashSet, io, os::fd::AsRawFd as _};
+use std::{collections::HashSet, io, os::fd::AsRawFd as _, path::PathBuf};
 
 use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
@@ -123,19 +126,20 @@ fn answers(
     }
 }
 
-/// Destroys the UDP sockets of `family` in this network namespace whose cookie
-/// (`bpf_get_socket_cookie`, `SO_COOKIE`) is in `cookies`; returns how many it destroyed.
+/// Destroys the UDP sockets of `family` in this thread's network namespace whose cookie
+/// (`bpf_get_socket_cookie`, `SO_COOKIE`) is in `cookies`; returns the cookies it destroyed.
 /// Sockets that closed meanwhile are no error.
-pub fn destroy_udp(family: Family, cookies: &HashSet<u64>) -> io::Result<usize> {
+pub fn destroy_udp(family: Family, cookies: &HashSet<u64>) -> io::Result<HashSet<u64>> {
+    let mut destroyed = HashSet::new();
     if cookies.is_empty() {
-        return Ok(0);
+        return Ok(destroyed);
     }
     let fd = diag_socket()?;
     send(
         &fd,
         &request(SOCK_DIAG_BY_FAMILY, NLM_F_DUMP, family, &[0; SOCKID_LEN]),
     )?;
-    let mut found: Vec<[u8; SOCKID_LEN]> = Vec::new();
+    let mut found: Vec<(u64, [u8; SOCKID_LEN])> = Vec::new();
     answers(&fd, |kind, payload| {
         if kind == SOCK_DIAG_BY_FAMILY && payload.len() >= MSG_LEN {
             let id: [u8; SOCKID_LEN] = payload[SOCKID_OFF_IN_MSG..SOCKID_OFF_IN_MSG + SOCKID_LEN]
@@ -151,23 +155,101 @@ pub fn destroy_udp(family: Family, cookies: &HashSet<u64>) -> io::Result<usize> 
                     .try_into()
                     .unwrap_or_default(),
             );
-            if cookies.contains(&(u64::from(hi) << 32 | u64::from(lo))) {
-                found.push(id);
+            let cookie = u64::from(hi) << 32 | u64::from(lo);
+            if cookies.contains(&cookie) {
+                found.push((cookie, id));
             }
         }
         Ok(())
     })?;
-    let mut destroyed = 0;
-    for id in found {
+    for (cookie, id) in found {
         send(&fd, &request(SOCK_DESTROY, NLM_F_ACK, family, &id))?;
         match answers(&fd, |_, _| Ok(())) {
-            Ok(()) => destroyed += 1,
+            Ok(()) => {
+                destroyed.insert(cookie);
+            }
             // Closed meanwhile.
             Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {}
             Err(e) => return Err(e),
         }
     }
     Ok(destroyed)
+}
+
+/// Destroys the sockets named in `cookies` of both families in this thread's network
+/// namespace, removing the destroyed ones from `cookies`; returns how many.
+fn destroy_both(cookies: &mut HashSet<u64>) -> io::Result<usize> {
+    let mut n = 0;
+    for family in [Family::V4, Family::V6] {
+        let destroyed = destroy_udp(family, cookies)?;
+        n += destroyed.len();
+        cookies.retain(|c| !destroyed.contains(c));
+    }
+    Ok(n)
+}
+
+/// What one [`UdpCloser::close`] did.
+#[derive(Debug, Default)]
+pub struct Closed {
+    /// Sockets destroyed in the agent's own network namespace.
+    pub own: usize,
+    /// Sockets destroyed in other namespaces (pods').
+    pub others: usize,
+    /// Namespaces searched besides the agent's own.
+    pub namespaces: usize,
+    /// Namespaces that could not be entered or searched, with the reason.
+    pub failed: Vec<(PathBuf, io::Error)>,
+}
+
+/// Closes connected UDP sockets by cookie wherever on the node they are. The agent's own
+/// namespace is searched every time (one dump per family); the others only for cookies not
+/// searched for before, so a socket that closed by itself costs one search of the node, not
+/// one per sync.
+#[derive(Debug, Default)]
+pub struct UdpCloser {
+    /// Cookies searched for in every namespace and not found: still stale, nothing to close.
+    searched: HashSet<u64>,
+}
+
+impl UdpCloser {
+    /// Destroys the UDP sockets whose cookie is in `stale`; TCP sockets are never touched.
+    pub fn close(&mut self, stale: &HashSet<u64>) -> io::Result<Closed> {
+        let mut closed = Closed::default();
+        let mut left = stale.clone();
+        closed.own = destroy_both(&mut left)?;
+        self.searched.retain(|c| left.contains(c));
+        left.retain(|c| !self.searched.contains(c));
+        if left.is_empty() {
+            return Ok(closed);
+        }
+        let namespaces = super::netns::others();
+        closed.namespaces = namespaces.len();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for path in namespaces {
+                    if left.is_empty() {
+                        break;
+                    }
+                    let entered = std::fs::File::open(&path).and_then(|ns| {
+                        rustix::thread::move_into_link_name_space(
+                            std::os::fd::AsFd::as_fd(&ns),
+                            Some(rustix::thread::LinkNameSpaceType::Network),
+                        )
+                        .map_err(io::Error::from)
+                    });
+                    match entered.and_then(|()| destroy_both(&mut left)) {
+                        Ok(n) => closed.others += n,
+                        // A process that exited meanwhile.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => closed.failed.push((path, e)),
+                    }
+                }
+            });
+        });
+        // What is left was looked for everywhere: its socket is gone (or out of reach).
+        self.searched.extend(left);
+        Ok(closed)
+    }
 }
 
 #[cfg(test)]
@@ -191,7 +273,7 @@ mod tests {
             bystander.connect(peer).unwrap();
             let cookie = rustix::net::sockopt::socket_cookie(victim.as_fd()).unwrap();
             let destroyed = destroy_udp(family, &HashSet::from([cookie])).unwrap();
-            assert_eq!(destroyed, 1, "{family:?}");
+            assert_eq!(destroyed, HashSet::from([cookie]), "{family:?}");
             victim
                 .set_read_timeout(Some(Duration::from_secs(2)))
                 .unwrap();
@@ -212,6 +294,44 @@ mod tests {
                 ),
                 "{family:?}: the bystander got {err}"
             );
+        }
+    }
+
+    /// A connected UDP socket in another network namespace (a pod's), of either family, is
+    /// found there and destroyed; a cookie that names no socket is searched for once.
+    #[test]
+    fn a_socket_in_another_namespace_is_destroyed_and_a_gone_one_is_searched_for_once() {
+        lb_tests::require_root();
+        let ns = lb_tests::netns::Netns::new("lbk").unwrap();
+        for (bind, peer) in [("127.0.0.1:0", "127.0.0.1:9"), ("[::1]:0", "[::1]:9")] {
+            let victim = ns
+                .run(|| {
+                    let s = UdpSocket::bind(bind).unwrap();
+                    s.connect(peer).unwrap();
+                    s
+                })
+                .unwrap();
+            let cookie = rustix::net::sockopt::socket_cookie(victim.as_fd()).unwrap();
+            let gone = u64::MAX - 1;
+            let mut closer = UdpCloser::default();
+            let closed = closer.close(&HashSet::from([cookie, gone])).unwrap();
+            assert_eq!((closed.own, closed.others), (0, 1), "{bind}: {closed:?}");
+            assert!(
+                closed.namespaces >= 1 && closed.failed.is_empty(),
+                "{closed:?}"
+            );
+            victim
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let err = victim.recv(&mut [0; 16]).unwrap_err();
+            assert_eq!(
+                err.raw_os_error(),
+                Some(nix::libc::ECONNABORTED),
+                "{bind}: {err}"
+            );
+            // The cookie that named nothing is not looked for in other namespaces again.
+            let again = closer.close(&HashSet::from([gone])).unwrap();
+            assert_eq!(again.namespaces, 0, "{again:?}");
         }
     }
 }

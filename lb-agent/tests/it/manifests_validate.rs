@@ -142,7 +142,7 @@ fn deployment_grants_only_what_the_agent_needs() {
     assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
     assert_eq!(
         strings(&sc["capabilities"]["add"]),
-        ["BPF", "NET_ADMIN", "PERFMON"]
+        ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN"]
     );
     assert_eq!(
         c["livenessProbe"]["httpGet"]["path"].as_str(),
@@ -169,7 +169,9 @@ fn deployment_grants_only_what_the_agent_needs() {
         .filter_map(|m| m["mountPath"].as_str())
         .collect();
     assert!(
-        mounts.contains(&"/sys/fs/bpf") && mounts.contains(&"/sys/fs/cgroup"),
+        ["/sys/fs/bpf", "/sys/fs/cgroup", "/run/netns"]
+            .iter()
+            .all(|m| mounts.contains(m)),
         "{mounts:?}"
     );
 

@@ -7,7 +7,11 @@
 //! ("should work from pods", "should only allow access from service loadbalancer source
 //! ranges"), both in XDP and TC mode; refusals without endpoints ("should be rejected when no
 //! endpoints exist") in [`super::manifests`] (`a_service_without_any_ready_endpoint_refuses_*`,
-//! `udp_to_a_service_without_any_endpoint_is_refused_at_once`) and [`super::sock`].
+//! `udp_to_a_service_without_any_endpoint_is_refused_at_once`) and [`super::sock`]; connected
+//! UDP clients that recover after their backend is removed (conntrack.go's "should be able to
+//! preserve UDP traffic when server pod cycles for a ClusterIP service", for sockets translated
+//! at `connect()`, of node processes and pods) in [`super::sock`]
+//! (`a_connected_udp_socket_of_a_removed_backend_is_closed_and_the_client_recovers`).
 
 use std::{collections::BTreeSet, time::Duration};
 

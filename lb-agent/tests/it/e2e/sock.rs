@@ -401,55 +401,93 @@ while time.time() < end:
     time.sleep(0.05)
 "#;
 
-/// Connected UDP to a removed backend: a node process's connected socket, translated at
-/// `connect()`, is closed by the agent once its backend leaves the service (the application
-/// sees ECONNABORTED or EDESTADDRREQ and reconnects to a live backend), while the backend's pod still runs
-/// and would otherwise keep answering it. Both families.
+/// Connected UDP to a removed backend: a connected socket, translated at `connect()`, of a node
+/// process (the agent's network namespace) and of a pod (`--socket-lb-scope all`, another
+/// namespace), is closed by the agent once its backend leaves the service: the application
+/// sees ECONNABORTED or EDESTADDRREQ and reconnects to a live backend, while the removed
+/// backend's pod still runs and would otherwise keep answering it. Removing a backend the
+/// socket does not use leaves it alone. Both families.
 #[test]
 fn a_connected_udp_socket_of_a_removed_backend_is_closed_and_the_client_recovers() {
     use std::io::BufRead as _;
     let node = node_without_routes();
-    let vips = [ip("10.96.1.80"), ip("fd00:96::1:80")];
-    node.write_service("dns", &vips, &BACKENDS);
-    let agent = node.start_agent();
-    for vip in vips {
-        let mut child = lb_tests::probe::python_in(
+    let clients = [
+        (
+            "node",
             node.net.node(),
-            Some(&agent.cgroup),
-            KEEP_CONNECTED,
-            &[vip.to_string(), "53".into(), "4".into()],
-        )
-        .unwrap()
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let first = first
-            .strip_prefix("answer=")
-            .unwrap_or_else(|| panic!("{vip}: first exchange: {first}"))
-            .to_owned();
-        // The client's backend leaves the service; its pod keeps running.
-        let rest: Vec<&str> = BACKENDS.iter().copied().filter(|b| *b != first).collect();
-        let v6 = vip.is_ipv6();
-        node.write_slice("dns", v6, &node.net.ready_endpoints(v6, &rest));
-        let after: Vec<String> = lines.map(Result::unwrap).collect();
-        assert!(child.wait().unwrap().success());
-        // A blocked receive reports ECONNABORTED; a send after the close EDESTADDRREQ, as the
-        // destroyed socket is no longer connected.
-        let closed = [libc::ECONNABORTED, libc::EDESTADDRREQ].map(|e| format!("error={e}"));
-        let aborted = after
-            .iter()
-            .position(|l| closed.contains(l))
-            .unwrap_or_else(|| panic!("{vip}: the socket of {first} was never closed: {after:?}"));
-        let recovered = &after[aborted + 1..];
-        assert!(
-            recovered.iter().any(|l| l.starts_with("answer=")),
-            "{vip}: no answer after reconnecting: {after:?}"
-        );
-        assert!(
-            !recovered.contains(&format!("answer={first}")),
-            "{vip}: {first} answered after it was removed: {after:?}"
-        );
+            [ip("10.96.1.80"), ip("fd00:96::1:80")],
+        ),
+        (
+            "pod",
+            node.net.client(),
+            [ip("10.96.1.81"), ip("fd00:96::1:81")],
+        ),
+    ];
+    for (client, _, vips) in &clients {
+        node.write_service(&format!("dns-{client}"), vips, &BACKENDS);
+    }
+    let agent = node.start_agent();
+    let closed = [libc::ECONNABORTED, libc::EDESTADDRREQ].map(|e| format!("error={e}"));
+    for (client, ns, vips) in clients {
+        let service = format!("dns-{client}");
+        for vip in vips {
+            let v6 = vip.is_ipv6();
+            let mut child = lb_tests::probe::python_in(
+                ns,
+                Some(&agent.cgroup),
+                KEEP_CONNECTED,
+                &[vip.to_string(), "53".into(), "7".into()],
+            )
+            .unwrap()
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+            let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut next = || lines.next().unwrap().unwrap();
+            let first = next();
+            let first = first
+                .strip_prefix("answer=")
+                .unwrap_or_else(|| panic!("{client} {vip}: first exchange: {first}"))
+                .to_owned();
+            // Another backend leaves: the socket is left alone and keeps its backend.
+            let bystander = BACKENDS.iter().copied().find(|b| *b != first).unwrap();
+            let two: Vec<&str> = BACKENDS
+                .iter()
+                .copied()
+                .filter(|b| *b != bystander)
+                .collect();
+            node.write_slice(&service, v6, &node.net.ready_endpoints(v6, &two));
+            // Twice the time the agent takes to see a file change and sync.
+            for _ in 0..20 {
+                let line = next();
+                assert_eq!(
+                    line,
+                    format!("answer={first}"),
+                    "{client} {vip}: after {bystander}, not its backend, was removed"
+                );
+            }
+            // The client's backend leaves the service; its pod keeps running.
+            let rest: Vec<&str> = two.iter().copied().filter(|b| *b != first).collect();
+            node.write_slice(&service, v6, &node.net.ready_endpoints(v6, &rest));
+            let after: Vec<String> = lines.map(Result::unwrap).collect();
+            assert!(child.wait().unwrap().success());
+            // A blocked receive reports ECONNABORTED; a send after the close EDESTADDRREQ, as
+            // the destroyed socket is no longer connected.
+            let aborted = after
+                .iter()
+                .position(|l| closed.contains(l))
+                .unwrap_or_else(|| {
+                    panic!("{client} {vip}: the socket of {first} was never closed: {after:?}")
+                });
+            let recovered = &after[aborted + 1..];
+            assert!(
+                recovered.iter().any(|l| l.starts_with("answer=")),
+                "{client} {vip}: no answer after reconnecting: {after:?}"
+            );
+            assert!(
+                !recovered.contains(&format!("answer={first}")),
+                "{client} {vip}: {first} answered after it was removed: {after:?}"
+            );
+        }
     }
 }
