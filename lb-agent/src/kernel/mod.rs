@@ -127,8 +127,10 @@ const SOCK_PROGRAMS: [&str; 8] = [
     program_names::SOCK_GETPEERNAME6,
 ];
 
-/// The socket programs' scope: the one network namespace they translate in, 0 for all.
+/// The socket programs' globals: the node's network namespace, and whether they translate in
+/// it only (`--socket-lb-scope host`).
 const HOST_NETNS_COOKIE: &str = "HOST_NETNS_COOKIE";
+const HOST_ONLY: &str = "HOST_ONLY";
 
 /// Subdirectory of the pin directory holding the pinned links.
 const LINKS_DIR: &str = "links";
@@ -162,15 +164,13 @@ impl Programs {
     pub fn load(opts: &LoadOptions) -> Result<Self, KernelError> {
         fs::ensure_bpffs(&opts.pin_dir)?;
         create_dir(&opts.pin_dir)?;
-        let host_netns_cookie = match opts.socket_lb_scope {
-            SocketLbScope::All => 0,
-            SocketLbScope::Host => {
-                crate::node::netns::own_cookie().map_err(KernelError::NetnsCookie)?
-            }
-        };
+        let host_netns_cookie =
+            crate::node::netns::own_cookie().map_err(KernelError::NetnsCookie)?;
+        let host_only = u8::from(opts.socket_lb_scope == SocketLbScope::Host);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&opts.pin_dir)
             .override_global(HOST_NETNS_COOKIE, &host_netns_cookie, true)
+            .override_global(HOST_ONLY, &host_only, true)
             .map_max_entries(map_names::SERVICES_V4, opts.max_services)
             .map_max_entries(map_names::SERVICES_V6, opts.max_services)
             .map_max_entries(map_names::BACKENDS_V4, opts.max_backends)

@@ -14,41 +14,87 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::SockAddrContext,
 };
-use lb_ebpf::{PROTO_TCP, PROTO_UDP, ServiceValue, SockAffinityKey, SockKey, SockValue, stats};
+use lb_ebpf::{
+    PROTO_TCP, PROTO_UDP, SVC_F_SOURCE_RANGES, ServiceValue, SockAffinityKey, SockKey, SockValue,
+    stats,
+};
 
 use super::{
     affinity,
-    family::{Family, V4, V6},
+    ext::{self, ExtFamily},
+    family::{V4, V6},
     lb::{Chosen, frontend, in_cluster, pick_backend},
     maps::{LB_SOCK_AFFINITY, LB_SOCK_REVNAT_V4, LB_SOCK_REVNAT_V6, count},
 };
 
-/// The network namespace (`bpf_get_netns_cookie`) socket-level load balancing is limited to,
-/// with `--socket-lb-scope host`; 0 (the default): every namespace of the cgroup. The agent sets
-/// it when it loads the programs. Sockets of other namespaces (pods) then connect to the
-/// service address itself, which service meshes, KubeVirt and Kata expect to see, and the TC
-/// programs translate their packets.
+/// The node's network namespace (`bpf_get_netns_cookie`), where the agent runs; set by the
+/// agent when it loads the programs.
 #[unsafe(no_mangle)]
 static HOST_NETNS_COOKIE: u64 = 0;
 
-/// Whether sockets of the namespace of `ctx` are translated here.
+/// 1 with `--socket-lb-scope host`: socket-level load balancing only in the node's namespace;
+/// 0 (the default): in every namespace of the cgroup. Sockets of other namespaces (pods) then
+/// connect to the service address itself, which service meshes, KubeVirt and Kata expect to
+/// see, and the TC programs translate their packets.
+#[unsafe(no_mangle)]
+static HOST_ONLY: u8 = 0;
+
+/// Whether the socket of `ctx` is in the node's network namespace.
 #[inline(always)]
-fn in_scope(ctx: &SockAddrContext) -> bool {
+fn in_host(ctx: &SockAddrContext) -> bool {
     // SAFETY: a read of the program's own read-only global.
     let host = unsafe { core::ptr::read_volatile(&HOST_NETNS_COOKIE) };
     // SAFETY: the helper takes the program's own context.
-    host == 0 || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == host
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) == host }
+}
+
+/// Whether sockets of the namespace of `ctx` are translated here; `host` is [`in_host`].
+#[inline(always)]
+fn in_scope(host: bool) -> bool {
+    // SAFETY: a read of the program's own read-only global.
+    host || unsafe { core::ptr::read_volatile(&HOST_ONLY) } == 0
+}
+
+/// [`sources`]: translate the call (no `loadBalancerSourceRanges`, or the node is inside them).
+const SOURCES_TRANSLATE: u32 = 0;
+/// [`sources`]: refuse the call (the node is outside the ranges).
+const SOURCES_REFUSE: u32 = 1;
+/// [`sources`]: leave the call untranslated, to the TC programs.
+const SOURCES_TO_TC: u32 = 2;
+
+/// What `loadBalancerSourceRanges` say about a socket's call to `frontend`. A pod's socket is
+/// left untranslated: its packets leave the pod with its own address, and the TC program on
+/// the pod's device checks that address against the ranges, as for a pod outside the cgroup.
+/// A node process is judged by the node's address of the family, as kube-proxy judges traffic
+/// from the node (its `allowFromNode`). A subprogram of its own, for the caller's stack frame.
+#[inline(never)]
+fn sources<F: ExtFamily>(frontend: &ServiceValue, host: bool) -> u32 {
+    if frontend.flags & SVC_F_SOURCE_RANGES == 0 {
+        return SOURCES_TRANSLATE;
+    }
+    if !host {
+        return SOURCES_TO_TC;
+    }
+    // No address of the family: judged as the unspecified address, which only a range of
+    // everything holds.
+    let node = F::node_addr().get(0).copied().unwrap_or(F::UNSPECIFIED);
+    if ext::source_allowed::<F>(frontend, &node) {
+        SOURCES_TRANSLATE
+    } else {
+        SOURCES_REFUSE
+    }
 }
 
 /// What a sock_addr program returns to let the call proceed.
 pub const ALLOW: i32 = 1;
 /// What it returns to fail the call, with the error set by `bpf_set_retval`.
 const DENY: i32 = 0;
-/// `ECONNREFUSED` (`asm-generic/errno.h`).
+/// `ECONNREFUSED` and `EPERM` (`asm-generic/errno.h`).
 const ECONNREFUSED: i32 = 111;
+const EPERM: i32 = 1;
 
 /// Per-family access to the address in a `bpf_sock_addr` and to the socket reverse map.
-pub trait SockFamily: Family {
+pub trait SockFamily: ExtFamily {
     type Key: Copy + 'static;
     fn user_addr(sa: &bpf_sock_addr) -> Self::Addr;
     fn set_user_addr(sa: &mut bpf_sock_addr, addr: Self::Addr);
@@ -240,7 +286,8 @@ fn translate<F: SockFamily, View: SockAddrView<F>>(ctx: &SockAddrContext) -> i32
     let Some(addr) = View::get(sa) else {
         return ALLOW;
     };
-    if !in_scope(ctx) {
+    let host = in_host(ctx);
+    if !in_scope(host) {
         return ALLOW;
     }
     let port = sa.user_port as u16;
@@ -251,6 +298,18 @@ fn translate<F: SockFamily, View: SockAddrView<F>>(ctx: &SockAddrContext) -> i32
     };
     // The node's processes are in-cluster clients of external frontends too.
     let (frontend, scope) = in_cluster::<F>(addr, port, proto, frontend);
+    match sources::<F>(&frontend, host) {
+        SOURCES_TRANSLATE => {}
+        SOURCES_REFUSE => {
+            // Dropped by kube-proxy's rules, so the call would time out; failing it at once
+            // says why ("operation not permitted").
+            count(stats::SOURCE_RANGE_DROPPED);
+            // SAFETY: plain helper call, as below.
+            unsafe { bpf_set_retval(-EPERM) };
+            return DENY;
+        }
+        _ => return ALLOW,
+    }
     if frontend.refuses() {
         // No endpoint anywhere: the call fails at once with "connection refused", as kube-proxy's
         // REJECT rules make the kernel answer (a reset for a SYN, an ICMP port unreachable for a

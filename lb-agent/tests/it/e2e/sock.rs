@@ -491,3 +491,122 @@ fn a_connected_udp_socket_of_a_removed_backend_is_closed_and_the_client_recovers
         }
     }
 }
+
+/// `loadBalancerSourceRanges` for clients in the agent's cgroup. A node process is judged by
+/// the node's address, as kube-proxy judges traffic from the node: it reaches a load balancer IP
+/// whose ranges hold that address, and its `connect()` fails with EPERM to one whose ranges do
+/// not. A pod's `connect()` (`--socket-lb-scope all`) is left to the TC program on its device,
+/// which judges the pod's own address: answered from inside the ranges (translated by TC, the
+/// service address as peer), dropped from outside them. Both families.
+#[test]
+fn load_balancer_source_ranges_hold_for_node_processes_and_pods_in_the_cgroup() {
+    let node = node_without_routes();
+    // The node's own address, what the agent judges node processes by.
+    let node_addrs = [ip("192.0.2.10"), ip("2001:db8::10")];
+    let n = node.net.node();
+    // A device of the node's own, as an uplink; its peer stays without an address.
+    n.ip(&[
+        "link", "add", "lbd0", "type", "veth", "peer", "name", "lbd1",
+    ])
+    .unwrap();
+    for dev in ["lbd0", "lbd1"] {
+        n.ip(&["link", "set", dev, "up"]).unwrap();
+    }
+    for a in node_addrs {
+        n.ip(&[
+            "addr",
+            "add",
+            &format!("{a}/{}", if a.is_ipv6() { 128 } else { 32 }),
+            "dev",
+            "lbd0",
+        ])
+        .unwrap();
+    }
+    let pod = [0, 1].map(|v6| node.net.topo.pod(lb_tests::cluster::CLIENT).addr(v6 == 1));
+    let ranged = |name: &str, vips: [IpAddr; 2], lbs: [IpAddr; 2], ranges: &[String]| {
+        let yaml = lb_tests::manifests::service(name, &vips, lb_tests::cluster::SERVICE_PORTS)
+            .replacen(
+                "type: ClusterIP\n",
+                &format!(
+                    "type: LoadBalancer\n  loadBalancerSourceRanges: [{}]\n",
+                    ranges.join(", ")
+                ),
+                1,
+            )
+            .replace(
+                "status:\n  loadBalancer: {}\n",
+                &format!(
+                    "status:\n  loadBalancer:\n    ingress:\n    - ip: \"{}\"\n    - ip: \"{}\"\n",
+                    lbs[0], lbs[1]
+                ),
+            );
+        node.manifests
+            .write(&format!("{name}.yaml"), &yaml)
+            .unwrap();
+        for v6 in [false, true] {
+            node.write_slice(name, v6, &node.net.ready_endpoints(v6, &BACKENDS));
+        }
+    };
+    let inside = [ip("10.97.1.1"), ip("fd00:97::1:1")];
+    let outside = [ip("10.97.1.2"), ip("fd00:97::1:2")];
+    let host_ranges = |a: IpAddr| format!("\"{a}/{}\"", if a.is_ipv6() { 128 } else { 32 });
+    ranged(
+        "inside",
+        [ip("10.96.1.91"), ip("fd00:96::1:91")],
+        inside,
+        &[node_addrs[0], node_addrs[1], pod[0], pod[1]].map(host_ranges),
+    );
+    ranged(
+        "outside",
+        [ip("10.96.1.92"), ip("fd00:96::1:92")],
+        outside,
+        &[
+            "\"198.51.100.0/24\"".into(),
+            "\"2001:db8:ffff::/48\"".into(),
+        ],
+    );
+    let agent = node.start_agent();
+    for v6 in [false, true] {
+        let (inside, outside) = (
+            sa(inside[usize::from(v6)], 80),
+            sa(outside[usize::from(v6)], 80),
+        );
+        // `answers` fails on any error and checks getpeername().
+        assert!(!answers(&node, &agent, Mode::Tcp, inside, 5).is_empty());
+        let before = stat(&agent, "source_range_dropped");
+        let refused = probe(n, Some(&agent.cgroup), Mode::Tcp, outside, 1).unwrap();
+        assert!(
+            matches!(&refused[..], [Outcome::Error(e)] if e.contains("not permitted")),
+            "node -> {outside}: {refused:?}"
+        );
+        assert_eq!(
+            stat(&agent, "source_range_dropped"),
+            before + 1,
+            "node -> {outside}"
+        );
+
+        let client = node.net.client();
+        let before = stat(&agent, "translated");
+        let outcomes = probe(client, Some(&agent.cgroup), Mode::Tcp, inside, 5).unwrap();
+        for outcome in &outcomes {
+            assert!(
+                matches!(outcome, Outcome::Answer { peer: Some(p), .. } if *p == inside),
+                "pod -> {inside}: {outcome:?}"
+            );
+        }
+        assert!(
+            stat(&agent, "translated") >= before + 5,
+            "pod -> {inside}: not through TC"
+        );
+        let before = stat(&agent, "source_range_dropped");
+        let dropped = probe(client, Some(&agent.cgroup), Mode::Tcp, outside, 1).unwrap();
+        assert!(
+            matches!(&dropped[..], [Outcome::Error(_)]),
+            "pod -> {outside}: {dropped:?}"
+        );
+        assert!(
+            stat(&agent, "source_range_dropped") > before,
+            "pod -> {outside}"
+        );
+    }
+}
