@@ -17,8 +17,20 @@ pub const FLOW_FORWARD: u8 = 0;
 /// Flow direction stored in a flow key: backend replying to the client.
 pub const FLOW_REPLY: u8 = 1;
 
-/// Flow flag: a FIN or RST was seen, so the 4-tuple may be reused by a new connection soon.
-pub const FLOW_F_CLOSING: u8 = 1;
+/// Flow flag: the client closed its direction (a FIN or RST from the client). Set on forward
+/// entries.
+pub const FLOW_F_CLOSED_FWD: u8 = 1;
+/// Flow flag: the backend closed its direction (a FIN or RST from the backend). Set on forward
+/// entries by the reply path. With [`FLOW_F_CLOSED_FWD`] the flow lives [`FLOW_TCP_CLOSE_NS`]
+/// more; one direction closed alone changes nothing (a half-closed connection lives on, and a
+/// stray RST cannot end a live connection).
+pub const FLOW_F_CLOSED_REV: u8 = 8;
+/// Flow flag: a reply of the flow was seen. On forward entries: set by the reply path; an
+/// unconfirmed flow whose client sends again after a reply is confirmed (moved to the long-lived
+/// table). On reply and SNAT entries: the forward entry has been told.
+pub const FLOW_F_REPLIED: u8 = 16;
+/// Both closing flags.
+pub const FLOW_F_CLOSED: u8 = FLOW_F_CLOSED_FWD | FLOW_F_CLOSED_REV;
 
 /// Names of the maps the agent opens or sizes. Every map of the object file (the SNAT maps,
 /// which only the kernel reads and writes, too) is pinned under `--bpffs` by its own name.
@@ -27,8 +39,16 @@ pub mod map_names {
     pub const SERVICES_V6: &str = "LB_SERVICES_V6";
     pub const BACKENDS_V4: &str = "LB_BACKENDS_V4";
     pub const BACKENDS_V6: &str = "LB_BACKENDS_V6";
+    /// Confirmed flows (the client spoke again after a reply): forward and reply entries.
     pub const FLOWS_V4: &str = "LB_FLOWS_V4";
     pub const FLOWS_V6: &str = "LB_FLOWS_V6";
+    /// Unconfirmed flows (a SYN, a datagram without answer): forward and reply entries, apart
+    /// from the confirmed ones, so that a flood of new flows never evicts an established one.
+    pub const FLOWS_NEW_V4: &str = "LB_FLOWS_NEW_V4";
+    pub const FLOWS_NEW_V6: &str = "LB_FLOWS_NEW_V6";
+    /// SNAT entries (a hash map, not LRU: a live entry is never evicted).
+    pub const SNAT_V4: &str = "LB_SNAT_V4";
+    pub const SNAT_V6: &str = "LB_SNAT_V6";
     pub const SOURCE_RANGES_V4: &str = "LB_SOURCE_RANGES_V4";
     pub const SOURCE_RANGES_V6: &str = "LB_SOURCE_RANGES_V6";
     /// This node's address per family (index 0), the source of SNATed flows.
@@ -47,6 +67,25 @@ pub mod map_names {
     /// The backends of every frontend with session affinity, so that affinity never leads to a
     /// backend the frontend no longer has (the agent writes it).
     pub const AFFINITY_MATCH: &str = "LB_AFFINITY_MATCH";
+}
+
+/// Names of the programs' read-only globals the agent sets when it loads them (`u64`
+/// nanoseconds for lifetimes, `u32` host-order ports). Unset, they hold the `DEFAULT_*` and
+/// `FLOW_*_NS` values of this crate.
+pub mod global_names {
+    /// [`crate::FLOW_TCP_LIFETIME_NS`]: a confirmed TCP connection, after its last packet.
+    pub const TCP_ESTABLISHED_NS: &str = "LB_TCP_ESTABLISHED_NS";
+    /// [`crate::FLOW_TCP_SYN_NS`]: a TCP flow not confirmed yet.
+    pub const TCP_SYN_NS: &str = "LB_TCP_SYN_NS";
+    /// [`crate::FLOW_TCP_CLOSE_NS`]: a TCP flow closed both ways (or reset unconfirmed).
+    pub const TCP_CLOSE_NS: &str = "LB_TCP_CLOSE_NS";
+    /// [`crate::FLOW_UDP_LIFETIME_NS`]: a confirmed UDP flow.
+    pub const UDP_NS: &str = "LB_UDP_NS";
+    /// [`crate::FLOW_UDP_NEW_NS`]: a UDP flow not confirmed yet.
+    pub const UDP_NEW_NS: &str = "LB_UDP_NEW_NS";
+    /// [`crate::DEFAULT_SNAT_PORT_MIN`] and [`crate::DEFAULT_SNAT_PORT_MAX`]: SNAT source ports.
+    pub const SNAT_PORT_MIN: &str = "LB_SNAT_PORT_MIN";
+    pub const SNAT_PORT_MAX: &str = "LB_SNAT_PORT_MAX";
 }
 
 /// Names of the programs in the object file.
@@ -87,8 +126,17 @@ pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;
 pub const MAX_XDP_DEVICES: u32 = 1_024;
 /// Default size of each session affinity map (clients x frontends with affinity).
 pub const DEFAULT_MAX_AFFINITY: u32 = 131_072;
-/// Default number of tracked flows (each flow takes a forward and a reply entry), per family.
+/// Default number of entries of the confirmed flow table (each flow takes a forward and a reply
+/// entry; a SNATed one a forward entry and a SNAT entry), per family.
 pub const DEFAULT_MAX_FLOWS: u32 = 524_288;
+/// Default number of entries of the unconfirmed flow table, per family.
+pub const DEFAULT_MAX_NEW_FLOWS: u32 = 131_072;
+/// Default SNAT source ports, inclusive (host byte order): below the NodePort range and the
+/// kernel's default ephemeral range (32768-60999), as Calico's 20000-29999.
+pub const DEFAULT_SNAT_PORT_MIN: u16 = 20_000;
+pub const DEFAULT_SNAT_PORT_MAX: u16 = 29_999;
+/// Ports tried for a new SNATed flow: sequentially from a random one in the range.
+pub const SNAT_ATTEMPTS: u32 = 64;
 
 /// Indexes of the per-CPU counters in the `LB_STATS` array.
 ///
@@ -121,8 +169,8 @@ pub mod stats {
     /// External packets (TC or XDP) dropped because the service has endpoints but none this
     /// frontend may use (externalTrafficPolicy Local: none on this node).
     pub const NO_ENDPOINT_DROPPED: u32 = 8;
-    /// External packets, and replies of SNATed flows, dropped because no SNAT port, node
-    /// address or route was found.
+    /// External packets, and replies of SNATed flows, dropped because no node address or route
+    /// was found (no free port counts as [`SNAT_NO_PORT`]).
     pub const SNAT_FAILED: u32 = 9;
     /// Packets TC sent out itself by redirect: SNATed flows and their replies (after a FIB
     /// lookup), and both directions of hairpin flows.
@@ -137,8 +185,13 @@ pub mod stats {
     /// leaves them to TC), and node processes' `connect()` and unconnected UDP `sendmsg()` calls
     /// failed with ECONNREFUSED by the socket programs.
     pub const REJECTED: u32 = 13;
+    /// New external flows dropped because no SNAT port was free towards their backend (every
+    /// port tried belongs to a live flow, or the SNAT map is full).
+    pub const SNAT_NO_PORT: u32 = 14;
+    /// Unconfirmed flows confirmed: moved to the long-lived flow table.
+    pub const CONFIRMED: u32 = 15;
     /// Number of counters.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 16;
 
     /// Every counter with the name `lb-agent stats` prints.
     pub const NAMES: [(u32, &str); COUNT as usize] = [
@@ -156,6 +209,8 @@ pub mod stats {
         (XDP_SENT, "xdp_sent"),
         (XDP_TO_TC, "xdp_to_tc"),
         (REJECTED, "rejected"),
+        (SNAT_NO_PORT, "snat_no_port"),
+        (CONFIRMED, "confirmed_flows"),
     ];
 }
 
@@ -328,8 +383,11 @@ pub struct FlowValue<A, const PAD: usize> {
     /// `FLOW_F_*` bits.
     pub flags: u8,
     pub _pad: [u8; PAD],
-    /// `bpf_ktime_get_ns()` of the last packet.
-    pub last_seen_ns: u64,
+    /// `bpf_ktime_get_ns()` from which on the entry is dead: an absolute expiry, so that an
+    /// entry another CPU just refreshed can never read as expired. Forward entries are the
+    /// truth about their flow; a reply entry's own expiry only says whether it must ask its
+    /// forward entry.
+    pub expires_ns: u64,
 }
 
 /// Value of the IPv4 flow map.
@@ -353,8 +411,12 @@ pub struct SnatValue<A> {
     pub client_port: u16,
     /// Network byte order.
     pub service_port: u16,
-    pub _pad: [u8; 4],
-    pub last_seen_ns: u64,
+    /// `FLOW_F_*` bits ([`FLOW_F_REPLIED`]).
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    /// Absolute expiry, as [`FlowValue::expires_ns`]; past it, the forward entry (found from
+    /// this value) decides whether the port is still in use.
+    pub expires_ns: u64,
 }
 
 /// Value of the IPv4 SNAT map.
@@ -432,12 +494,18 @@ pub type Sock4Value = SockValue<[u8; 4]>;
 /// Value of the IPv6 socket reverse-translation map.
 pub type Sock6Value = SockValue<[u8; 16]>;
 
-/// How long a TCP flow stays usable after its last packet.
-pub const FLOW_TCP_LIFETIME_NS: u64 = 6 * 3600 * 1_000_000_000;
-/// How long a TCP flow stays usable after a FIN or RST.
-pub const FLOW_TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
-/// How long a UDP flow stays usable after its last datagram.
+/// Default lifetimes of flows after their last packet (the agent sets the programs' globals from
+/// its flags). A confirmed TCP connection: 24 h, kube-proxy's conntrack
+/// `tcpEstablishedTimeout`.
+pub const FLOW_TCP_LIFETIME_NS: u64 = 24 * 3600 * 1_000_000_000;
+/// A TCP flow not confirmed yet (a SYN without the client's ACK after the backend's answer).
+pub const FLOW_TCP_SYN_NS: u64 = 60 * 1_000_000_000;
+/// A TCP flow closed in both directions, or reset before it was confirmed.
+pub const FLOW_TCP_CLOSE_NS: u64 = 10 * 1_000_000_000;
+/// A confirmed UDP flow: kube-proxy's conntrack `udpStreamTimeout` (120 s).
 pub const FLOW_UDP_LIFETIME_NS: u64 = 120 * 1_000_000_000;
+/// A UDP flow not confirmed yet: kube-proxy's conntrack `udpTimeout` (30 s).
+pub const FLOW_UDP_NEW_NS: u64 = 30 * 1_000_000_000;
 
 /// Converts a host-order port into the byte order stored in the maps.
 #[inline(always)]

@@ -17,7 +17,7 @@ use aya_ebpf::{
     helpers::{
         bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect_neigh,
     },
-    maps::{Array, LpmTrie, LruHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
     programs::TcContext,
 };
 use lb_ebpf::{
@@ -52,7 +52,7 @@ pub trait ExtFamily: RejectFamily {
     /// The all-zero address.
     const UNSPECIFIED: Self::Addr;
     const PREFIX_BITS: u32;
-    fn snat() -> &'static LruHashMap<FlowKey<Self::Addr>, SnatValue<Self::Addr>>;
+    fn snat() -> &'static HashMap<FlowKey<Self::Addr>, SnatValue<Self::Addr>>;
     fn source_ranges() -> &'static LpmTrie<SourceRange<Self::Addr>, u8>;
     fn node_addr() -> &'static Array<Self::Addr>;
     fn fill_fib(params: &mut bpf_fib_lookup, src: Self::Addr, dst: Self::Addr);
@@ -66,7 +66,7 @@ impl ExtFamily for V4 {
     const UNSPECIFIED: [u8; 4] = [0; 4];
     const PREFIX_BITS: u32 = 32;
     #[inline(always)]
-    fn snat() -> &'static LruHashMap<FlowKey<[u8; 4]>, SnatValue<[u8; 4]>> {
+    fn snat() -> &'static HashMap<FlowKey<[u8; 4]>, SnatValue<[u8; 4]>> {
         &LB_SNAT_V4
     }
     #[inline(always)]
@@ -100,7 +100,7 @@ impl ExtFamily for V6 {
     const UNSPECIFIED: [u8; 16] = [0; 16];
     const PREFIX_BITS: u32 = 128;
     #[inline(always)]
-    fn snat() -> &'static LruHashMap<FlowKey<[u8; 16]>, SnatValue<[u8; 16]>> {
+    fn snat() -> &'static HashMap<FlowKey<[u8; 16]>, SnatValue<[u8; 16]>> {
         &LB_SNAT_V6
     }
     #[inline(always)]
@@ -219,10 +219,10 @@ pub fn snat_entry<F: ExtFamily>(pkt: &Packet<F::Addr>) -> Option<SnatReply<F::Ad
     let snat = F::snat().get_ptr_mut(&reply_key)?;
     // SAFETY: see `lb::established`.
     let snat = unsafe { &mut *snat };
-    if !lb::within_lifetime(pkt.proto, false, snat.last_seen_ns, now) {
+    if !lb::within_lifetime(pkt.proto, false, snat.expires_ns, now) {
         return None;
     }
-    snat.last_seen_ns = now;
+    snat.expires_ns = now;
     Some(SnatReply {
         client: snat.client_addr,
         client_port: snat.client_port,
@@ -382,8 +382,9 @@ fn snat_port<F: ExtFamily>(
         service_addr: pkt.daddr,
         client_port: pkt.sport,
         service_port: pkt.dport,
-        _pad: [0; 4],
-        last_seen_ns: now,
+        flags: 0,
+        _pad: [0; 3],
+        expires_ns: now,
     };
     let mut port = pkt.sport;
     for attempt in 0..SNAT_ATTEMPTS {
@@ -406,7 +407,7 @@ fn snat_port<F: ExtFamily>(
             Some(existing) => unsafe {
                 let e = &*existing;
                 !(e.client_addr == pkt.saddr && e.client_port == pkt.sport)
-                    && lb::within_lifetime(pkt.proto, false, e.last_seen_ns, now)
+                    && lb::within_lifetime(pkt.proto, false, e.expires_ns, now)
             },
             None => false,
         };

@@ -42,7 +42,7 @@ pub trait FlowEntry<A>: Copy {
     fn snat_port(&self) -> u16;
     /// Marks a forward entry as SNATed to `port` of this node's address (0: not SNATed).
     fn set_snat(&mut self, port: u16);
-    fn last_seen_ns(&self) -> u64;
+    fn expires_ns(&self) -> u64;
     fn touch(&mut self, now: u64, set_flags: u8);
 }
 
@@ -57,7 +57,7 @@ impl<A: Copy, const PAD: usize> FlowEntry<A> for FlowValue<A, PAD> {
             snat_port: 0,
             flags: 0,
             _pad: [0; PAD],
-            last_seen_ns: now,
+            expires_ns: now,
         }
     }
     #[inline(always)]
@@ -88,12 +88,12 @@ impl<A: Copy, const PAD: usize> FlowEntry<A> for FlowValue<A, PAD> {
         }
     }
     #[inline(always)]
-    fn last_seen_ns(&self) -> u64 {
-        self.last_seen_ns
+    fn expires_ns(&self) -> u64 {
+        self.expires_ns
     }
     #[inline(always)]
     fn touch(&mut self, now: u64, set_flags: u8) {
-        self.last_seen_ns = now;
+        self.expires_ns = now;
         self.flags |= set_flags;
     }
 }

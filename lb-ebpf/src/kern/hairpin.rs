@@ -205,8 +205,8 @@ fn answered<F: HairpinFamily>(pkt: &Packet<F::Addr>, now: u64) -> Option<(F::Add
     // SAFETY: the LRU map's pointer to this entry's value; concurrent touches only race on the
     // timestamp and flags, which is harmless.
     let flow = unsafe { &mut *flow };
-    let closing = flow.flags() & lb_ebpf::FLOW_F_CLOSING != 0;
-    if !within_lifetime(pkt.proto, closing, flow.last_seen_ns(), now) {
+    let closing = flow.flags() & lb_ebpf::FLOW_F_CLOSED_FWD != 0;
+    if !within_lifetime(pkt.proto, closing, flow.expires_ns(), now) {
         return None;
     }
     flow.touch(now, closing_flag(pkt));

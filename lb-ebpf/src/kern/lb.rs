@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use lb_ebpf::{
-    AffinityKey, Backend, FLOW_F_CLOSING, FLOW_F_HAIRPIN, FLOW_FORWARD, FLOW_REPLY,
-    FLOW_TCP_CLOSING_NS, FLOW_TCP_LIFETIME_NS, FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP,
+    AffinityKey, Backend, FLOW_F_CLOSED_FWD, FLOW_F_HAIRPIN, FLOW_FORWARD, FLOW_REPLY,
+    FLOW_TCP_CLOSE_NS, FLOW_TCP_LIFETIME_NS, FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP,
     SCOPE_DEFAULT, SCOPE_INTERNAL, SVC_F_EXTERNAL, SVC_F_LOCAL, ServiceKey, ServiceValue, stats,
 };
 
@@ -61,23 +61,23 @@ pub fn flow_key<F: Family>(pkt: &Packet<F::Addr>, dir: u8) -> FlowKey<F::Addr> {
 /// Whether an entry may still carry packets of the same connection: its last packet is within
 /// the lifetime of the protocol (and of a closing TCP connection).
 #[inline(always)]
-pub fn within_lifetime(proto: u8, closing: bool, last_seen_ns: u64, now: u64) -> bool {
+pub fn within_lifetime(proto: u8, closing: bool, expires_ns: u64, now: u64) -> bool {
     let lifetime = if proto != PROTO_TCP {
         FLOW_UDP_LIFETIME_NS
     } else if closing {
-        FLOW_TCP_CLOSING_NS
+        FLOW_TCP_CLOSE_NS
     } else {
         FLOW_TCP_LIFETIME_NS
     };
-    now.wrapping_sub(last_seen_ns) < lifetime
+    now.wrapping_sub(expires_ns) < lifetime
 }
 
 #[inline(always)]
 fn is_live<F: Family>(flow: &F::Flow, proto: u8, now: u64) -> bool {
     within_lifetime(
         proto,
-        flow.flags() & FLOW_F_CLOSING != 0,
-        flow.last_seen_ns(),
+        flow.flags() & FLOW_F_CLOSED_FWD != 0,
+        flow.expires_ns(),
         now,
     )
 }
@@ -105,7 +105,7 @@ pub fn established<F: Family>(pkt: &Packet<F::Addr>, now: u64) -> Option<(F::Add
     // A TCP SYN may reuse the 4-tuple of a finished connection, and a UDP flow follows its
     // backend's removal at once (kube-proxy clears UDP conntrack entries for the same reason).
     let reusable = is_live::<F>(flow, pkt.proto, now)
-        && !(new_connection && flow.flags() & FLOW_F_CLOSING != 0)
+        && !(new_connection && flow.flags() & FLOW_F_CLOSED_FWD != 0)
         && ((pkt.proto == PROTO_TCP && !new_connection) || backend_present::<F>(flow));
     if !reusable {
         return None;

@@ -7,11 +7,11 @@ use aya_ebpf::{
 };
 use lb_ebpf::{
     Affinity4Key, Affinity6Key, AffinityMatchKey, AffinityValue, Backend4, Backend6,
-    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
-    DEFAULT_MAX_SNAT, DEFAULT_MAX_SOCKETS, DEFAULT_MAX_SOURCE_RANGES, Flow4Key, Flow4Value,
-    Flow6Key, Flow6Value, MAX_XDP_DEVICES, Service4Key, Service6Key, ServiceValue, Snat4Key,
-    Snat4Value, Snat6Key, Snat6Value, Sock4Key, Sock4Value, Sock6Key, Sock6Value, SockAffinityKey,
-    SourceRange, stats,
+    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_NEW_FLOWS,
+    DEFAULT_MAX_SERVICES, DEFAULT_MAX_SNAT, DEFAULT_MAX_SOCKETS, DEFAULT_MAX_SOURCE_RANGES,
+    Flow4Key, Flow4Value, Flow6Key, Flow6Value, MAX_XDP_DEVICES, Service4Key, Service6Key,
+    ServiceValue, Snat4Key, Snat4Value, Snat6Key, Snat6Value, Sock4Key, Sock4Value, Sock6Key,
+    Sock6Value, SockAffinityKey, SourceRange, stats,
 };
 
 #[map]
@@ -28,10 +28,19 @@ pub static LB_BACKENDS_V6: HashMap<u32, Backend6> = HashMap::pinned(DEFAULT_MAX_
 pub static LB_FLOWS_V4: LruHashMap<Flow4Key, Flow4Value> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
 #[map]
 pub static LB_FLOWS_V6: LruHashMap<Flow6Key, Flow6Value> = LruHashMap::pinned(DEFAULT_MAX_FLOWS, 0);
+/// Unconfirmed flows, apart from the confirmed ones above (see `map_names::FLOWS_NEW_V4`).
 #[map]
-pub static LB_SNAT_V4: LruHashMap<Snat4Key, Snat4Value> = LruHashMap::pinned(DEFAULT_MAX_SNAT, 0);
+pub static LB_FLOWS_NEW_V4: LruHashMap<Flow4Key, Flow4Value> =
+    LruHashMap::pinned(DEFAULT_MAX_NEW_FLOWS, 0);
 #[map]
-pub static LB_SNAT_V6: LruHashMap<Snat6Key, Snat6Value> = LruHashMap::pinned(DEFAULT_MAX_SNAT, 0);
+pub static LB_FLOWS_NEW_V6: LruHashMap<Flow6Key, Flow6Value> =
+    LruHashMap::pinned(DEFAULT_MAX_NEW_FLOWS, 0);
+/// Not LRU: a SNAT entry goes only when its flow is dead (reused by a new flow, or collected
+/// by the agent), never evicted under a live flow.
+#[map]
+pub static LB_SNAT_V4: HashMap<Snat4Key, Snat4Value> = HashMap::pinned(DEFAULT_MAX_SNAT, 0);
+#[map]
+pub static LB_SNAT_V6: HashMap<Snat6Key, Snat6Value> = HashMap::pinned(DEFAULT_MAX_SNAT, 0);
 #[map]
 pub static LB_SOURCE_RANGES_V4: LpmTrie<SourceRange<[u8; 4]>, u8> =
     LpmTrie::pinned(DEFAULT_MAX_SOURCE_RANGES, 0);

@@ -3,6 +3,7 @@
 //! tracking; the TC, XDP and socket programs are thin layers over them.
 
 pub mod affinity;
+pub mod conf;
 pub mod ext;
 pub mod family;
 pub mod frame;
