@@ -15,7 +15,8 @@ use ipnet::IpNet;
 use lb_ebpf::{
     AffinityMatchKey, BACKEND_F_LOCAL, Backend4, Backend6, Flow4Key, Flow4Value, Flow6Key,
     Flow6Value, SCOPE_DEFAULT, SCOPE_INTERNAL, Service4Key, Service6Key, ServiceKey, ServiceValue,
-    Sock4Key, Sock4Value, Sock6Key, Sock6Value, SourceRange, map_names, port_to_map,
+    Snat4Key, Snat4Value, Snat6Key, Snat6Value, Sock4Key, Sock4Value, Sock6Key, Sock6Value,
+    SourceRange, map_names, port_to_map,
 };
 use thiserror::Error;
 
@@ -30,6 +31,10 @@ pub struct BpfMaps {
     backends_v6: HashMap<MapData, u32, Backend6>,
     flows_v4: HashMap<MapData, Flow4Key, Flow4Value>,
     flows_v6: HashMap<MapData, Flow6Key, Flow6Value>,
+    new_flows_v4: HashMap<MapData, Flow4Key, Flow4Value>,
+    new_flows_v6: HashMap<MapData, Flow6Key, Flow6Value>,
+    snat_v4: HashMap<MapData, Snat4Key, Snat4Value>,
+    snat_v6: HashMap<MapData, Snat6Key, Snat6Value>,
     source_ranges_v4: LpmTrie<MapData, SourceRange<[u8; 4]>, u8>,
     source_ranges_v6: LpmTrie<MapData, SourceRange<[u8; 16]>, u8>,
     node_addr_v4: Array<MapData, [u8; 4]>,
@@ -73,6 +78,10 @@ impl BpfMaps {
             backends_v6: take_map(ebpf, map_names::BACKENDS_V6)?,
             flows_v4: take_map(ebpf, map_names::FLOWS_V4)?,
             flows_v6: take_map(ebpf, map_names::FLOWS_V6)?,
+            new_flows_v4: take_map(ebpf, map_names::FLOWS_NEW_V4)?,
+            new_flows_v6: take_map(ebpf, map_names::FLOWS_NEW_V6)?,
+            snat_v4: take_map(ebpf, map_names::SNAT_V4)?,
+            snat_v6: take_map(ebpf, map_names::SNAT_V6)?,
             source_ranges_v4: take_map(ebpf, map_names::SOURCE_RANGES_V4)?,
             source_ranges_v6: take_map(ebpf, map_names::SOURCE_RANGES_V6)?,
             node_addr_v4: take_map(ebpf, map_names::NODE_ADDR_V4)?,
@@ -84,14 +93,41 @@ impl BpfMaps {
         })
     }
 
-    /// Every IPv4 flow entry (forward and reply), for inspection and tests.
+    /// Every IPv4 flow entry (forward and reply) of both tables, confirmed first, for
+    /// inspection and tests.
     pub fn flows_v4(&self) -> Vec<(Flow4Key, Flow4Value)> {
-        self.flows_v4.iter().filter_map(Result::ok).collect()
+        let confirmed = self.flows_v4.iter().filter_map(Result::ok);
+        confirmed
+            .chain(self.new_flows_v4.iter().filter_map(Result::ok))
+            .collect()
     }
 
-    /// Every IPv6 flow entry (forward and reply), for inspection and tests.
+    /// Every IPv6 flow entry of both tables, as [`BpfMaps::flows_v4`].
     pub fn flows_v6(&self) -> Vec<(Flow6Key, Flow6Value)> {
-        self.flows_v6.iter().filter_map(Result::ok).collect()
+        let confirmed = self.flows_v6.iter().filter_map(Result::ok);
+        confirmed
+            .chain(self.new_flows_v6.iter().filter_map(Result::ok))
+            .collect()
+    }
+
+    /// The IPv4 flow entries not confirmed yet.
+    pub fn new_flows_v4(&self) -> Vec<(Flow4Key, Flow4Value)> {
+        self.new_flows_v4.iter().filter_map(Result::ok).collect()
+    }
+
+    /// The IPv6 flow entries not confirmed yet.
+    pub fn new_flows_v6(&self) -> Vec<(Flow6Key, Flow6Value)> {
+        self.new_flows_v6.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Every IPv4 SNAT entry.
+    pub fn snat_v4(&self) -> Vec<(Snat4Key, Snat4Value)> {
+        self.snat_v4.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Every IPv6 SNAT entry.
+    pub fn snat_v6(&self) -> Vec<(Snat6Key, Snat6Value)> {
+        self.snat_v6.iter().filter_map(Result::ok).collect()
     }
 }
 

@@ -21,12 +21,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_ebpf::{
-    BACKEND_F_LOCAL, FLOW_REPLY, FlowKey, SCOPE_DEFAULT, SVC_F_EXTERNAL, SVC_F_LOCAL,
-    SVC_F_SOURCE_RANGES, ServiceValue, SnatValue, SourceRange, stats,
+    BACKEND_F_LOCAL, FLOW_REPLY, FlowKey, SCOPE_DEFAULT, SNAT_ATTEMPTS, SVC_F_EXTERNAL,
+    SVC_F_LOCAL, SVC_F_SOURCE_RANGES, ServiceValue, SnatValue, SourceRange, stats,
 };
 
 use super::{
+    conf,
     family::{V4, V6},
+    flow::{self, Track},
     frame::Frame,
     lb::{self, Chosen},
     maps::{
@@ -41,10 +43,8 @@ use super::{
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-/// SNAT ports tried when the client's own port is taken towards the same backend.
-const SNAT_ATTEMPTS: u32 = 8;
-/// SNAT ports are chosen in 32768..=65535 when the client's port is taken.
-const SNAT_PORT_BASE: u32 = 32768;
+/// `BPF_NOEXIST`: insert only if the key is not there.
+const BPF_NOEXIST: u64 = 1;
 
 /// Per-family pieces of the external path.
 pub trait ExtFamily: RejectFamily {
@@ -159,7 +159,7 @@ pub fn ext_ingress(ctx: &TcContext) -> Result<i32, i64> {
 pub const NOT_A_REPLY: i32 = i32::MIN;
 
 #[inline(never)]
-fn external<F: ExtFamily>(ctx: &TcContext) -> i32 {
+fn external<F: Track>(ctx: &TcContext) -> i32 {
     let mut pkt = empty_packet::<F>();
     if !parse_into::<F, _>(ctx, &mut pkt) {
         return TC_ACT_OK as i32;
@@ -210,19 +210,19 @@ pub struct SnatReply<A> {
 }
 
 /// The SNAT entry of a backend on another node answering a flow SNATed to this node, if the
-/// packet is such a reply; its timestamp is refreshed.
+/// packet is such a reply of a live flow; refreshed ([`flow::snat_replied`]).
 #[inline(always)]
-pub fn snat_entry<F: ExtFamily>(pkt: &Packet<F::Addr>) -> Option<SnatReply<F::Addr>> {
+pub fn snat_entry<F: Track>(pkt: &Packet<F::Addr>) -> Option<SnatReply<F::Addr>> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let reply_key = lb::flow_key::<F>(pkt, FLOW_REPLY);
     let snat = F::snat().get_ptr_mut(&reply_key)?;
-    // SAFETY: see `lb::established`.
+    // SAFETY: the map's pointer to this entry's value; see `flow::established` for concurrent
+    // writers.
     let snat = unsafe { &mut *snat };
-    if !lb::within_lifetime(pkt.proto, false, snat.expires_ns, now) {
+    if !flow::snat_replied::<F>(&reply_key, snat, pkt, now) {
         return None;
     }
-    snat.expires_ns = now;
     Some(SnatReply {
         client: snat.client_addr,
         client_port: snat.client_port,
@@ -247,7 +247,7 @@ pub fn rewrite_reply<F: ExtFamily, C: Rewrite>(
 /// A backend on another node answering a flow SNATed to this node: [`NOT_A_REPLY`] when the
 /// packet is not one.
 #[inline(never)]
-fn snat_reply<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> i32 {
+fn snat_reply<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> i32 {
     let Some(reply) = snat_entry::<F>(pkt) else {
         return NOT_A_REPLY;
     };
@@ -299,14 +299,24 @@ pub enum Decision<A> {
 /// backend when it is established, else a new choice, recorded (with its SNAT entry) so that
 /// every later packet of the flow, on either path, goes the same way.
 #[inline(always)]
-pub fn decide<F: ExtFamily, C: EbpfContext>(ctx: &C, pkt: &Packet<F::Addr>) -> Decision<F::Addr> {
+pub fn decide<F: Track, C: EbpfContext>(_ctx: &C, pkt: &Packet<F::Addr>) -> Decision<F::Addr> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some((backend, backend_port, snat_port, _)) = lb::established::<F>(pkt, now) {
+    let mut hit = flow::Hit {
+        addr: F::UNSPECIFIED,
+        port: 0,
+        snat_port: 0,
+        flags: 0,
+    };
+    let found = flow::established::<F>(pkt, &mut hit, now);
+    if found != flow::MISS {
+        if found == flow::HIT_UNCONFIRMED {
+            flow::confirm::<F>(pkt, now);
+        }
         return Decision::Translate {
-            backend,
-            backend_port,
-            snat_port,
+            backend: hit.addr,
+            backend_port: hit.port,
+            snat_port: hit.snat_port,
         };
     }
 
@@ -336,13 +346,11 @@ pub fn decide<F: ExtFamily, C: EbpfContext>(ctx: &C, pkt: &Packet<F::Addr>) -> D
     } else {
         match snat_port::<F>(pkt, &chosen, now) {
             Some(port) => port,
-            None => {
-                count(stats::SNAT_FAILED);
-                return Decision::Drop;
-            }
+            // Counted as `SNAT_NO_PORT`, or as `SNAT_FAILED` without a node address.
+            None => return Decision::Drop,
         }
     };
-    lb::record_flow::<F, _>(ctx, pkt, &chosen, snat_port, now);
+    lb::record_flow::<F>(pkt, &chosen, snat_port, now);
     Decision::Translate {
         backend: chosen.backend.addr,
         backend_port: chosen.backend.port,
@@ -352,7 +360,7 @@ pub fn decide<F: ExtFamily, C: EbpfContext>(ctx: &C, pkt: &Packet<F::Addr>) -> D
 
 /// Flows from outside towards a service.
 #[inline(never)]
-fn ext_forward<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
+fn ext_forward<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
     match decide::<F, _>(ctx, pkt) {
         Decision::Pass => Ok(TC_ACT_OK as i32),
         Decision::Drop => Ok(TC_ACT_SHOT),
@@ -366,55 +374,62 @@ fn ext_forward<F: ExtFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i
 }
 
 /// Finds a free source port of this node's address towards the backend and records the SNAT
-/// entry the replies will find. The client's own port is tried first.
+/// entry the replies will find: ports of the configured range ([`conf::snat_ports`]), tried in
+/// order from a random one. A port is free when no entry holds it or its entry's flow is dead
+/// ([`flow::snat_in_use`]); entries are inserted with `BPF_NOEXIST`, so two CPUs never hand one
+/// port to two flows. `None` (counted) when every port tried is in use.
 #[inline(never)]
-fn snat_port<F: ExtFamily>(
-    pkt: &Packet<F::Addr>,
-    chosen: &Chosen<F::Addr>,
-    now: u64,
-) -> Option<u16> {
-    let node = F::node_addr().get(0).copied()?;
-    if F::is_unset(&node) {
+fn snat_port<F: Track>(pkt: &Packet<F::Addr>, chosen: &Chosen<F::Addr>, now: u64) -> Option<u16> {
+    let Some(node) = F::node_addr().get(0).copied().filter(|n| !F::is_unset(n)) else {
+        count(stats::SNAT_FAILED);
         return None;
-    }
+    };
+    let flags = flow::after(pkt, false, false, 0);
     let value = SnatValue {
         client_addr: pkt.saddr,
         service_addr: pkt.daddr,
         client_port: pkt.sport,
         service_port: pkt.dport,
-        flags: 0,
+        flags: flags & flow::MIRRORED,
         _pad: [0; 3],
-        expires_ns: now,
+        expires_ns: now + flow::lifetime(pkt.proto, false, flags),
     };
-    let mut port = pkt.sport;
+    let (min, max) = conf::snat_ports();
+    let span = max.saturating_sub(min).saturating_add(1);
+    if span == 0 || max > 65_535 {
+        // Unreachable with the agent's checks; a branch the compiler sees spares the division
+        // its panic path, which the verifier would refuse.
+        count(stats::SNAT_NO_PORT);
+        return None;
+    }
+    // SAFETY: helper without arguments.
+    let start = unsafe { bpf_get_prandom_u32() } % span;
+    let mut key = FlowKey {
+        saddr: chosen.backend.addr,
+        daddr: node,
+        sport: chosen.backend.port,
+        dport: 0,
+        proto: pkt.proto,
+        dir: FLOW_REPLY,
+        _pad: [0; 2],
+    };
     for attempt in 0..SNAT_ATTEMPTS {
-        if attempt > 0 {
-            // SAFETY: helper without arguments.
-            let r = unsafe { bpf_get_prandom_u32() };
-            port = ((SNAT_PORT_BASE + r % (65536 - SNAT_PORT_BASE)) as u16).to_be();
-        }
-        let key = FlowKey {
-            saddr: chosen.backend.addr,
-            daddr: node,
-            sport: chosen.backend.port,
-            dport: port,
-            proto: pkt.proto,
-            dir: FLOW_REPLY,
-            _pad: [0; 2],
-        };
-        let taken = match F::snat().get_ptr(&key) {
+        let port = min + (start + attempt) % span;
+        key.dport = (port as u16).to_be();
+        if let Some(existing) = F::snat().get_ptr(&key) {
             // SAFETY: read-only look at a map value.
-            Some(existing) => unsafe {
-                let e = &*existing;
-                !(e.client_addr == pkt.saddr && e.client_port == pkt.sport)
-                    && lb::within_lifetime(pkt.proto, false, e.expires_ns, now)
-            },
-            None => false,
-        };
-        if !taken && F::snat().insert(&key, &value, 0).is_ok() {
-            return Some(port);
+            if flow::snat_in_use::<F>(&key, unsafe { &*existing }, now) {
+                continue;
+            }
+            // Its flow is dead: the port is free again. Another CPU may take it first; the
+            // insert below then fails and the next port is tried.
+            let _ = F::snat().remove(&key);
+        }
+        if F::snat().insert(&key, &value, BPF_NOEXIST).is_ok() {
+            return Some(key.dport);
         }
     }
+    count(stats::SNAT_NO_PORT);
     None
 }
 

@@ -6,8 +6,8 @@ use lb_ebpf::{AffinityKey, AffinityValue, Backend, FlowKey, FlowValue, ServiceKe
 
 use super::{
     maps::{
-        LB_AFFINITY_V4, LB_AFFINITY_V6, LB_BACKENDS_V4, LB_BACKENDS_V6, LB_FLOWS_V4, LB_FLOWS_V6,
-        LB_SERVICES_V4, LB_SERVICES_V6,
+        LB_AFFINITY_V4, LB_AFFINITY_V6, LB_BACKENDS_V4, LB_BACKENDS_V6, LB_FLOWS_NEW_V4,
+        LB_FLOWS_NEW_V6, LB_FLOWS_V4, LB_FLOWS_V6, LB_SERVICES_V4, LB_SERVICES_V6,
     },
     nat::{End, Rewrite},
     parse::Packet,
@@ -22,7 +22,10 @@ pub trait Family {
 
     fn services() -> &'static HashMap<ServiceKey<Self::Addr>, ServiceValue>;
     fn backends() -> &'static HashMap<u32, Backend<Self::Addr>>;
+    /// Confirmed flows.
     fn flows() -> &'static LruHashMap<FlowKey<Self::Addr>, Self::Flow>;
+    /// Unconfirmed flows.
+    fn new_flows() -> &'static LruHashMap<FlowKey<Self::Addr>, Self::Flow>;
     fn affinity() -> &'static LruHashMap<AffinityKey<Self::Addr>, AffinityValue>;
     fn rewrite_addr<C: Rewrite>(
         ctx: &C,
@@ -34,21 +37,22 @@ pub trait Family {
 
 /// Field access on a flow value of either family.
 pub trait FlowEntry<A>: Copy {
-    fn new(nat_addr: A, nat_port: u16, rev_nat_id: u16, backend_id: u32, now: u64) -> Self;
+    fn new(nat_addr: A, nat_port: u16, rev_nat_id: u16, backend_id: u32, expires_ns: u64) -> Self;
     fn nat_addr(&self) -> A;
     fn nat_port(&self) -> u16;
     fn backend_id(&self) -> u32;
     fn flags(&self) -> u8;
+    fn set_flags(&mut self, flags: u8);
     fn snat_port(&self) -> u16;
-    /// Marks a forward entry as SNATed to `port` of this node's address (0: not SNATed).
+    /// Marks a forward entry as SNATed to `port` of this node's address (never 0).
     fn set_snat(&mut self, port: u16);
     fn expires_ns(&self) -> u64;
-    fn touch(&mut self, now: u64, set_flags: u8);
+    fn set_expires(&mut self, expires_ns: u64);
 }
 
 impl<A: Copy, const PAD: usize> FlowEntry<A> for FlowValue<A, PAD> {
     #[inline(always)]
-    fn new(nat_addr: A, nat_port: u16, rev_nat_id: u16, backend_id: u32, now: u64) -> Self {
+    fn new(nat_addr: A, nat_port: u16, rev_nat_id: u16, backend_id: u32, expires_ns: u64) -> Self {
         Self {
             nat_addr,
             nat_port,
@@ -57,7 +61,7 @@ impl<A: Copy, const PAD: usize> FlowEntry<A> for FlowValue<A, PAD> {
             snat_port: 0,
             flags: 0,
             _pad: [0; PAD],
-            expires_ns: now,
+            expires_ns,
         }
     }
     #[inline(always)]
@@ -77,24 +81,25 @@ impl<A: Copy, const PAD: usize> FlowEntry<A> for FlowValue<A, PAD> {
         self.flags
     }
     #[inline(always)]
+    fn set_flags(&mut self, flags: u8) {
+        self.flags = flags;
+    }
+    #[inline(always)]
     fn snat_port(&self) -> u16 {
         self.snat_port
     }
     #[inline(always)]
     fn set_snat(&mut self, port: u16) {
         self.snat_port = port;
-        if port != 0 {
-            self.flags |= lb_ebpf::FLOW_F_SNAT;
-        }
+        self.flags |= lb_ebpf::FLOW_F_SNAT;
     }
     #[inline(always)]
     fn expires_ns(&self) -> u64 {
         self.expires_ns
     }
     #[inline(always)]
-    fn touch(&mut self, now: u64, set_flags: u8) {
-        self.expires_ns = now;
-        self.flags |= set_flags;
+    fn set_expires(&mut self, expires_ns: u64) {
+        self.expires_ns = expires_ns;
     }
 }
 
@@ -117,6 +122,10 @@ impl Family for V4 {
     #[inline(always)]
     fn flows() -> &'static LruHashMap<FlowKey<[u8; 4]>, Self::Flow> {
         &LB_FLOWS_V4
+    }
+    #[inline(always)]
+    fn new_flows() -> &'static LruHashMap<FlowKey<[u8; 4]>, Self::Flow> {
+        &LB_FLOWS_NEW_V4
     }
     #[inline(always)]
     fn affinity() -> &'static LruHashMap<AffinityKey<[u8; 4]>, AffinityValue> {
@@ -149,6 +158,10 @@ impl Family for V6 {
     #[inline(always)]
     fn flows() -> &'static LruHashMap<FlowKey<[u8; 16]>, Self::Flow> {
         &LB_FLOWS_V6
+    }
+    #[inline(always)]
+    fn new_flows() -> &'static LruHashMap<FlowKey<[u8; 16]>, Self::Flow> {
+        &LB_FLOWS_NEW_V6
     }
     #[inline(always)]
     fn affinity() -> &'static LruHashMap<AffinityKey<[u8; 16]>, AffinityValue> {

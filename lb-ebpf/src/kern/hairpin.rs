@@ -16,11 +16,11 @@ use lb_ebpf::{FLOW_F_HAIRPIN, FLOW_FORWARD, FLOW_REPLY, FlowKey, stats};
 
 use super::{
     family::{Family, FlowEntry, V4, V6},
-    lb::{Chosen, flow_key, within_lifetime},
+    flow::{self, Track},
+    lb::{Chosen, flow_key},
     maps::count,
     nat::{End, Rewrite as _},
     parse::Packet,
-    tcp::closing_flag,
 };
 
 /// Length of an Ethernet address.
@@ -94,9 +94,9 @@ fn record_reply<F: HairpinFamily>(
         pkt.dport,
         chosen.rev_nat_id,
         chosen.backend_id,
-        now,
+        now + flow::lifetime(pkt.proto, false, 0),
     );
-    F::flows().insert(&key, &value, 0).is_ok()
+    F::new_flows().insert(&key, &value, 0).is_ok()
 }
 
 /// The forward entry, marked as a hairpin flow.
@@ -106,15 +106,16 @@ fn record_forward<F: HairpinFamily>(
     chosen: &Chosen<F::Addr>,
     now: u64,
 ) -> bool {
+    let flags = flow::after(pkt, false, false, FLOW_F_HAIRPIN);
     let mut value = F::Flow::new(
         chosen.backend.addr,
         chosen.backend.port,
         chosen.rev_nat_id,
         chosen.backend_id,
-        now,
+        now + flow::lifetime(pkt.proto, false, flags),
     );
-    value.touch(now, FLOW_F_HAIRPIN | closing_flag(pkt));
-    F::flows()
+    value.set_flags(flags);
+    F::new_flows()
         .insert(&flow_key::<F>(pkt, FLOW_FORWARD), &value, 0)
         .is_ok()
 }
@@ -166,7 +167,7 @@ fn rewrite_addr<F: Family>(
 /// The pod's answer to the hairpin address, if this packet is one: from the service address,
 /// back to the pod. `None` when the packet is not a hairpin answer.
 #[inline(always)]
-pub fn answer<F: HairpinFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>, now: u64) -> Option<i32> {
+pub fn answer<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>, now: u64) -> Option<i32> {
     match turn_back::<F>(ctx, pkt, now) {
         NOT_AN_ANSWER => None,
         action => Some(action),
@@ -179,7 +180,7 @@ const NOT_AN_ANSWER: i32 = -1;
 /// [`answer`]'s work, a subprogram of its own so that the pod program's frame stays small; a
 /// plain integer result, as [`rewrite`]'s.
 #[inline(never)]
-fn turn_back<F: HairpinFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>, now: u64) -> i32 {
+fn turn_back<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>, now: u64) -> i32 {
     if pkt.daddr != F::HAIRPIN {
         return NOT_AN_ANSWER;
     }
@@ -197,20 +198,17 @@ fn turn_back<F: HairpinFamily>(ctx: &TcContext, pkt: &Packet<F::Addr>, now: u64)
     back_out(ctx).unwrap_or(TC_ACT_SHOT)
 }
 
-/// The service address and port of the hairpin flow `pkt` answers, its entry refreshed.
-#[inline(never)]
-fn answered<F: HairpinFamily>(pkt: &Packet<F::Addr>, now: u64) -> Option<(F::Addr, u16)> {
-    let key = flow_key::<F>(pkt, FLOW_REPLY);
-    let flow = F::flows().get_ptr_mut(&key)?;
-    // SAFETY: the LRU map's pointer to this entry's value; concurrent touches only race on the
-    // timestamp and flags, which is harmless.
-    let flow = unsafe { &mut *flow };
-    let closing = flow.flags() & lb_ebpf::FLOW_F_CLOSED_FWD != 0;
-    if !within_lifetime(pkt.proto, closing, flow.expires_ns(), now) {
-        return None;
-    }
-    flow.touch(now, closing_flag(pkt));
-    Some((flow.nat_addr(), flow.nat_port()))
+/// The service address and port of the hairpin flow `pkt` answers, its entry refreshed
+/// ([`flow::reply`]).
+#[inline(always)]
+fn answered<F: Track>(pkt: &Packet<F::Addr>, now: u64) -> Option<(F::Addr, u16)> {
+    let mut hit = flow::Hit {
+        addr: F::HAIRPIN,
+        port: 0,
+        snat_port: 0,
+        flags: 0,
+    };
+    flow::reply::<F>(pkt, &mut hit, now).then_some((hit.addr, hit.port))
 }
 
 /// Sends the packet back into the pod it came from: the device's egress, Ethernet addresses

@@ -1,28 +1,24 @@
 //! The load-balancing decision and connection tracking, written once for both families.
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::TcContext,
 };
-use aya_log_ebpf::warn;
 use lb_ebpf::{
-    AffinityKey, Backend, FLOW_F_CLOSED_FWD, FLOW_F_HAIRPIN, FLOW_FORWARD, FLOW_REPLY,
-    FLOW_TCP_CLOSE_NS, FLOW_TCP_LIFETIME_NS, FLOW_UDP_LIFETIME_NS, FlowKey, PROTO_TCP,
-    SCOPE_DEFAULT, SCOPE_INTERNAL, SVC_F_EXTERNAL, SVC_F_LOCAL, ServiceKey, ServiceValue, stats,
+    AffinityKey, Backend, FLOW_F_HAIRPIN, FLOW_FORWARD, FLOW_REPLY, FlowKey, SCOPE_DEFAULT,
+    SCOPE_INTERNAL, SVC_F_EXTERNAL, SVC_F_LOCAL, ServiceKey, ServiceValue, stats,
 };
 
 use super::{
-    affinity,
-    ext::{self, ExtFamily},
+    affinity, ext,
     family::{Family, FlowEntry, V4, V6},
-    hairpin::{self, HairpinFamily},
+    flow::{self, Track},
+    hairpin,
     maps::count,
     nat::{End, Rewrite},
     parse::{Packet, Parsed, parse},
     reject::reject,
-    tcp::{TCP_ACK, TCP_SYN, closing_flag},
 };
 
 /// Packets leaving a pod: translate a service destination to a backend.
@@ -58,132 +54,72 @@ pub fn flow_key<F: Family>(pkt: &Packet<F::Addr>, dir: u8) -> FlowKey<F::Addr> {
     }
 }
 
-/// Whether an entry may still carry packets of the same connection: its last packet is within
-/// the lifetime of the protocol (and of a closing TCP connection).
+/// Records a new flow, unconfirmed ([`flow`]). Without SNAT, a reply entry lets the reverse
+/// translation restore the service address; with SNAT (`snat_port != 0`) the caller has
+/// recorded the SNAT entry instead. Each entry is written by a subprogram of its own, called
+/// from here one after the other: the chain of frames under the pod program's is short.
 #[inline(always)]
-pub fn within_lifetime(proto: u8, closing: bool, expires_ns: u64, now: u64) -> bool {
-    let lifetime = if proto != PROTO_TCP {
-        FLOW_UDP_LIFETIME_NS
-    } else if closing {
-        FLOW_TCP_CLOSE_NS
-    } else {
-        FLOW_TCP_LIFETIME_NS
-    };
-    now.wrapping_sub(expires_ns) < lifetime
-}
-
-#[inline(always)]
-fn is_live<F: Family>(flow: &F::Flow, proto: u8, now: u64) -> bool {
-    within_lifetime(
-        proto,
-        flow.flags() & FLOW_F_CLOSED_FWD != 0,
-        flow.expires_ns(),
-        now,
-    )
-}
-
-/// Whether the backend a flow points at is still programmed at the same address.
-#[inline(always)]
-fn backend_present<F: Family>(flow: &F::Flow) -> bool {
-    // SAFETY: read-only copy of a map value.
-    match unsafe { F::backends().get(&flow.backend_id()) } {
-        Some(b) => b.addr == flow.nat_addr() && b.port == flow.nat_port(),
-        None => false,
-    }
-}
-
-/// The established flow of this packet, when it may carry it: `(backend address, backend port,
-/// SNAT port, flow flags)`. The flow's timestamp is refreshed.
-#[inline(always)]
-pub fn established<F: Family>(pkt: &Packet<F::Addr>, now: u64) -> Option<(F::Addr, u16, u16, u8)> {
-    let key = flow_key::<F>(pkt, FLOW_FORWARD);
-    let flow = F::flows().get_ptr_mut(&key)?;
-    // SAFETY: the LRU map hands out a pointer to this entry's value; concurrent updates of the
-    // same flow from two CPUs only race on the timestamp and flags, which is harmless.
-    let flow = unsafe { &mut *flow };
-    let new_connection = pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    // A TCP SYN may reuse the 4-tuple of a finished connection, and a UDP flow follows its
-    // backend's removal at once (kube-proxy clears UDP conntrack entries for the same reason).
-    let reusable = is_live::<F>(flow, pkt.proto, now)
-        && !(new_connection && flow.flags() & FLOW_F_CLOSED_FWD != 0)
-        && ((pkt.proto == PROTO_TCP && !new_connection) || backend_present::<F>(flow));
-    if !reusable {
-        return None;
-    }
-    flow.touch(now, closing_flag(pkt));
-    Some((
-        flow.nat_addr(),
-        flow.nat_port(),
-        flow.snat_port(),
-        flow.flags(),
-    ))
-}
-
-/// Records a new flow. Without SNAT, a reply entry lets the reverse translation restore the
-/// service address; with SNAT (`snat_port != 0`) the caller records the SNAT entry instead.
-/// A subprogram of its own: its keys and values would otherwise crowd the callers' stack frames.
-#[inline(never)]
-pub fn record_flow<F: Family, C: EbpfContext>(
-    ctx: &C,
+pub fn record_flow<F: Track>(
     pkt: &Packet<F::Addr>,
     chosen: &Chosen<F::Addr>,
     snat_port: u16,
     now: u64,
 ) {
-    let backend = &chosen.backend;
-    let mut fwd = F::Flow::new(
-        backend.addr,
-        backend.port,
-        chosen.rev_nat_id,
-        chosen.backend_id,
-        now,
-    );
-    fwd.set_snat(snat_port);
-    fwd.touch(now, closing_flag(pkt));
-    let reply_ok = snat_port != 0 || {
-        let reply_key = FlowKey {
-            saddr: backend.addr,
-            daddr: pkt.saddr,
-            sport: backend.port,
-            dport: pkt.sport,
-            proto: pkt.proto,
-            dir: FLOW_REPLY,
-            _pad: [0; 2],
-        };
-        let rev = F::Flow::new(
-            pkt.daddr,
-            pkt.dport,
-            chosen.rev_nat_id,
-            chosen.backend_id,
-            now,
-        );
-        // The reply entry goes first: a reply can only exist once the forward packet has left.
-        F::flows().insert(&reply_key, &rev, 0).is_ok()
-    };
-    let key = flow_key::<F>(pkt, FLOW_FORWARD);
-    if !reply_ok || F::flows().insert(&key, &fwd, 0).is_err() {
-        count(stats::FLOW_UPDATE_FAILED);
-        warn!(
-            ctx,
-            "flow table update failed; packet translated without a flow entry"
-        );
-    } else {
+    let flags = flow::after(pkt, false, false, 0);
+    let expires = now + flow::lifetime(pkt.proto, false, flags);
+    // The reply entry goes first: a reply can only exist once the forward packet has left.
+    let recorded = (snat_port != 0 || record_reply::<F>(pkt, chosen, expires))
+        && record_forward::<F>(pkt, chosen, snat_port, expires);
+    if recorded {
         count(stats::NEW_FLOWS);
+    } else {
+        count(stats::FLOW_UPDATE_FAILED);
     }
 }
 
-#[inline(always)]
-fn forward<F: ExtFamily + HairpinFamily>(
-    ctx: &TcContext,
+/// The forward entry of a new flow; `false` when it could not be written.
+#[inline(never)]
+fn record_forward<F: Track>(
     pkt: &Packet<F::Addr>,
-) -> Result<i32, i64> {
+    chosen: &Chosen<F::Addr>,
+    snat_port: u16,
+    expires: u64,
+) -> bool {
+    let mut fwd = F::Flow::new(
+        chosen.backend.addr,
+        chosen.backend.port,
+        chosen.rev_nat_id,
+        chosen.backend_id,
+        expires,
+    );
+    if snat_port != 0 {
+        fwd.set_snat(snat_port);
+    }
+    fwd.set_flags(fwd.flags() | flow::after(pkt, false, false, 0));
+    F::new_flows()
+        .insert(&flow_key::<F>(pkt, FLOW_FORWARD), &fwd, 0)
+        .is_ok()
+}
+
+#[inline(always)]
+fn forward<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some((addr, port, _, flags)) = established::<F>(pkt, now) {
-        if flags & FLOW_F_HAIRPIN != 0 {
-            return Ok(hairpin::forward::<F>(ctx, pkt, &addr, port));
+    let mut hit = flow::Hit {
+        addr: F::UNSPECIFIED,
+        port: 0,
+        snat_port: 0,
+        flags: 0,
+    };
+    let found = flow::established::<F>(pkt, &mut hit, now);
+    if found != flow::MISS {
+        if found == flow::HIT_UNCONFIRMED {
+            flow::confirm::<F>(pkt, now);
         }
-        return dnat::<F, _>(ctx, pkt, addr, port);
+        if hit.flags & FLOW_F_HAIRPIN != 0 {
+            return Ok(hairpin::forward::<F>(ctx, pkt, &hit.addr, hit.port));
+        }
+        return dnat::<F, _>(ctx, pkt, hit.addr, hit.port);
     }
     if let Some(action) = hairpin::answer::<F>(ctx, pkt, now) {
         return Ok(action);
@@ -215,8 +151,31 @@ fn forward<F: ExtFamily + HairpinFamily>(
     if chosen.backend.addr == pkt.saddr {
         return hairpin::start::<F>(ctx, pkt, &chosen, now);
     }
-    record_flow::<F, _>(ctx, pkt, &chosen, 0, now);
+    record_flow::<F>(pkt, &chosen, 0, now);
     dnat::<F, _>(ctx, pkt, chosen.backend.addr, chosen.backend.port)
+}
+
+/// The reply entry of a new flow that is not SNATed: the backend's answers to the client come
+/// from the service address. A subprogram of its own, for the stack (see [`record_flow`]).
+#[inline(never)]
+fn record_reply<F: Track>(pkt: &Packet<F::Addr>, chosen: &Chosen<F::Addr>, expires: u64) -> bool {
+    let key = FlowKey {
+        saddr: chosen.backend.addr,
+        daddr: pkt.saddr,
+        sport: chosen.backend.port,
+        dport: pkt.sport,
+        proto: pkt.proto,
+        dir: FLOW_REPLY,
+        _pad: [0; 2],
+    };
+    let rev = F::Flow::new(
+        pkt.daddr,
+        pkt.dport,
+        chosen.rev_nat_id,
+        chosen.backend_id,
+        expires,
+    );
+    F::new_flows().insert(&key, &rev, 0).is_ok()
 }
 
 /// A backend chosen for a service.
@@ -348,22 +307,20 @@ pub fn dnat<F: Family, C: Rewrite>(
 }
 
 #[inline(always)]
-fn reply<F: Family>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
-    let key = flow_key::<F>(pkt, FLOW_REPLY);
-    let Some(flow) = F::flows().get_ptr_mut(&key) else {
-        return Ok(TC_ACT_OK as i32);
-    };
-    // SAFETY: see `forward`.
-    let flow = unsafe { &mut *flow };
+fn reply<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if !is_live::<F>(flow, pkt.proto, now) {
+    let mut hit = flow::Hit {
+        addr: F::UNSPECIFIED,
+        port: 0,
+        snat_port: 0,
+        flags: 0,
+    };
+    if !flow::reply::<F>(pkt, &mut hit, now) {
         return Ok(TC_ACT_OK as i32);
     }
-    flow.touch(now, closing_flag(pkt));
-    let (addr, port) = (flow.nat_addr(), flow.nat_port());
-    ctx.rewrite_port(pkt, End::Source, port)?;
-    F::rewrite_addr(ctx, pkt, End::Source, addr)?;
+    ctx.rewrite_port(pkt, End::Source, hit.port)?;
+    F::rewrite_addr(ctx, pkt, End::Source, hit.addr)?;
     count(stats::REVERSED);
     Ok(TC_ACT_OK as i32)
 }

@@ -6,6 +6,7 @@ pub mod affinity;
 pub mod conf;
 pub mod ext;
 pub mod family;
+pub mod flow;
 pub mod frame;
 pub mod hairpin;
 pub mod icmp;

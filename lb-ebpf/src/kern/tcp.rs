@@ -2,10 +2,6 @@
 //! from the start of the header, and what a segment's flags mean for its flow. One place, so the
 //! parser, the connection tracking and the reset all agree on it.
 
-use lb_ebpf::FLOW_F_CLOSED_FWD;
-
-use super::parse::Packet;
-
 /// Flag bits of the TCP flags byte (the header's byte [`TCP_FLAGS_OFF`]).
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -24,13 +20,3 @@ pub const TCP_URG_OFF: usize = 18;
 
 /// Length of a TCP header without options: the smallest valid data offset, in bytes.
 pub const TCP_HLEN_MIN: usize = 20;
-
-/// `FLOW_F_CLOSED_FWD` for a packet carrying FIN or RST: the 4-tuple may be reused soon.
-#[inline(always)]
-pub fn closing_flag<A>(pkt: &Packet<A>) -> u8 {
-    if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        FLOW_F_CLOSED_FWD
-    } else {
-        0
-    }
-}

@@ -28,6 +28,7 @@ use lb_ebpf::stats;
 use super::{
     ext::{self, Decision, ExtFamily, NOT_A_REPLY},
     family::{V4, V6},
+    flow::Track,
     frame::xdp_ptr,
     lb,
     maps::{LB_XDP_DEVICES, count},
@@ -57,7 +58,7 @@ pub fn ext(ctx: &XdpContext) -> u32 {
 }
 
 #[inline(never)]
-fn external<F: ExtFamily>(ctx: &XdpContext) -> u32 {
+fn external<F: Track>(ctx: &XdpContext) -> u32 {
     let mut pkt = ext::empty_packet::<F>();
     if !ext::parse_into::<F, _>(ctx, &mut pkt) {
         return XDP_PASS;
@@ -154,7 +155,7 @@ fn transmit(ctx: &XdpContext, route: &Route) -> u32 {
 /// A backend on another node answering a flow SNATed to this node: [`NOT_A_REPLY`] when the
 /// packet is not one.
 #[inline(never)]
-fn snat_reply<F: ExtFamily>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> i32 {
+fn snat_reply<F: Track>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> i32 {
     // Refreshed here even when TC sends the reply: it refreshes it again, harmlessly.
     let Some(reply) = ext::snat_entry::<F>(pkt) else {
         return NOT_A_REPLY;
@@ -203,7 +204,7 @@ const OUTCOME_TRANSLATE: u32 = 2;
 
 /// Flows from outside towards a service.
 #[inline(never)]
-fn forward<F: ExtFamily>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> u32 {
+fn forward<F: Track>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> u32 {
     let mut outcome = Outcome {
         kind: OUTCOME_PASS,
         backend: pkt.daddr,
@@ -231,7 +232,7 @@ fn forward<F: ExtFamily>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> u32 {
 /// [`ext::decide`] in a subprogram of its own, filling the caller's [`Outcome`]: its map keys
 /// and values would otherwise crowd the callers' stack frames.
 #[inline(never)]
-fn decide<F: ExtFamily>(ctx: &XdpContext, pkt: &Packet<F::Addr>, out: &mut Outcome<F::Addr>) {
+fn decide<F: Track>(ctx: &XdpContext, pkt: &Packet<F::Addr>, out: &mut Outcome<F::Addr>) {
     match ext::decide::<F, _>(ctx, pkt) {
         // Refusals are answered by the TC program on the same device, which always runs on what
         // XDP passes: the TCP reset and the ICMP port unreachable (`reject`, `icmp`) are built

@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use aya::programs::ProgramError;
 use lb_agent::model::{Frontend, Protocol};
 use lb_ebpf::{
-    FLOW_F_CLOSING, FLOW_FORWARD, FLOW_REPLY, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP,
+    FLOW_F_CLOSED_FWD, FLOW_FORWARD, FLOW_REPLY, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP,
     port_to_map, stats,
 };
 
@@ -146,7 +146,7 @@ fn flow_pair<A: Copy + PartialEq + Debug, const PAD: usize>(
 }
 
 /// Checks that the flow maps hold exactly the two entries of one new flow, each with the right
-/// translation, the same backend and service IDs, no flags and a recent timestamp.
+/// translation, the same backend and service IDs, no flags and the same expiry ahead.
 fn assert_one_flow<A: Copy + PartialEq + Debug, const PAD: usize>(
     flows: &[(FlowKey<A>, FlowValue<A, PAD>)],
     proto: u8,
@@ -170,7 +170,7 @@ fn assert_one_flow<A: Copy + PartialEq + Debug, const PAD: usize>(
         snat_port,
         flags,
         _pad: pad,
-        last_seen_ns,
+        expires_ns,
     } = forward;
     assert_eq!((nat_addr, nat_port), backend, "forward entry: the backend");
     assert_ne!(rev_nat_id, 0, "forward entry: service ID");
@@ -179,8 +179,8 @@ fn assert_one_flow<A: Copy + PartialEq + Debug, const PAD: usize>(
     assert_eq!(snat_port, 0, "forward entry: not SNATed");
     assert_eq!(pad, [0; PAD], "forward entry: padding");
     assert!(
-        last_seen_ns > 0 && last_seen_ns <= now,
-        "forward entry: last seen {last_seen_ns}, now {now}"
+        expires_ns > now,
+        "forward entry: expires {expires_ns}, now {now}"
     );
     let FlowValue {
         nat_addr: reply_addr,
@@ -190,7 +190,7 @@ fn assert_one_flow<A: Copy + PartialEq + Debug, const PAD: usize>(
         snat_port: reply_snat_port,
         flags: reply_flags,
         _pad: reply_pad,
-        last_seen_ns: reply_last_seen_ns,
+        expires_ns: reply_expires_ns,
     } = reply;
     assert_eq!(
         (reply_addr, reply_port),
@@ -202,9 +202,9 @@ fn assert_one_flow<A: Copy + PartialEq + Debug, const PAD: usize>(
     assert_eq!(reply_flags, 0, "reply entry: flags");
     assert_eq!(reply_snat_port, 0, "reply entry: not SNATed");
     assert_eq!(reply_pad, [0; PAD], "reply entry: padding");
-    assert!(
-        reply_last_seen_ns > 0 && reply_last_seen_ns <= now,
-        "reply entry: last seen {reply_last_seen_ns}, now {now}"
+    assert_eq!(
+        reply_expires_ns, expires_ns,
+        "reply entry: the flow's expiry"
     );
     Ok(())
 }
@@ -1372,8 +1372,8 @@ fn syn_reusing_the_tuple_of_a_closed_flow_chooses_again() -> TestResult {
     );
     let closing = forward_entry(&lb, client, service);
     assert_eq!(
-        closing.flags & FLOW_F_CLOSING,
-        FLOW_F_CLOSING,
+        closing.flags & FLOW_F_CLOSED_FWD,
+        FLOW_F_CLOSED_FWD,
         "{closing:?}"
     );
     assert_eq!(

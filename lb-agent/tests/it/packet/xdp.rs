@@ -387,11 +387,10 @@ fn flows_to_another_nodes_backend_and_their_replies_leave_by_xdp_tx_for_both_fam
             Protocol::Tcp => Packet::tcp(sock(src), sock(dst), flags),
             _ => Packet::udp(sock(src), sock(dst)),
         };
-        // The client's own port is free towards the backend, so SNAT keeps it.
-        let snat = SocketAddr::new(ip(node), sock(client).port());
-
         let (verdict, out) = lan.xdp(&mut lb, &packet(client, node_port, TCP_SYN).frame())?;
         assert_eq!(verdict, XDP_TX, "{what}: out of the device it came in on");
+        // A port of the SNAT range, never the client's own (it may be a host's ephemeral port).
+        let snat = SocketAddr::new(ip(node), lb.snat_port(sock(backend)));
         let expected = with_macs(
             packet(&snat.to_string(), backend, TCP_SYN).frame(),
             PEER_MAC,
@@ -491,7 +490,7 @@ fn another_egress_device_is_used_only_when_it_runs_xdp() -> TestResult {
         let next = Packet::tcp(sock(client), sock(node_port), TCP_ACK);
         let (verdict, out) = lan.xdp(&mut lb, &next.frame())?;
         assert_eq!(verdict, XDP_REDIRECT, "{node_port} -> {backend} through y0");
-        let snat = SocketAddr::new(ip(node), sock(client).port());
+        let snat = SocketAddr::new(ip(node), lb.snat_port(sock(backend)));
         let expected = with_macs(
             Packet::tcp(snat, sock(backend), TCP_ACK).frame(),
             Y_PEER_MAC,

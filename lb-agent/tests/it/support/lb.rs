@@ -172,6 +172,47 @@ impl Lb {
         self.writer.maps()
     }
 
+    /// The SNAT ports (host byte order) held towards `backend`, each checked to be in the
+    /// default SNAT range.
+    pub fn snat_ports(&self, backend: std::net::SocketAddr) -> Vec<u16> {
+        let held: Vec<(std::net::IpAddr, u16, u16)> = match backend.ip() {
+            std::net::IpAddr::V4(_) => self
+                .maps()
+                .snat_v4()
+                .into_iter()
+                .map(|(k, _)| (k.saddr.into(), k.sport, k.dport))
+                .collect(),
+            std::net::IpAddr::V6(_) => self
+                .maps()
+                .snat_v6()
+                .into_iter()
+                .map(|(k, _)| (k.saddr.into(), k.sport, k.dport))
+                .collect(),
+        };
+        let ports: Vec<u16> = held
+            .into_iter()
+            .filter(|(addr, port, _)| {
+                *addr == backend.ip() && u16::from_be(*port) == backend.port()
+            })
+            .map(|(_, _, snat)| u16::from_be(snat))
+            .collect();
+        for port in &ports {
+            assert!(
+                (lb_ebpf::DEFAULT_SNAT_PORT_MIN..=lb_ebpf::DEFAULT_SNAT_PORT_MAX).contains(port),
+                "SNAT port {port} towards {backend} outside the range"
+            );
+        }
+        ports
+    }
+
+    /// The one SNAT port held towards `backend`.
+    pub fn snat_port(&self, backend: std::net::SocketAddr) -> u16 {
+        match self.snat_ports(backend)[..] {
+            [port] => port,
+            ref ports => panic!("SNAT ports towards {backend}: {ports:?}"),
+        }
+    }
+
     /// Attaches the external programs to a device as the agent does (XDP redirect target
     /// included); call inside the device's namespace.
     pub fn attach_ext_device(
