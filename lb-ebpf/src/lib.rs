@@ -135,7 +135,7 @@ pub const DEFAULT_MAX_NEW_FLOWS: u32 = 131_072;
 /// kernel's default ephemeral range (32768-60999), as Calico's 20000-29999.
 pub const DEFAULT_SNAT_PORT_MIN: u16 = 20_000;
 pub const DEFAULT_SNAT_PORT_MAX: u16 = 29_999;
-/// Ports tried for a new SNATed flow: sequentially from a random one in the range.
+/// Ports tried for a new SNATed flow, each a random one of the range.
 pub const SNAT_ATTEMPTS: u32 = 64;
 
 /// Indexes of the per-CPU counters in the `LB_STATS` array.

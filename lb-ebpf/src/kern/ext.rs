@@ -374,8 +374,10 @@ fn ext_forward<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, 
 }
 
 /// Finds a free source port of this node's address towards the backend and records the SNAT
-/// entry the replies will find: ports of the configured range ([`conf::snat_ports`]), tried in
-/// order from a random one. A port is free when no entry holds it or its entry's flow is dead
+/// entry the replies will find: ports of the configured range ([`conf::snat_ports`]), each try
+/// a random one (ports tried in order from a random start cluster: with 80 % of the range in
+/// use, 2 connections in 8 000 found no port in 64 tries; random tries fail with 0.8^64). A
+/// port is free when no entry holds it or its entry's flow is dead
 /// ([`flow::snat_in_use`]); entries are inserted with `BPF_NOEXIST`, so two CPUs never hand one
 /// port to two flows. `None` (counted) when every port tried is in use.
 #[inline(never)]
@@ -402,8 +404,6 @@ fn snat_port<F: Track>(pkt: &Packet<F::Addr>, chosen: &Chosen<F::Addr>, now: u64
         count(stats::SNAT_NO_PORT);
         return None;
     }
-    // SAFETY: helper without arguments.
-    let start = unsafe { bpf_get_prandom_u32() } % span;
     let mut key = FlowKey {
         saddr: chosen.backend.addr,
         daddr: node,
@@ -413,8 +413,9 @@ fn snat_port<F: Track>(pkt: &Packet<F::Addr>, chosen: &Chosen<F::Addr>, now: u64
         dir: FLOW_REPLY,
         _pad: [0; 2],
     };
-    for attempt in 0..SNAT_ATTEMPTS {
-        let port = min + (start + attempt) % span;
+    for _ in 0..SNAT_ATTEMPTS {
+        // SAFETY: helper without arguments.
+        let port = min + unsafe { bpf_get_prandom_u32() } % span;
         key.dport = (port as u16).to_be();
         if let Some(existing) = F::snat().get_ptr(&key) {
             // SAFETY: read-only look at a map value.

@@ -11,6 +11,7 @@ mod ext;
 mod hairpin;
 mod in_cluster;
 mod pod;
+mod state;
 mod xdp;
 
 use std::net::SocketAddr;

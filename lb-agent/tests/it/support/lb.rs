@@ -292,6 +292,87 @@ impl Lb {
         self.run_checksum_complete_verdict(lb_ebpf::program_names::TC_EXT_INGRESS, frame)
     }
 
+    /// The file descriptor of a TC program, for test runs from other threads
+    /// (`lb_tests::rawbpf::test_run`); valid while `self` lives.
+    pub fn program_fd(&mut self, name: &'static str) -> anyhow::Result<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        Ok(self
+            .classifier(name)?
+            .fd()
+            .with_context(|| format!("program {name} is not loaded"))?
+            .as_fd()
+            .as_raw_fd())
+    }
+
+    /// Sets the expiry of every flow entry (both tables, both families) whose key `which`
+    /// selects to `expires_ns` (`bpf_ktime_get_ns` time), as if time had passed; returns how
+    /// many entries changed.
+    pub fn set_flow_expiry(
+        &self,
+        which: impl Fn(u8) -> bool,
+        expires_ns: u64,
+    ) -> anyhow::Result<usize> {
+        use lb_ebpf::map_names;
+        let mut changed = 0;
+        for name in [map_names::FLOWS_V4, map_names::FLOWS_NEW_V4] {
+            let mut map = self.pinned_map::<lb_ebpf::Flow4Key, lb_ebpf::Flow4Value>(name)?;
+            let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
+            for (key, mut value) in entries {
+                if which(key.dir) {
+                    value.expires_ns = expires_ns;
+                    map.insert(key, value, 0)?;
+                    changed += 1;
+                }
+            }
+        }
+        for name in [map_names::FLOWS_V6, map_names::FLOWS_NEW_V6] {
+            let mut map = self.pinned_map::<lb_ebpf::Flow6Key, lb_ebpf::Flow6Value>(name)?;
+            let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
+            for (key, mut value) in entries {
+                if which(key.dir) {
+                    value.expires_ns = expires_ns;
+                    map.insert(key, value, 0)?;
+                    changed += 1;
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Sets the expiry of every SNAT entry (both families), as [`Lb::set_flow_expiry`].
+    pub fn set_snat_expiry(&self, expires_ns: u64) -> anyhow::Result<usize> {
+        use lb_ebpf::map_names;
+        let mut changed = 0;
+        let mut map =
+            self.pinned_map::<lb_ebpf::Snat4Key, lb_ebpf::Snat4Value>(map_names::SNAT_V4)?;
+        let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
+        for (key, mut value) in entries {
+            value.expires_ns = expires_ns;
+            map.insert(key, value, 0)?;
+            changed += 1;
+        }
+        let mut map =
+            self.pinned_map::<lb_ebpf::Snat6Key, lb_ebpf::Snat6Value>(map_names::SNAT_V6)?;
+        let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
+        for (key, mut value) in entries {
+            value.expires_ns = expires_ns;
+            map.insert(key, value, 0)?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
+    /// A hash or LRU map of this datapath, opened from its pin.
+    fn pinned_map<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<aya::maps::HashMap<aya::maps::MapData, K, V>> {
+        let data = aya::maps::MapData::from_pin(self.pin_dir.0.join(name))
+            .with_context(|| format!("map {name}"))?;
+        let map = aya::maps::Map::from_map_data(data).with_context(|| format!("map {name}"))?;
+        Ok(aya::maps::HashMap::try_from(map).with_context(|| format!("map {name}"))?)
+    }
+
     fn classifier(&mut self, name: &'static str) -> anyhow::Result<&mut SchedClassifier> {
         self.programs
             .ebpf_mut()
