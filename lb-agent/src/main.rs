@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lb_agent::{
     agent::{self, RunOptions},
+    gc,
     kernel::{DatapathMode, LoadOptions, SocketLb, SocketLbScope},
     node::{
         addrs::{parse_cidrs, usable},
@@ -141,6 +142,10 @@ struct RunArgs {
     /// cgroup v1).
     #[arg(long, value_name = "PATH")]
     cgroup: Option<PathBuf>,
+    /// How often dead flows, and the SNAT entries (source ports) of dead flows, are deleted
+    /// from the maps, e.g. `30s` or `2m`; not 0.
+    #[arg(long, value_name = "DURATION", default_value = gc::periodic::DEFAULT_INTERVAL, value_parser = gc::periodic::parse_interval)]
+    gc_interval: std::time::Duration,
 }
 
 /// Default log filter. aya warns at every start, with a page of BTF dump, that the kernel
@@ -251,6 +256,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         devices,
         nodeport_addresses,
         datapath_mode: args.datapath_mode,
+        gc_interval: args.gc_interval,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

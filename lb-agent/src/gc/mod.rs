@@ -9,7 +9,7 @@
 //!
 //! [`decide`] says what is garbage, from entries alone. [`Collector`] reads the pinned maps
 //! ([`Collector::scan`]), then checks every candidate again and deletes it
-//! ([`Collector::collect`]).
+//! ([`Collector::collect`]). [`periodic`] runs the collector in the agent.
 //!
 //! # Races with the kernel
 //! A run reads `now` once, before it reads any entry. Entries the kernel refreshes during the
@@ -36,6 +36,7 @@
 //! in which the flow is in neither table, for the kernel's own lookups too.
 
 pub mod decide;
+pub mod periodic;
 
 use std::{collections::HashMap, fmt, hash::Hash, path::Path};
 
