@@ -54,6 +54,14 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/lb")]
         bpffs: PathBuf,
     },
+    /// Delete dead flows and the SNAT entries of dead flows from the maps an agent pinned, once
+    /// (a running agent does this every --gc-interval), and print what was read and deleted per
+    /// map.
+    Gc {
+        /// The agent's pin directory.
+        #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/lb")]
+        bpffs: PathBuf,
+    },
     /// Print every frontend the agent would program for a manifest directory (ClusterIPs, node
     /// ports on the given node addresses, external and load balancer IPs), the health check node
     /// ports and any problems, from the same plan the agent runs; needs no privileges.
@@ -291,6 +299,13 @@ fn main() -> ExitCode {
                 true
             })
             .map_err(|e| anyhow::anyhow!("removing {}: {e}", bpffs.display())),
+        Command::Gc { bpffs } => gc::Collector::open(&bpffs)
+            .and_then(|mut collector| collector.run())
+            .map(|report| {
+                println!("{report}");
+                true
+            })
+            .map_err(|e| anyhow::anyhow!("collecting the maps under {}: {e}", bpffs.display())),
         Command::Run(args) => run(args),
     };
     match result {

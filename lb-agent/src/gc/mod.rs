@@ -9,7 +9,8 @@
 //!
 //! [`decide`] says what is garbage, from entries alone. [`Collector`] reads the pinned maps
 //! ([`Collector::scan`]), then checks every candidate again and deletes it
-//! ([`Collector::collect`]). [`periodic`] runs the collector in the agent.
+//! ([`Collector::collect`]). [`periodic`] runs the collector in the agent, and `lb-agent gc`
+//! runs it once.
 //!
 //! # Races with the kernel
 //! A run reads `now` once, before it reads any entry. Entries the kernel refreshes during the
