@@ -6,9 +6,11 @@
 //! the whole desired state) -> [`lbmap`] (diffs the desired state against the maps and writes
 //! the difference through [`lbmap::MapOps`]) -> the kernel programs, which [`kernel`] loads,
 //! pins and attaches to the devices [`node`] finds. [`health`] serves `/healthz`, `/livez` and
-//! the per-service health check node ports; [`agent`] wires it all together and runs the loop.
+//! the per-service health check node ports; [`gc`] deletes dead flows and the SNAT entries of
+//! dead flows from the kernel's maps; [`agent`] wires it all together and runs the loop.
 
 pub mod agent;
+pub mod gc;
 pub mod health;
 pub mod kernel;
 pub mod lbmap;

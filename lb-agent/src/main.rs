@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lb_agent::{
     agent::{self, RunOptions},
+    gc,
     kernel::{DatapathMode, LoadOptions, SocketLb, SocketLbScope},
     node::{
         addrs::{parse_cidrs, usable},
@@ -49,6 +50,14 @@ enum Command {
     /// Print the datapath's counters (translations, flows, drops by rule, XDP and TC sends), one
     /// `name value` line each, from the maps an agent pinned.
     Stats {
+        /// The agent's pin directory.
+        #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/lb")]
+        bpffs: PathBuf,
+    },
+    /// Delete dead flows and the SNAT entries of dead flows from the maps an agent pinned, once
+    /// (a running agent does this every --gc-interval), and print what was read and deleted per
+    /// map.
+    Gc {
         /// The agent's pin directory.
         #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/lb")]
         bpffs: PathBuf,
@@ -141,6 +150,10 @@ struct RunArgs {
     /// cgroup v1).
     #[arg(long, value_name = "PATH")]
     cgroup: Option<PathBuf>,
+    /// How often dead flows, and the SNAT entries (source ports) of dead flows, are deleted
+    /// from the maps, e.g. `30s` or `2m`; not 0.
+    #[arg(long, value_name = "DURATION", default_value = gc::periodic::DEFAULT_INTERVAL, value_parser = gc::periodic::parse_interval)]
+    gc_interval: std::time::Duration,
 }
 
 /// Default log filter. aya warns at every start, with a page of BTF dump, that the kernel
@@ -251,6 +264,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         devices,
         nodeport_addresses,
         datapath_mode: args.datapath_mode,
+        gc_interval: args.gc_interval,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -285,6 +299,13 @@ fn main() -> ExitCode {
                 true
             })
             .map_err(|e| anyhow::anyhow!("removing {}: {e}", bpffs.display())),
+        Command::Gc { bpffs } => gc::Collector::open(&bpffs)
+            .and_then(|mut collector| collector.run())
+            .map(|report| {
+                println!("{report}");
+                true
+            })
+            .map_err(|e| anyhow::anyhow!("collecting the maps under {}: {e}", bpffs.display())),
         Command::Run(args) => run(args),
     };
     match result {

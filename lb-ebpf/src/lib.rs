@@ -461,6 +461,12 @@ pub const FLOW_F_SNAT: u8 = 2;
 /// hairpin address (`kern/hairpin.rs`).
 pub const FLOW_F_HAIRPIN: u8 = 4;
 
+/// The source a pod sees on a hairpinned connection, IPv4: Cilium's loopback for the same
+/// purpose (link-local, never on a wire).
+pub const HAIRPIN_V4: [u8; 4] = [169, 254, 42, 1];
+/// The same for IPv6: `100::42`, in the discard-only prefix 100::/64 (RFC 6666), never routed.
+pub const HAIRPIN_V6: [u8; 16] = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42];
+
 /// Key of the socket reverse-translation maps: a socket (by cookie) and the backend it was sent
 /// to. `PAD` makes the trailing padding explicit.
 #[repr(C)]

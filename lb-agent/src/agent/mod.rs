@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use self::{devices::DeviceScanner, sync::Syncer};
 use crate::{
+    gc,
     health::{
         proxy::{self, Health},
         service::HealthCheckServers,
@@ -60,6 +61,8 @@ pub struct RunOptions {
     pub nodeport_addresses: Vec<IpNet>,
     /// XDP, TC or a choice per device for external traffic.
     pub datapath_mode: DatapathMode,
+    /// How often dead flows and the SNAT entries of dead flows leave the maps (`--gc-interval`).
+    pub gc_interval: Duration,
 }
 
 /// A writer that takes over what an earlier run left in the pinned maps, so a restart rewrites
@@ -181,6 +184,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let maps = BpfMaps::take(programs.ebpf_mut()).context("taking the datapath's maps")?;
     info!(pin_dir = %opts.load.pin_dir.display(), "datapath loaded");
     spawn_kernel_logger(&mut programs);
+    // From the pins, on blocking threads of its own; it ends with the runtime.
+    gc::periodic::spawn(opts.load.pin_dir.clone(), opts.gc_interval);
 
     let health = Health::new(HEALTH_TIMEOUT);
     let listener = tokio::net::TcpListener::bind(opts.healthz_bind_address)

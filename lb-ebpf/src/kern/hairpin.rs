@@ -33,12 +33,12 @@ pub trait HairpinFamily: Family {
 
 impl HairpinFamily for V4 {
     /// Cilium's IPv4 loopback for the same purpose (link-local, never on a wire).
-    const HAIRPIN: [u8; 4] = [169, 254, 42, 1];
+    const HAIRPIN: [u8; 4] = lb_ebpf::HAIRPIN_V4;
 }
 
 impl HairpinFamily for V6 {
     /// `100::42`, in the discard-only prefix 100::/64 (RFC 6666): never routed anywhere.
-    const HAIRPIN: [u8; 16] = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42];
+    const HAIRPIN: [u8; 16] = lb_ebpf::HAIRPIN_V6;
 }
 
 /// A new flow whose chosen backend is its own client: records it both ways and sends the

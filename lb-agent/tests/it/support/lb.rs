@@ -213,6 +213,11 @@ impl Lb {
         }
     }
 
+    /// The directory the maps are pinned in (the agent's `--bpffs`).
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir.0
+    }
+
     /// Attaches the external programs to a device as the agent does (XDP redirect target
     /// included); call inside the device's namespace.
     pub fn attach_ext_device(
