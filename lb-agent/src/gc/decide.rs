@@ -20,8 +20,8 @@ use lb_ebpf::{FLOW_FORWARD, FLOW_REPLY, FlowKey, FlowValue, SnatValue};
 /// An address of the flow maps: `[u8; 4]` or `[u8; 16]`.
 pub trait FlowAddr: Copy + Eq + Hash + Debug + Default {
     /// The source address of the packets the kernel sends into a hairpinned pod
-    /// (`HairpinFamily::HAIRPIN` in `lb-ebpf/src/kern/hairpin.rs`, which `lb_ebpf` does not
-    /// export). It is the destination of a hairpin flow's reply key. The client of such a flow is
+    /// (`lb_ebpf::HAIRPIN_V4`/`HAIRPIN_V6`). It is the destination of a hairpin flow's reply
+    /// key. The client of such a flow is
     /// the pod itself, i.e. the key's source.
     const HAIRPIN: Self;
 }
