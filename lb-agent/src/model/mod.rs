@@ -8,6 +8,7 @@ pub(crate) mod testing;
 
 pub use frontend::{
     Backend, Frontend, FrontendKind, FrontendState, ServiceHealth, ServicePortName, SnatAddrs,
+    SnatReason, SnatReasons,
 };
 
 use std::{fmt, net::IpAddr};

@@ -1,11 +1,16 @@
 //! What the agent reads from its own Node object.
 
+use std::net::IpAddr;
+
 use k8s_openapi::api::core::v1::Node;
 
 use crate::source::snapshot::NodeState;
 
 /// The well-known zone label (`v1.LabelTopologyZone`), matched against zone hints.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The `status.addresses` type of the address other nodes reach this one at
+/// (`v1.NodeInternalIP`).
+pub const INTERNAL_IP: &str = "InternalIP";
 /// Taint the cluster autoscaler puts on a node it is about to delete; kube-proxy counts such a
 /// node as not eligible (`pkg/proxy/healthcheck/proxy_health.go`).
 pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
@@ -16,6 +21,7 @@ pub fn node_state(node: Option<&Node>) -> NodeState {
         return NodeState {
             zone: None,
             eligible: false,
+            internal_ips: Vec::new(),
         };
     };
     let being_deleted = node.metadata.deletion_timestamp.is_some();
@@ -33,7 +39,21 @@ pub fn node_state(node: Option<&Node>) -> NodeState {
             .filter(|z| !z.is_empty())
             .cloned(),
         eligible: !being_deleted && !tainted,
+        internal_ips: internal_ips(node),
     }
+}
+
+/// The Node's InternalIP addresses in its order; any that does not parse is left out (the API
+/// server does not validate them).
+fn internal_ips(node: &Node) -> Vec<IpAddr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == INTERNAL_IP)
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
 }
 
 /// This machine's host name: kube-proxy's default node name when none is given.
@@ -47,7 +67,7 @@ pub fn hostname() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use k8s_openapi::{
-        api::core::v1::{NodeSpec, Taint},
+        api::core::v1::{NodeAddress, NodeSpec, NodeStatus, Taint},
         apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
     };
 
@@ -57,6 +77,34 @@ mod tests {
     fn hostname_is_the_kernels_lowercased() {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
         assert_eq!(hostname(), Some(kernel.trim().to_lowercase()));
+    }
+
+    #[test]
+    fn internal_ips_of_both_families_in_the_nodes_order_and_nothing_else() {
+        let address = |type_: &str, address: &str| NodeAddress {
+            type_: type_.into(),
+            address: address.into(),
+        };
+        let node = Node {
+            status: Some(NodeStatus {
+                addresses: Some(vec![
+                    address("Hostname", "n1"),
+                    address("ExternalIP", "203.0.113.7"),
+                    address(INTERNAL_IP, "192.168.10.21"),
+                    address(INTERNAL_IP, "not-an-address"),
+                    address(INTERNAL_IP, "2001:db8::21"),
+                ]),
+                ..NodeStatus::default()
+            }),
+            ..Node::default()
+        };
+        let want: Vec<IpAddr> = ["192.168.10.21", "2001:db8::21"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(node_state(Some(&node)).internal_ips, want);
+        assert!(node_state(Some(&Node::default())).internal_ips.is_empty());
+        assert!(node_state(None).internal_ips.is_empty());
     }
 
     #[test]
