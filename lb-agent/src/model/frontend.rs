@@ -202,7 +202,9 @@ pub struct SnatAddrs {
 pub enum SnatReason {
     /// The Node object's InternalIP of the family, an address node ports answer on.
     InternalIp,
-    /// The first node port address of the family.
+    /// The first node port address of the family: the device scan's choice when it made one
+    /// (the source of the kernel's default route, else the uplink's address; see
+    /// [`crate::node::addrs`]), else the lowest.
     NodeAddress,
 }
 
@@ -210,7 +212,7 @@ impl fmt::Display for SnatReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::InternalIp => "the Node's InternalIP",
-            Self::NodeAddress => "the first node port address",
+            Self::NodeAddress => "the devices' choice among the node port addresses",
         })
     }
 }
@@ -234,7 +236,7 @@ impl SnatReasons {
 impl SnatAddrs {
     /// Each family's SNAT address: the first of `internal_ips` (the Node's InternalIPs) of the
     /// family that is one of the node port `addresses`, else the first of the family among
-    /// `addresses`. An InternalIP that is no node
+    /// `addresses`, which lists the device scan's choice first. An InternalIP that is no node
     /// port address (on a device the programs are not on, or outside `--nodeport-addresses`) is
     /// passed over: the node may not own it.
     pub fn choose(addresses: &[IpAddr], internal_ips: &[IpAddr]) -> (Self, SnatReasons) {

@@ -31,8 +31,9 @@ pub struct NodeFacts {
     /// This node's name: endpoints on it are local, and topology hints name it.
     pub name: Option<String>,
     /// The addresses node ports answer on (usable addresses of the external devices, within
-    /// `--nodeport-addresses`), sorted. The first of each family is the SNAT address unless the
-    /// Node's InternalIP of the family is among them ([`SnatAddrs::choose`]).
+    /// `--nodeport-addresses`): the device scan's SNAT choice of each family first, then the
+    /// others sorted. The first of each family is the SNAT address unless the Node's InternalIP
+    /// of the family is among them ([`SnatAddrs::choose`]).
     pub addresses: Vec<IpAddr>,
 }
 

@@ -227,7 +227,7 @@ fn without_endpoints_frontends_refuse() {
 #[test]
 fn snat_prefers_the_nodes_internal_ip_when_the_node_holds_it() {
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-    // The first given, whatever sorts lower.
+    // The device scan listed eth0's 192.168.10.21 first; docker0's 172.17.0.1 sorts lower.
     let node = on_node(&[
         "192.168.10.21",
         "172.17.0.1",
