@@ -36,6 +36,6 @@ pub struct Snapshot {
     pub problems: Vec<String>,
     /// Worth a look but used anyway; reported once per object version.
     pub warnings: Vec<String>,
-    /// `None` when the source has no Node objects (manifest files).
+    /// `None` when the source has no Node object for this node (manifest files without one).
     pub node: Option<NodeState>,
 }

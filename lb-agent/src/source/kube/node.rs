@@ -1,59 +1,20 @@
 //! What the agent reads from its own Node object.
 
-use std::net::IpAddr;
-
 use k8s_openapi::api::core::v1::Node;
 
-use crate::source::snapshot::NodeState;
-
-/// The well-known zone label (`v1.LabelTopologyZone`), matched against zone hints.
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-/// The `status.addresses` type of the address other nodes reach this one at
-/// (`v1.NodeInternalIP`).
-pub const INTERNAL_IP: &str = "InternalIP";
-/// Taint the cluster autoscaler puts on a node it is about to delete; kube-proxy counts such a
-/// node as not eligible (`pkg/proxy/healthcheck/proxy_health.go`).
-pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+pub use crate::source::convert::{TO_BE_DELETED_TAINT, ZONE_LABEL};
+use crate::source::{convert, snapshot::NodeState};
 
 /// The state of this node; a node that does not exist is not eligible, as in kube-proxy.
 pub fn node_state(node: Option<&Node>) -> NodeState {
-    let Some(node) = node else {
-        return NodeState {
+    match node {
+        Some(node) => convert::node_state(node),
+        None => NodeState {
             zone: None,
             eligible: false,
             internal_ips: Vec::new(),
-        };
-    };
-    let being_deleted = node.metadata.deletion_timestamp.is_some();
-    let tainted = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|taints| taints.iter().any(|t| t.key == TO_BE_DELETED_TAINT));
-    NodeState {
-        zone: node
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(ZONE_LABEL))
-            .filter(|z| !z.is_empty())
-            .cloned(),
-        eligible: !being_deleted && !tainted,
-        internal_ips: internal_ips(node),
+        },
     }
-}
-
-/// The Node's InternalIP addresses in its order; any that does not parse is left out (the API
-/// server does not validate them).
-fn internal_ips(node: &Node) -> Vec<IpAddr> {
-    node.status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|a| a.type_ == INTERNAL_IP)
-        .filter_map(|a| a.address.parse().ok())
-        .collect()
 }
 
 /// This machine's host name: kube-proxy's default node name when none is given.
@@ -71,7 +32,10 @@ mod tests {
         apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
     };
 
+    use std::net::IpAddr;
+
     use super::*;
+    use crate::source::convert::INTERNAL_IP;
 
     #[test]
     fn hostname_is_the_kernels_lowercased() {
