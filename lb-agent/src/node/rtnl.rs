@@ -35,7 +35,8 @@ const ALIGN: usize = 4;
 /// (`netlink_dump`, `max_recvmsg_len`); twice that leaves room for one oversized link.
 const RECV_BUFFER: usize = 64 * 1024;
 /// A dump the kernel marks inconsistent (`NLM_F_DUMP_INTR`: links changed meanwhile) is asked
-/// again this many times before it is taken as it is.
+/// for up to this many times in all; the last answer is taken as it is (the change that
+/// interrupted it wakes another scan).
 const DUMP_RETRIES: usize = 3;
 
 const NLM_F_REQUEST: u16 = libc::NLM_F_REQUEST as u16;
@@ -317,10 +318,17 @@ pub fn route_to(dst: IpAddr) -> io::Result<Option<Route>> {
         Err(e)
             if matches!(
                 e.raw_os_error().map(Errno::from_raw),
-                Some(Errno::ENETUNREACH | Errno::EHOSTUNREACH | Errno::EACCES | Errno::EPERM)
+                Some(
+                    Errno::ENETUNREACH
+                        | Errno::EHOSTUNREACH
+                        | Errno::EACCES
+                        | Errno::EPERM
+                        | Errno::EINVAL
+                )
             ) =>
         {
-            // Unreachable, prohibited or blackholed: no route to take a source from.
+            // No route, or an unreachable (EHOSTUNREACH), prohibit (EACCES) or blackhole
+            // (EINVAL, `fib_props` in net/ipv4/fib_semantics.c) one: no source to take.
             Ok(None)
         }
         Err(e) => Err(e),
@@ -414,6 +422,23 @@ mod tests {
         assert_eq!(kinds, [1, 2]);
         two[0] = 200;
         assert!(messages(&two).is_err());
+    }
+
+    #[test]
+    fn unreachable_prohibited_and_blackholed_destinations_have_no_route() {
+        lb_tests::require_root();
+        let ns = lb_tests::netns::Netns::new("lbrt").unwrap();
+        let dsts: [IpAddr; 2] = ["8.8.8.8".parse().unwrap(), "2001:db8::8".parse().unwrap()];
+        let routes = || {
+            ns.run(|| dsts.map(|d| route_to(d).map_err(|e| e.to_string())))
+                .unwrap()
+        };
+        assert_eq!(routes(), [Ok(None), Ok(None)], "no route at all");
+        for kind in ["blackhole", "prohibit", "unreachable"] {
+            ns.ip(&["route", "replace", kind, "default"]).unwrap();
+            ns.ip(&["-6", "route", "replace", kind, "default"]).unwrap();
+            assert_eq!(routes(), [Ok(None), Ok(None)], "{kind}");
+        }
     }
 
     #[test]
