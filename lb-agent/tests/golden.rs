@@ -1,7 +1,9 @@
 //! Golden cases, no root: one folder per case under `testdata/plan/`, each with Kubernetes
-//! manifests in (`manifests/`), the node's facts (`node`: `name NAME` and `addresses A,B`
-//! lines), the `lb-agent plan` text expected (`plan.txt`) and the map contents expected
-//! (`maps.txt`), through the same [`plan::plan`] and [`Writer`] the agent runs.
+//! manifests in (`manifests/`, a Node object named as the node among them counts as this
+//! node's), the node's facts (`node`: `name NAME` and `addresses A,B` lines, the addresses
+//! sorted as the device scan sorts them when it makes no SNAT choice), the `lb-agent plan` text
+//! expected (`plan.txt`) and the map contents expected (`maps.txt`), through the same
+//! [`plan::plan`] and [`Writer`] the agent runs.
 //!
 //! `GOLDEN_UPDATE=1 cargo test --test golden` rewrites the expected files from the code; review
 //! the diff before committing it.
@@ -68,11 +70,13 @@ fn every_case_plans_and_programs_as_expected() {
     assert!(cases.len() >= 8, "the table lost cases: {cases:?}");
     let mut failures = Vec::new();
     for case in &cases {
+        let facts = node_facts(case);
         let snapshot = ManifestSource::new(case.join("manifests"))
+            .with_node_name(facts.name.as_deref())
             .read(false)
             .unwrap_or_else(|e| panic!("{}: {e}", case.display()))
             .expect("a first read always has a snapshot");
-        let desired = plan::plan(&snapshot, &node_facts(case));
+        let desired = plan::plan(&snapshot, &facts);
         let mut plan_text = desired.to_string();
         for problem in snapshot
             .problems

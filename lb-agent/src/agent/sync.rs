@@ -151,13 +151,16 @@ impl<M: MapOps> Syncer<M> {
         match self.writer.set_snat(&desired.snat) {
             Ok(changed) => {
                 for family in changed {
-                    info!(
-                        "{family} node address for external traffic: {}",
-                        desired
-                            .snat
-                            .get(family)
-                            .map_or_else(|| "none".to_owned(), |a| a.to_string())
-                    );
+                    match (desired.snat.get(family), desired.snat_reasons.get(family)) {
+                        (Some(addr), Some(why)) => info!(
+                            "{family} node address for external traffic (the source of flows \
+                             SNATed to other nodes' backends): {addr}, {why}"
+                        ),
+                        (Some(addr), None) => {
+                            info!("{family} node address for external traffic: {addr}")
+                        }
+                        (None, _) => info!("{family} node address for external traffic: none"),
+                    }
                 }
             }
             Err(e) => errors.push(format!("setting the node's SNAT addresses: {e}")),

@@ -197,18 +197,73 @@ pub struct SnatAddrs {
     pub v6: Option<Ipv6Addr>,
 }
 
-impl SnatAddrs {
-    /// The first of each family among the node port addresses.
-    pub fn of(addresses: &[IpAddr]) -> Self {
-        let mut out = Self::default();
-        for addr in addresses {
-            match addr {
-                IpAddr::V4(a) if out.v4.is_none() => out.v4 = Some(*a),
-                IpAddr::V6(a) if out.v6.is_none() => out.v6 = Some(*a),
-                _ => {}
-            }
+/// Why a family's SNAT address is what it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnatReason {
+    /// The Node object's InternalIP of the family, an address node ports answer on.
+    InternalIp,
+    /// The first node port address of the family: the device scan's choice when it made one
+    /// (the source of the kernel's default route, else the uplink's address; see
+    /// [`crate::node::addrs`]), else the lowest.
+    NodeAddress,
+}
+
+impl fmt::Display for SnatReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::InternalIp => "the Node's InternalIP",
+            Self::NodeAddress => "the devices' choice among the node port addresses",
+        })
+    }
+}
+
+/// Why each family's SNAT address of a [`SnatAddrs`] is what it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatReasons {
+    pub v4: Option<SnatReason>,
+    pub v6: Option<SnatReason>,
+}
+
+impl SnatReasons {
+    pub fn get(&self, family: IpFamily) -> Option<SnatReason> {
+        match family {
+            IpFamily::V4 => self.v4,
+            IpFamily::V6 => self.v6,
         }
-        out
+    }
+}
+
+impl SnatAddrs {
+    /// Each family's SNAT address: the first of `internal_ips` (the Node's InternalIPs) of the
+    /// family that is one of the node port `addresses`, else the first of the family among
+    /// `addresses`, which lists the device scan's choice first. An InternalIP that is no node
+    /// port address (on a device the programs are not on, or outside `--nodeport-addresses`) is
+    /// passed over: the node may not own it.
+    pub fn choose(addresses: &[IpAddr], internal_ips: &[IpAddr]) -> (Self, SnatReasons) {
+        let pick = |v6: bool| {
+            let family = |a: &&IpAddr| a.is_ipv6() == v6;
+            internal_ips
+                .iter()
+                .filter(family)
+                .find(|a| addresses.contains(a))
+                .map(|a| (*a, SnatReason::InternalIp))
+                .or_else(|| {
+                    addresses
+                        .iter()
+                        .find(family)
+                        .map(|a| (*a, SnatReason::NodeAddress))
+                })
+        };
+        let (mut addrs, mut reasons) = (Self::default(), SnatReasons::default());
+        if let Some((IpAddr::V4(a), why)) = pick(false) {
+            addrs.v4 = Some(a);
+            reasons.v4 = Some(why);
+        }
+        if let Some((IpAddr::V6(a), why)) = pick(true) {
+            addrs.v6 = Some(a);
+            reasons.v6 = Some(why);
+        }
+        (addrs, reasons)
     }
 
     pub fn get(&self, family: IpFamily) -> Option<IpAddr> {

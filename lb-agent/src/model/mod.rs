@@ -8,6 +8,7 @@ pub(crate) mod testing;
 
 pub use frontend::{
     Backend, Frontend, FrontendKind, FrontendState, ServiceHealth, ServicePortName, SnatAddrs,
+    SnatReason, SnatReasons,
 };
 
 use std::{fmt, net::IpAddr};
@@ -180,6 +181,8 @@ pub struct EndpointSlice {
 pub enum Kind {
     Service,
     EndpointSlice,
+    /// Cluster-scoped: its namespace is empty.
+    Node,
 }
 
 impl fmt::Display for Kind {
@@ -187,11 +190,12 @@ impl fmt::Display for Kind {
         f.write_str(match self {
             Self::Service => "Service",
             Self::EndpointSlice => "EndpointSlice",
+            Self::Node => "Node",
         })
     }
 }
 
-/// `kind namespace/name` of an object, as problems name it.
+/// `kind namespace/name` of an object (`kind name` when cluster-scoped), as problems name it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
     pub kind: Kind,
@@ -201,6 +205,10 @@ pub struct ObjectKey {
 
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
     }
 }

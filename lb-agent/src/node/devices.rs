@@ -1,6 +1,111 @@
-//! Network devices of this namespace and the `--pod-devices` name patterns.
+//! Network devices of this namespace, the `--devices` and `--pod-devices` name patterns, and
+//! the rules on which devices can carry the programs and which look like the node's uplink.
+
+use std::fmt;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use nix::libc;
+
+pub use super::rtnl::{Link, links};
+
+/// The name kube-proxy's IPVS mode gives the dummy device holding every ClusterIP.
+const KUBE_IPVS_DEVICE: &str = "kube-ipvs0";
+
+/// Why a device never gets the programs, whatever `--devices` and `--pod-devices` say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unfit {
+    /// The loopback device: nothing from outside arrives on it.
+    Loopback,
+    /// Its frames have no Ethernet header (`/sys/class/net/<dev>/type` is not 1,
+    /// `ARPHRD_ETHER`): wireguard and tun (65534), ipip (768), sit (776), gre (778). The programs
+    /// read the EtherType at offset 12 and the IP header at 14, and the reject path swaps MAC
+    /// addresses, so on such a device they would misparse the IP header and could rewrite it
+    /// (datapath review, finding 13). Cilium compiles an L3 variant of its programs for these
+    /// (`IS_L3_DEV`); until there is one, they are left alone.
+    NotEthernet(u16),
+}
+
+impl fmt::Display for Unfit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Loopback => f.write_str("is the loopback device"),
+            Self::NotEthernet(t) => {
+                write!(f, "has link type {t}")?;
+                if let Some(name) = link_type_name(*t) {
+                    write!(f, " ({name})")?;
+                }
+                write!(
+                    f,
+                    ", not Ethernet ({}): the programs expect Ethernet headers",
+                    libc::ARPHRD_ETHER
+                )
+            }
+        }
+    }
+}
+
+/// Names of the `ARPHRD_*` link types (`linux/if_arp.h`) a node is likely to have.
+fn link_type_name(link_type: u16) -> Option<&'static str> {
+    Some(match link_type {
+        libc::ARPHRD_ETHER => "Ethernet",
+        libc::ARPHRD_INFINIBAND => "InfiniBand",
+        libc::ARPHRD_PPP => "PPP",
+        libc::ARPHRD_TUNNEL => "IPIP tunnel",
+        libc::ARPHRD_TUNNEL6 => "IPv6-in-IPv6 tunnel",
+        libc::ARPHRD_LOOPBACK => "loopback",
+        libc::ARPHRD_SIT => "SIT tunnel",
+        libc::ARPHRD_IPGRE => "GRE tunnel",
+        libc::ARPHRD_NONE => "no link-layer header: tun, wireguard",
+        _ => return None,
+    })
+}
+
+/// Whether the programs cannot run on `link` at all; `None` when they can.
+pub fn unfit(link: &Link) -> Option<Unfit> {
+    if link.link_type == libc::ARPHRD_LOOPBACK || link.name == "lo" {
+        Some(Unfit::Loopback)
+    } else if link.link_type != libc::ARPHRD_ETHER {
+        Some(Unfit::NotEthernet(link.link_type))
+    } else {
+        None
+    }
+}
+
+/// How much an external device looks like the node's uplink, best first: where the SNAT address
+/// is taken from when the kernel's default route does not say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Uplink {
+    /// Backed by a bus device (`/sys/class/net/<dev>/device`: PCI, virtio, USB): a NIC.
+    Physical,
+    /// Built on NICs (bond, team, VLAN, macvlan, ipvlan), or the uplink a container runtime or a
+    /// test gives a network namespace (veth).
+    Stacked,
+}
+
+impl fmt::Display for Uplink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Physical => "a NIC",
+            Self::Stacked => "a bond, VLAN, macvlan, ipvlan or veth device",
+        })
+    }
+}
+
+/// Whether `link` can be the node's uplink. Never: bridges (docker0, cni0, a libvirt bridge),
+/// kube-ipvs0 and other dummy devices, overlays (vxlan such as flannel.1, geneve), tun/tap,
+/// VRFs, and every software device of another kind, or with no kind and no bus device.
+pub fn uplink(link: &Link) -> Option<Uplink> {
+    if unfit(link).is_some() || link.name == KUBE_IPVS_DEVICE {
+        return None;
+    }
+    if link.parent.is_some() {
+        return Some(Uplink::Physical);
+    }
+    match link.kind.as_deref()? {
+        "bond" | "team" | "vlan" | "macvlan" | "ipvlan" | "veth" => Some(Uplink::Stacked),
+        _ => None,
+    }
+}
 
 /// Comma-separated device names or globs (`veth*,lxc+`).
 #[derive(Clone, Debug)]
@@ -129,6 +234,98 @@ pub fn driver(device: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn link(name: &str, link_type: u16, kind: Option<&str>, parent: Option<&str>) -> Link {
+        Link {
+            index: 2,
+            name: name.into(),
+            link_type,
+            kind: kind.map(Into::into),
+            parent: parent.map(Into::into),
+            master: None,
+        }
+    }
+
+    #[test]
+    fn only_ethernet_devices_other_than_loopback_can_carry_the_programs() {
+        let ether = libc::ARPHRD_ETHER;
+        let cases = [
+            (link("eth0", ether, None, Some("0000:00:03.0")), None),
+            (link("veth1", ether, Some("veth"), None), None),
+            // tap and vxlan carry Ethernet frames.
+            (link("tap0", ether, Some("tun"), None), None),
+            (
+                link("lo", libc::ARPHRD_LOOPBACK, None, None),
+                Some(Unfit::Loopback),
+            ),
+            (
+                link("wg0", 65534, Some("wireguard"), None),
+                Some(Unfit::NotEthernet(65534)),
+            ),
+            (
+                link("tun0", 65534, Some("tun"), None),
+                Some(Unfit::NotEthernet(65534)),
+            ),
+            (
+                link("tunl0", 768, Some("ipip"), None),
+                Some(Unfit::NotEthernet(768)),
+            ),
+            (
+                link("sit0", 776, Some("sit"), None),
+                Some(Unfit::NotEthernet(776)),
+            ),
+        ];
+        for (l, want) in cases {
+            assert_eq!(unfit(&l), want, "{}", l.name);
+        }
+        let why = Unfit::NotEthernet(65534).to_string();
+        assert!(
+            why.contains("65534") && why.contains("tun, wireguard"),
+            "{why}"
+        );
+        assert!(Unfit::NotEthernet(9999).to_string().contains("9999"));
+    }
+
+    #[test]
+    fn uplinks_are_nics_then_stacked_devices_never_bridges_dummies_or_overlays() {
+        let ether = libc::ARPHRD_ETHER;
+        let cases = [
+            (
+                link("eth0", ether, None, Some("0000:00:03.0")),
+                Some(Uplink::Physical),
+            ),
+            (
+                link("wlan0", ether, None, Some("phy0")),
+                Some(Uplink::Physical),
+            ),
+            (
+                link("bond0", ether, Some("bond"), None),
+                Some(Uplink::Stacked),
+            ),
+            (
+                link("eth0.100", ether, Some("vlan"), None),
+                Some(Uplink::Stacked),
+            ),
+            (
+                link("eth0", ether, Some("veth"), None),
+                Some(Uplink::Stacked),
+            ),
+            (link("docker0", ether, Some("bridge"), None), None),
+            (link("cni0", ether, Some("bridge"), None), None),
+            (link("kube-ipvs0", ether, Some("dummy"), None), None),
+            (link("kube-ipvs0", ether, None, None), None),
+            (link("flannel.1", ether, Some("vxlan"), None), None),
+            (link("genev_sys_6081", ether, Some("geneve"), None), None),
+            (link("tap0", ether, Some("tun"), None), None),
+            (link("vrf-blue", ether, Some("vrf"), None), None),
+            (link("mystery0", ether, None, None), None),
+            (link("wg0", 65534, Some("wireguard"), None), None),
+        ];
+        for (l, want) in cases {
+            assert_eq!(uplink(&l), want, "{} ({:?})", l.name, l.kind);
+        }
+        assert!(Uplink::Physical < Uplink::Stacked);
+    }
 
     #[test]
     fn names_and_globs() {

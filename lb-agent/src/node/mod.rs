@@ -3,5 +3,6 @@
 pub mod addrs;
 pub mod devices;
 pub mod netns;
+pub mod rtnl;
 pub mod sockets;
 pub mod watch;

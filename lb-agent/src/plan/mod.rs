@@ -18,7 +18,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 use crate::{
     model::{
         Backend, Frontend, FrontendKind, FrontendState, NamespacedName, ServiceHealth,
-        ServicePortName, SnatAddrs,
+        ServicePortName, SnatAddrs, SnatReasons,
     },
     source::Snapshot,
 };
@@ -31,7 +31,9 @@ pub struct NodeFacts {
     /// This node's name: endpoints on it are local, and topology hints name it.
     pub name: Option<String>,
     /// The addresses node ports answer on (usable addresses of the external devices, within
-    /// `--nodeport-addresses`), sorted; the first of each family is also the SNAT address.
+    /// `--nodeport-addresses`): the device scan's SNAT choice of each family first, then the
+    /// others sorted. The first of each family is the SNAT address unless the Node's InternalIP
+    /// of the family is among them ([`SnatAddrs::choose`]).
     pub addresses: Vec<IpAddr>,
 }
 
@@ -81,6 +83,8 @@ pub struct Desired {
     /// Health check node port -> what it reports.
     pub health_checks: BTreeMap<u16, ServiceHealth>,
     pub snat: SnatAddrs,
+    /// Why each family's SNAT address is what it is.
+    pub snat_reasons: SnatReasons,
     /// Problems of the plan itself; the snapshot's own problems are not repeated here.
     pub problems: Vec<Problem>,
 }
@@ -121,10 +125,16 @@ pub fn plan(snapshot: &Snapshot, node: &NodeFacts) -> Desired {
     let sel = selection::select(&snapshot.services, &snapshot.slices, &context);
     let (frontends, mut problems) = frontends(&sel.ports, &node.addresses);
     problems.splice(0..0, sel.problems);
+    let internal_ips = snapshot
+        .node
+        .as_ref()
+        .map_or(&[][..], |n| n.internal_ips.as_slice());
+    let (snat, snat_reasons) = SnatAddrs::choose(&node.addresses, internal_ips);
     Desired {
         frontends,
         health_checks: sel.health_checks,
-        snat: SnatAddrs::of(&node.addresses),
+        snat,
+        snat_reasons,
         problems,
     }
 }

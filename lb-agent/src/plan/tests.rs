@@ -4,7 +4,7 @@
 use super::*;
 use crate::{
     model::{
-        EndpointSlice, IpFamily, Protocol, Service, ServiceType, TrafficPolicy,
+        EndpointSlice, IpFamily, Protocol, Service, ServiceType, SnatReason, TrafficPolicy,
         testing::{EpExt as _, ep, frontend, name, slice_of, svc},
     },
     source::{NodeState, Snapshot},
@@ -17,6 +17,7 @@ fn snapshot(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Snapshot {
         node: Some(NodeState {
             zone: None,
             eligible: true,
+            internal_ips: Vec::new(),
         }),
         ..Snapshot::default()
     }
@@ -221,4 +222,45 @@ fn without_endpoints_frontends_refuse() {
             .values()
             .all(|s| s.reject && s.backends.is_empty())
     );
+}
+
+#[test]
+fn snat_prefers_the_nodes_internal_ip_when_the_node_holds_it() {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    // The device scan listed eth0's 192.168.10.21 first; docker0's 172.17.0.1 sorts lower.
+    let node = on_node(&[
+        "192.168.10.21",
+        "172.17.0.1",
+        "192.168.20.5",
+        "2001:db8::21",
+    ]);
+    let mut snap = snapshot(vec![], vec![]);
+    let desired = plan(&snap, &node);
+    assert_eq!(desired.snat.get(IpFamily::V4), Some(ip("192.168.10.21")));
+    assert_eq!(
+        desired.snat_reasons.get(IpFamily::V4),
+        Some(SnatReason::NodeAddress)
+    );
+    // A second network the Node names as its InternalIP wins, per family.
+    snap.node.as_mut().unwrap().internal_ips = vec![ip("192.168.20.5"), ip("2001:db8::99")];
+    let desired = plan(&snap, &node);
+    assert_eq!(
+        (
+            desired.snat.get(IpFamily::V4),
+            desired.snat_reasons.get(IpFamily::V4)
+        ),
+        (Some(ip("192.168.20.5")), Some(SnatReason::InternalIp))
+    );
+    assert_eq!(
+        (
+            desired.snat.get(IpFamily::V6),
+            desired.snat_reasons.get(IpFamily::V6)
+        ),
+        (Some(ip("2001:db8::21")), Some(SnatReason::NodeAddress)),
+        "an InternalIP the node does not hold is passed over"
+    );
+    // No node port address of a family: no SNAT address, whatever the Node says.
+    let desired = plan(&snap, &on_node(&[]));
+    assert_eq!(desired.snat, SnatAddrs::default());
+    assert_eq!(desired.snat_reasons, SnatReasons::default());
 }

@@ -4,9 +4,11 @@
 use std::net::IpAddr;
 
 use k8s_openapi::api::{
-    core::v1::Service as K8sService, discovery::v1::EndpointSlice as K8sEndpointSlice,
+    core::v1::{Node, Service as K8sService},
+    discovery::v1::EndpointSlice as K8sEndpointSlice,
 };
 
+use super::snapshot::NodeState;
 use crate::model::{
     Endpoint, EndpointPort, EndpointSlice, IpFamily, NamespacedName, Protocol, Service,
     ServicePort, ServiceType, TrafficPolicy,
@@ -14,6 +16,14 @@ use crate::model::{
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The well-known zone label (`v1.LabelTopologyZone`), matched against zone hints.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The `status.addresses` type of the address other nodes reach this one at
+/// (`v1.NodeInternalIP`).
+pub const INTERNAL_IP: &str = "InternalIP";
+/// Taint the cluster autoscaler puts on a node it is about to delete; kube-proxy counts such a
+/// node as not eligible (`pkg/proxy/healthcheck/proxy_health.go`).
+pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
 /// Why an object cannot be used. Every message starts with the field it is about.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -454,6 +464,41 @@ pub fn endpoint_slice(
         },
         warnings,
     }))
+}
+
+/// What the agent takes from its own Node object: its zone, whether it is eligible for traffic
+/// (not being deleted, not tainted for deletion) and its InternalIPs.
+pub fn node_state(node: &Node) -> NodeState {
+    let being_deleted = node.metadata.deletion_timestamp.is_some();
+    let tainted = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|taints| taints.iter().any(|t| t.key == TO_BE_DELETED_TAINT));
+    NodeState {
+        zone: node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ZONE_LABEL))
+            .filter(|z| !z.is_empty())
+            .cloned(),
+        eligible: !being_deleted && !tainted,
+        internal_ips: internal_ips(node),
+    }
+}
+
+/// The Node's InternalIP addresses in its order; any that does not parse is left out (the API
+/// server does not validate them).
+fn internal_ips(node: &Node) -> Vec<IpAddr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == INTERNAL_IP)
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
 }
 
 #[cfg(test)]

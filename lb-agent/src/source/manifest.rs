@@ -1,6 +1,7 @@
 //! The manifest source: Service and EndpointSlice objects from `*.yaml`, `*.yml` and `*.json`
 //! files in one directory, as `kubectl get svc,endpointslices -o yaml` prints them (multi-document
-//! YAML, `kind: List`, server-set fields and all).
+//! YAML, `kind: List`, server-set fields and all), and this node's Node object when one is there
+//! ([`ManifestSource::with_node_name`]): as from the API, its zone, eligibility and InternalIPs.
 //!
 //! A file or object that cannot be used is reported with file, kind, namespace/name and reason,
 //! and the last good version of what it held stays in force: a bad edit never flushes a service
@@ -16,13 +17,14 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::Service as K8sService, discovery::v1::EndpointSlice as K8sEndpointSlice,
+    core::v1::{Node, Service as K8sService},
+    discovery::v1::EndpointSlice as K8sEndpointSlice,
 };
 use serde::Deserialize;
 
 use super::{
     convert,
-    snapshot::{Changes, Snapshot},
+    snapshot::{Changes, NodeState, Snapshot},
 };
 use crate::model::{EndpointSlice, Kind, ObjectKey, Service};
 
@@ -30,6 +32,7 @@ use crate::model::{EndpointSlice, Kind, ObjectKey, Service};
 enum Object {
     Service(Service),
     EndpointSlice(EndpointSlice),
+    Node(NodeState),
 }
 
 /// How long before a read a file's modification time must lie for its stamp to prove the file
@@ -68,6 +71,8 @@ pub struct Report {
 pub struct ManifestSource {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    /// Whose Node object is this node's.
+    node_name: Option<String>,
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -87,7 +92,15 @@ impl ManifestSource {
         Self {
             dir: dir.into(),
             files: BTreeMap::new(),
+            node_name: None,
         }
+    }
+
+    /// Takes the Node object of this name, when the directory holds one, as this node's
+    /// ([`Snapshot::node`]); without a name, or without such an object, there is none.
+    pub fn with_node_name(mut self, name: Option<&str>) -> Self {
+        self.node_name = name.map(str::to_owned);
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -144,9 +157,20 @@ impl ManifestSource {
             match object {
                 Object::Service(s) => services.push(s.clone()),
                 Object::EndpointSlice(s) => slices.push(s.clone()),
+                Object::Node(_) => {}
             }
         }
         (services, slices, problems)
+    }
+
+    /// The state of this node's Node object, taken from the first file (in path order) that
+    /// defines it.
+    pub fn node(&self) -> Option<NodeState> {
+        let name = self.node_name.as_deref()?;
+        self.objects().find_map(|(_, key, object)| match object {
+            Object::Node(state) if key.name == name => Some(state.clone()),
+            _ => None,
+        })
     }
 }
 
@@ -187,7 +211,7 @@ impl ManifestSource {
             slices,
             problems: report.problems.into_iter().chain(duplicates).collect(),
             warnings: report.warnings,
-            node: None,
+            node: self.node(),
         }))
     }
 }
@@ -476,6 +500,7 @@ fn decode(value: &serde_json::Value) -> Decoded {
     let (kind, served) = match obj.get("kind").and_then(|k| k.as_str()) {
         Some("Service") => (Kind::Service, "v1"),
         Some("EndpointSlice") => (Kind::EndpointSlice, "discovery.k8s.io/v1"),
+        Some("Node") => (Kind::Node, "v1"),
         Some(_) => return Decoded::Ignored,
         None => return Decoded::Invalid(None, "has no kind".to_owned()),
     };
@@ -484,16 +509,21 @@ fn decode(value: &serde_json::Value) -> Decoded {
     if api_version.is_some_and(|v| api_group(v) != api_group(served)) {
         return Decoded::Ignored;
     }
+    let namespace = match kind {
+        Kind::Node => "",
+        Kind::Service | Kind::EndpointSlice => meta_str(value, "namespace").unwrap_or("default"),
+    };
     let key = ObjectKey {
         kind,
-        namespace: meta_str(value, "namespace").unwrap_or("default").to_owned(),
+        namespace: namespace.to_owned(),
         name: meta_str(value, "name").unwrap_or("").to_owned(),
     };
     if key.name.is_empty() {
-        return Decoded::Invalid(
-            None,
-            format!("{kind} in namespace {} has no metadata.name", key.namespace),
-        );
+        let reason = match kind {
+            Kind::Node => format!("{kind} has no metadata.name"),
+            _ => format!("{kind} in namespace {} has no metadata.name", key.namespace),
+        };
+        return Decoded::Invalid(None, reason);
     }
     if api_version != Some(served) {
         let reason = match api_version {
@@ -511,6 +541,9 @@ fn decode(value: &serde_json::Value) -> Decoded {
             .map_err(|e| format!("not a valid EndpointSlice: {e}").into())
             .and_then(|s| convert::endpoint_slice(&s))
             .map(|c| c.map(|c| (Object::EndpointSlice(c.value), c.warnings))),
+        Kind::Node => Node::deserialize(value)
+            .map_err(|e| format!("not a valid Node: {e}").into())
+            .map(|n| Some((Object::Node(convert::node_state(&n)), Vec::new()))),
     };
     match result {
         Ok(Some((object, warnings))) => Decoded::Object(key, object, warnings),

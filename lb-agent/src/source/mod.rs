@@ -71,7 +71,7 @@ pub enum Source {
 
 impl Source {
     /// Starts the source; every change it sees wakes `changes`. `node_name` is the Node the
-    /// Kubernetes source watches.
+    /// Kubernetes source watches, and the one the manifest source takes from its directory.
     pub async fn start(
         opts: &SourceOptions,
         node_name: Option<&str>,
@@ -79,6 +79,7 @@ impl Source {
     ) -> Result<Self, SourceError> {
         match opts {
             SourceOptions::Manifests(dir) => ManifestSource::new(dir)
+                .with_node_name(node_name)
                 .watch(changes)
                 .map(Self::Manifests)
                 .map_err(|source| SourceError::Watch {

@@ -1,7 +1,7 @@
 //! What a source hands the plan: every usable object, converted to the model, and what was wrong
 //! with the others. Both sources build it; neither depends on the other.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use tokio::sync::Notify;
 
@@ -20,6 +20,9 @@ pub struct NodeState {
     /// False while the Node is being deleted: `/healthz` then fails so that load balancers
     /// drain the node first.
     pub eligible: bool,
+    /// The Node's `InternalIP` addresses (`status.addresses`), in the Node's order: the SNAT
+    /// address of their family when the node's devices hold them.
+    pub internal_ips: Vec<IpAddr>,
 }
 
 /// Everything a source knows, converted to the model.
@@ -33,6 +36,6 @@ pub struct Snapshot {
     pub problems: Vec<String>,
     /// Worth a look but used anyway; reported once per object version.
     pub warnings: Vec<String>,
-    /// `None` when the source has no Node objects (manifest files).
+    /// `None` when the source has no Node object for this node (manifest files without one).
     pub node: Option<NodeState>,
 }

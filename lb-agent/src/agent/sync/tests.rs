@@ -51,6 +51,7 @@ impl SnapshotSource for Scripted {
             node: Some(NodeState {
                 zone: None,
                 eligible: true,
+                internal_ips: Vec::new(),
             }),
             ..Snapshot::default()
         }))

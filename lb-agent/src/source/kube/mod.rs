@@ -238,6 +238,7 @@ impl KubeSource {
                     node = %self.node_name,
                     zone = s.zone.as_deref().unwrap_or("<none>"),
                     eligible = s.eligible,
+                    internal_ips = ?s.internal_ips,
                     "node state"
                 ),
             }

@@ -2,37 +2,18 @@
 
 use k8s_openapi::api::core::v1::Node;
 
-use crate::source::snapshot::NodeState;
-
-/// The well-known zone label (`v1.LabelTopologyZone`), matched against zone hints.
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-/// Taint the cluster autoscaler puts on a node it is about to delete; kube-proxy counts such a
-/// node as not eligible (`pkg/proxy/healthcheck/proxy_health.go`).
-pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+pub use crate::source::convert::{TO_BE_DELETED_TAINT, ZONE_LABEL};
+use crate::source::{convert, snapshot::NodeState};
 
 /// The state of this node; a node that does not exist is not eligible, as in kube-proxy.
 pub fn node_state(node: Option<&Node>) -> NodeState {
-    let Some(node) = node else {
-        return NodeState {
+    match node {
+        Some(node) => convert::node_state(node),
+        None => NodeState {
             zone: None,
             eligible: false,
-        };
-    };
-    let being_deleted = node.metadata.deletion_timestamp.is_some();
-    let tainted = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|taints| taints.iter().any(|t| t.key == TO_BE_DELETED_TAINT));
-    NodeState {
-        zone: node
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(ZONE_LABEL))
-            .filter(|z| !z.is_empty())
-            .cloned(),
-        eligible: !being_deleted && !tainted,
+            internal_ips: Vec::new(),
+        },
     }
 }
 
@@ -47,16 +28,47 @@ pub fn hostname() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use k8s_openapi::{
-        api::core::v1::{NodeSpec, Taint},
+        api::core::v1::{NodeAddress, NodeSpec, NodeStatus, Taint},
         apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
     };
 
+    use std::net::IpAddr;
+
     use super::*;
+    use crate::source::convert::INTERNAL_IP;
 
     #[test]
     fn hostname_is_the_kernels_lowercased() {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
         assert_eq!(hostname(), Some(kernel.trim().to_lowercase()));
+    }
+
+    #[test]
+    fn internal_ips_of_both_families_in_the_nodes_order_and_nothing_else() {
+        let address = |type_: &str, address: &str| NodeAddress {
+            type_: type_.into(),
+            address: address.into(),
+        };
+        let node = Node {
+            status: Some(NodeStatus {
+                addresses: Some(vec![
+                    address("Hostname", "n1"),
+                    address("ExternalIP", "203.0.113.7"),
+                    address(INTERNAL_IP, "192.168.10.21"),
+                    address(INTERNAL_IP, "not-an-address"),
+                    address(INTERNAL_IP, "2001:db8::21"),
+                ]),
+                ..NodeStatus::default()
+            }),
+            ..Node::default()
+        };
+        let want: Vec<IpAddr> = ["192.168.10.21", "2001:db8::21"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(node_state(Some(&node)).internal_ips, want);
+        assert!(node_state(Some(&Node::default())).internal_ips.is_empty());
+        assert!(node_state(None).internal_ips.is_empty());
     }
 
     #[test]

@@ -132,7 +132,8 @@ async fn follows_creates_updates_deletes_labels_and_the_node() {
             snap.node,
             Some(NodeState {
                 zone: Some("zone-a".into()),
-                eligible: true
+                eligible: true,
+                internal_ips: Vec::new(),
             }),
             "only this node's object is watched"
         );

@@ -14,6 +14,7 @@ use crate::model::{
     Endpoint, EndpointSlice, IpFamily, NamespacedName, Protocol, Service, ServiceType,
     TrafficPolicy,
 };
+use crate::source::NodeState;
 
 const KUBECTL_YAML: &str = include_str!(
     "../../../testdata/plan/kubectl-dump/manifests/kubectl-get-svc-endpointslices.yaml"
@@ -1180,4 +1181,48 @@ fn reload_says_whether_anything_changed() {
     dir.remove("b.yaml");
     assert!(source.reload().unwrap().changed, "a removed file");
     assert!(!source.reload().unwrap().changed);
+}
+
+#[test]
+fn the_node_object_of_this_node_gives_its_state_and_internal_ips() {
+    let dir = TestDir::new();
+    let node = |name: &str, internal: &str| {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: \
+             {{topology.kubernetes.io/zone: z1}}\nstatus:\n  addresses:\n  - {{type: Hostname, \
+             address: {name}}}\n  - {{type: InternalIP, address: \"{internal}\"}}\n"
+        )
+    };
+    dir.write("n1.yaml", node("n1", "192.168.10.21"));
+    dir.write("n2.yaml", node("n2", "192.168.10.22"));
+    dir.write("web.yaml", svc_doc("shop", "web", "10.96.0.10", 80));
+    // Without a node name the Node objects are read but none is this node's.
+    let mut anonymous = dir.source();
+    reload_clean(&mut anonymous);
+    assert_eq!(anonymous.node(), None);
+    assert_eq!(service_names(&anonymous), ["shop/web"]);
+    let snap = ManifestSource::new(&dir.path)
+        .with_node_name(Some("n1"))
+        .read(false)
+        .unwrap()
+        .unwrap();
+    assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+    assert_eq!(
+        snap.node,
+        Some(NodeState {
+            zone: Some("z1".into()),
+            eligible: true,
+            internal_ips: vec![ip("192.168.10.21")],
+        })
+    );
+    let mut other = dir.source().with_node_name(Some("n3"));
+    reload_clean(&mut other);
+    assert_eq!(other.node(), None);
+    // A Node is cluster-scoped: problems name it without a namespace.
+    dir.write(
+        "bad.yaml",
+        "apiVersion: v2\nkind: Node\nmetadata: {name: n9}\n",
+    );
+    let report = reload(&mut other);
+    assert_one_line(&report.problems, &["Node n9:", "apiVersion \"v2\""]);
 }

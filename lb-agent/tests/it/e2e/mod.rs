@@ -7,8 +7,11 @@
 //! - [`sock`]: processes on the node, translated by the socket programs.
 //! - [`restart`]: killing and restarting the agent fails no request.
 //! - [`conformance`]: the e2e suite's cases the agent used to fail, named after them.
+//! - [`devices`]: devices without Ethernet headers get no programs; the SNAT address is the
+//!   uplink's.
 
 mod conformance;
+mod devices;
 mod external;
 mod k8s;
 mod manifests;
