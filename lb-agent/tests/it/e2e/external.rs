@@ -65,6 +65,8 @@ in_both_modes!(
     session_affinity_keeps_an_outside_client_on_one_backend_through_a_node_port,
     pods_reach_local_policy_external_frontends_without_a_local_endpoint_within_source_ranges,
     restarting_an_agent_keeps_node_port_connections_and_swaps_its_programs_in_place,
+    short_connections_to_a_backend_on_the_other_node_never_run_out_of_snat_ports,
+    a_syn_flood_over_the_flow_tables_leaves_idle_connections_working,
 );
 
 /// Nodes `a` (pod `a1`) and `b` (pod `b1`), each pod serving TCP 8080 (answering with its name
@@ -133,11 +135,17 @@ impl Lan {
 
     /// Starts an agent on each node and checks that the mode's programs are the ones attached.
     fn start_agents(&mut self) {
+        self.start_agents_with(&[]);
+    }
+
+    /// [`Lan::start_agents`], with more arguments for both agents.
+    fn start_agents_with(&mut self, args: &[&str]) {
         for node in ["a", "b"] {
             let mut agent = Agent::builder(AGENT, &self.net.node(node).ns)
                 .node_name(node)
                 .manifests(&self.manifests)
                 .args(["--devices", NODE_DEVICE, "--datapath-mode", self.mode.arg()])
+                .args(args.iter().copied())
                 .start()
                 .unwrap();
             agent.wait_healthy(&self.net.node(node).ns, READY).unwrap();
@@ -777,4 +785,250 @@ fn restarting_an_agent_keeps_node_port_connections_and_swaps_its_programs_in_pla
         mode == Mode::Xdp,
         "after the restart: {link}"
     );
+}
+
+/// A node port service whose only endpoint is pod `b1` on node `b` (TCP "echo" 9090 on node
+/// port `node_port`, UDP "dns" 5353 on `node_port + 1`).
+fn remote_only(name: &'static str, v4: &str, v6: &str, node_port: u16) -> ServiceSpec<'static> {
+    ServiceSpec {
+        name,
+        service_type: "NodePort",
+        cluster_ips: vec![ip(v4), ip(v6)],
+        ports: vec![
+            port("echo", 90, "TCP", node_port),
+            port("dns", 53, "UDP", node_port + 1),
+        ],
+        ..Default::default()
+    }
+}
+
+/// Short TCP connections from `sources` (addresses of the client, used in turn) to `addr`:
+/// connect, read the greeting, close first (so the backend keeps no TIME_WAIT). Returns the
+/// failures, each with its reason.
+fn short_connections(
+    lan: &Lan,
+    sources: &[IpAddr],
+    addr: SocketAddr,
+    count: usize,
+) -> Vec<String> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, socket,
+    };
+    use std::io::Read as _;
+    lan.net
+        .client
+        .run(|| {
+            let mut failures = Vec::new();
+            for i in 0..count {
+                let source = sources[i % sources.len()];
+                let family = if addr.is_ipv6() {
+                    AddressFamily::Inet6
+                } else {
+                    AddressFamily::Inet
+                };
+                let attempt = (|| -> anyhow::Result<()> {
+                    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+                    bind(
+                        std::os::fd::AsRawFd::as_raw_fd(&fd),
+                        &SockaddrStorage::from(SocketAddr::new(source, 0)),
+                    )?;
+                    connect(
+                        std::os::fd::AsRawFd::as_raw_fd(&fd),
+                        &SockaddrStorage::from(addr),
+                    )?;
+                    let mut stream = std::net::TcpStream::from(fd);
+                    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+                    let mut greeting = [0_u8; 3];
+                    stream.read_exact(&mut greeting)?;
+                    anyhow::ensure!(&greeting == b"b1\n", "greeting {greeting:?}");
+                    Ok(())
+                })();
+                if let Err(e) = attempt {
+                    failures.push(format!("connection {i} from {source}: {e:#}"));
+                }
+            }
+            failures
+        })
+        .unwrap()
+}
+
+/// Review finding 1: short connections through a node port whose only backend is on the other
+/// node, each SNATed to a port of node `a`, from 64 client addresses per family, many more than
+/// the SNAT port range holds (`--snat-ports` 1 000 ports here, closed connections' ports free
+/// after `--tcp-close-timeout 1s`): every one succeeds, and no port ever ran out. The close
+/// lifetime is shortened so the test stays short; the default range and lifetime give the
+/// same headroom per second at ten times the duration.
+fn short_connections_to_a_backend_on_the_other_node_never_run_out_of_snat_ports(mode: Mode) {
+    const CONNECTIONS: usize = 12_500;
+    let mut lan = Lan::new(
+        mode,
+        &[remote_only("short", "10.96.3.90", "fd00:96::3:90", 30094)],
+        &[("short", &["b1"])],
+    );
+    let sources: Vec<Vec<IpAddr>> = [false, true]
+        .iter()
+        .map(|&v6| {
+            (0..64u16)
+                .map(|i| {
+                    let addr = if v6 {
+                        format!("fd00:250::1:{:x}", i + 1)
+                    } else {
+                        format!("10.250.0.{}", 101 + i)
+                    };
+                    let prefix = if v6 { "/64" } else { "/24" };
+                    let mut args = vec!["addr", "add"];
+                    let full = format!("{addr}{prefix}");
+                    args.push(&full);
+                    args.extend(["dev", NODE_DEVICE]);
+                    if v6 {
+                        args.push("nodad");
+                    }
+                    lan.net.client.ip(&args).unwrap();
+                    ip(&addr)
+                })
+                .collect()
+        })
+        .collect();
+    lan.start_agents_with(&["--snat-ports", "20000-20999", "--tcp-close-timeout", "1s"]);
+    for (v6, sources) in [false, true].into_iter().zip(&sources) {
+        let addr = sa(lan.net.node("a").addr(v6), 30094);
+        let failures = short_connections(&lan, sources, addr, CONNECTIONS);
+        assert!(
+            failures.is_empty(),
+            "{addr}: {} of {CONNECTIONS} failed, first {:?}; counters:\n{}",
+            failures.len(),
+            &failures[..failures.len().min(3)],
+            lan.diagnose()
+        );
+    }
+    let stats = lan.diagnose();
+    let counts: Vec<&str> = stats
+        .split("snat_no_port ")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert!(
+        counts.len() == 2 && counts.iter().all(|c| *c == "0"),
+        "a port ran out: {stats}"
+    );
+}
+
+/// A frame from the client's device to node `a`'s, with Ethernet addresses for the LAN.
+fn on_the_lan(lan: &Lan, packet: &crate::support::frame::Packet) -> Vec<u8> {
+    let mac = |ns: &lb_tests::netns::Netns| -> [u8; 6] {
+        let out = ns.ip(&["-o", "link", "show", NODE_DEVICE]).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let hex = text
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no MAC in {text}"))
+            .to_owned();
+        let mut mac = [0_u8; 6];
+        for (i, part) in hex.split(':').enumerate().take(6) {
+            mac[i] = u8::from_str_radix(part, 16).unwrap();
+        }
+        mac
+    };
+    let mut frame = packet.frame();
+    frame[0..6].copy_from_slice(&mac(&lan.net.node("a").ns));
+    frame[6..12].copy_from_slice(&mac(&lan.net.client));
+    frame
+}
+
+/// Sends raw frames out of the client's LAN device (`AF_PACKET`).
+fn send_raw(lan: &Lan, frames: &[Vec<u8>]) {
+    lan.net
+        .client
+        .run(|| {
+            let name = std::ffi::CString::new(NODE_DEVICE).unwrap();
+            // SAFETY: plain socket calls on a socket of our own; the address structure is
+            // zeroed and filled before use, and every frame outlives its sendto.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
+                assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+                let mut to: libc::sockaddr_ll = std::mem::zeroed();
+                to.sll_family = libc::AF_PACKET as u16;
+                to.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+                to.sll_halen = 6;
+                for frame in frames {
+                    to.sll_addr[..6].copy_from_slice(&frame[0..6]);
+                    let rc = libc::sendto(
+                        fd,
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&raw const to).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    assert!(rc >= 0, "sendto: {}", std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+        })
+        .unwrap();
+}
+
+/// Review finding 4: SYNs from spoofed sources to a node port, several times more than both
+/// flow tables hold (`--max-flows` and `--max-new-flows` 1 024 here), while an idle TCP
+/// connection and an idle UDP flow through the same node port (to the backend on the other
+/// node, SNATed) are open: both still work afterwards, on the same backend connection. Both
+/// families.
+fn a_syn_flood_over_the_flow_tables_leaves_idle_connections_working(mode: Mode) {
+    use crate::support::frame::{Packet, TCP_SYN};
+    const FLOOD: u32 = 6_000;
+    let mut lan = Lan::new(
+        mode,
+        &[remote_only("flooded", "10.96.3.91", "fd00:96::3:91", 30096)],
+        &[("flooded", &["b1"])],
+    );
+    lan.start_agents_with(&["--max-flows", "1024", "--max-new-flows", "1024"]);
+    for v6 in [false, true] {
+        let node = lan.net.node("a").addr(v6);
+        let (tcp, udp) = (sa(node, 30096), sa(node, 30097));
+        let mut session = TcpSession::open(&lan.net.client, tcp).unwrap();
+        session.ping().unwrap();
+        let socket = lan
+            .net
+            .client
+            .run(|| {
+                let bind = if v6 { "[::]:0" } else { "0.0.0.0:0" };
+                let s = std::net::UdpSocket::bind(bind).unwrap();
+                s.connect(udp).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                s
+            })
+            .unwrap();
+        let exchange = |what: &str| {
+            socket.send(b"hello").unwrap();
+            let mut buf = [0_u8; 64];
+            let n = socket
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("{udp} {what}: {e}; counters:\n{}", lan.diagnose()));
+            assert_eq!(&buf[..n], b"b1", "{udp} {what}");
+        };
+        exchange("first");
+        exchange("second");
+
+        let frames: Vec<Vec<u8>> = (0..FLOOD)
+            .map(|i| {
+                let src = if v6 {
+                    IpAddr::V6(std::net::Ipv6Addr::from(
+                        0x2001_0db8_0018_0000_0000_0000_0000_0000_u128 + u128::from(i),
+                    ))
+                } else {
+                    IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000 + i))
+                };
+                on_the_lan(&lan, &Packet::tcp(SocketAddr::new(src, 1024), tcp, TCP_SYN))
+            })
+            .collect();
+        send_raw(&lan, &frames);
+        // Let the node work through the flood.
+        std::thread::sleep(Duration::from_millis(500));
+        let stats = lan.diagnose();
+        session
+            .ping()
+            .unwrap_or_else(|e| panic!("{tcp}: the idle connection after the flood: {e:#}\n{stats}"));
+        exchange("after the flood");
+    }
 }
