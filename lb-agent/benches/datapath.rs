@@ -485,6 +485,8 @@ fn main() -> anyhow::Result<()> {
             max_services: n * ENTRIES_PER_SERVICE + 1_024,
             max_backends: 1_024,
             max_flows,
+            max_new_flows: max_flows,
+            max_snat: max_flows,
             max_sockets: 1_024,
             max_affinity: 1_024,
             socket_lb: SocketLb::Off,

@@ -20,8 +20,8 @@ use lb_agent::{
     source::{SourceOptions, kube::KubeOptions, manifest::ManifestSource},
 };
 use lb_ebpf::{
-    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
-    DEFAULT_MAX_SOCKETS,
+    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_NEW_FLOWS,
+    DEFAULT_MAX_SERVICES, DEFAULT_MAX_SNAT, DEFAULT_MAX_SOCKETS,
 };
 
 #[derive(Parser)]
@@ -117,9 +117,19 @@ struct RunArgs {
     /// Backends per family.
     #[arg(long, default_value_t = DEFAULT_MAX_BACKENDS, value_parser = clap::value_parser!(u32).range(1..))]
     max_backends: u32,
-    /// Tracked flows per family (each flow takes two entries).
+    /// Entries of the confirmed flow table per family (flows whose client spoke again after a
+    /// reply; each takes two entries).
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(2..))]
     max_flows: u32,
+    /// Entries of the unconfirmed flow table per family (a SYN, a datagram without answer; each
+    /// takes two entries): kept apart so that a flood of new flows never evicts an established
+    /// one.
+    #[arg(long, default_value_t = DEFAULT_MAX_NEW_FLOWS, value_parser = clap::value_parser!(u32).range(2..))]
+    max_new_flows: u32,
+    /// SNATed flows per family (external traffic sent to a backend on another node). A hash
+    /// map: when full, new SNATed flows are dropped rather than live ones evicted.
+    #[arg(long, default_value_t = DEFAULT_MAX_SNAT, value_parser = clap::value_parser!(u32).range(1..))]
+    max_snat: u32,
     /// Sockets of node processes translated at connect()/sendmsg() remembered per family, for
     /// getpeername()/recvmsg().
     #[arg(long, default_value_t = DEFAULT_MAX_SOCKETS, value_parser = clap::value_parser!(u32).range(1..))]
@@ -238,6 +248,8 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             max_services: args.max_services,
             max_backends: args.max_backends,
             max_flows: args.max_flows,
+            max_new_flows: args.max_new_flows,
+            max_snat: args.max_snat,
             max_sockets: args.max_sockets,
             max_affinity: args.max_affinity,
             socket_lb: match (args.socket_lb, args.cgroup) {

@@ -107,7 +107,12 @@ pub struct LoadOptions {
     pub pin_dir: PathBuf,
     pub max_services: u32,
     pub max_backends: u32,
+    /// Entries of the confirmed flow tables, per family.
     pub max_flows: u32,
+    /// Entries of the unconfirmed flow tables, per family.
+    pub max_new_flows: u32,
+    /// Entries of the SNAT maps, per family.
+    pub max_snat: u32,
     pub max_sockets: u32,
     /// Session affinity entries per family (clients x frontends with affinity).
     pub max_affinity: u32,
@@ -177,6 +182,10 @@ impl Programs {
             .map_max_entries(map_names::BACKENDS_V6, opts.max_backends)
             .map_max_entries(map_names::FLOWS_V4, opts.max_flows)
             .map_max_entries(map_names::FLOWS_V6, opts.max_flows)
+            .map_max_entries(map_names::FLOWS_NEW_V4, opts.max_new_flows)
+            .map_max_entries(map_names::FLOWS_NEW_V6, opts.max_new_flows)
+            .map_max_entries(map_names::SNAT_V4, opts.max_snat)
+            .map_max_entries(map_names::SNAT_V6, opts.max_snat)
             .map_max_entries(map_names::SOCK_REVNAT_V4, opts.max_sockets)
             .map_max_entries(map_names::SOCK_REVNAT_V6, opts.max_sockets)
             .map_max_entries(map_names::AFFINITY_V4, opts.max_affinity)
