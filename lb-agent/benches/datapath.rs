@@ -491,6 +491,8 @@ fn main() -> anyhow::Result<()> {
             max_affinity: 1_024,
             socket_lb: SocketLb::Off,
             socket_lb_scope: Default::default(),
+            timeouts: Default::default(),
+            snat_ports: Default::default(),
         })
         .context("loading the datapath (needs root and bpffs)")?;
         let mut maps = BpfMaps::take(dp.ebpf_mut())?;

@@ -90,6 +90,8 @@ impl Lb {
             max_affinity: MAX_AFFINITY,
             socket_lb: SocketLb::Off,
             socket_lb_scope: Default::default(),
+            timeouts: Default::default(),
+            snat_ports: Default::default(),
         })
         .with_context(|| {
             format!(
