@@ -126,7 +126,8 @@ struct RunArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_BACKENDS, value_parser = clap::value_parser!(u32).range(1..))]
     max_backends: u32,
     /// Entries of the confirmed flow table per family (flows whose client spoke again after a
-    /// reply; each takes two entries).
+    /// reply; each takes two entries). Changed across a restart, the flows are copied into the
+    /// table of the new size.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(2..))]
     max_flows: u32,
     /// Entries of the unconfirmed flow table per family (a SYN, a datagram without answer; each

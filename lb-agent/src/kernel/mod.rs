@@ -4,6 +4,7 @@
 //! [`crate::lbmap`]'s business; this module never writes a map entry.
 
 pub mod attach;
+pub mod compat;
 mod fs;
 mod object;
 pub mod pins;
@@ -170,9 +171,11 @@ pub struct Programs {
 
 impl Programs {
     /// Loads the programs. Maps already pinned under `pin_dir` (by an earlier run of the agent
-    /// with the same directory) are reused, so established flows survive a restart; the socket
-    /// programs are attached at once. Take the agent's maps with
-    /// [`crate::lbmap::bpf::BpfMaps::take`] on [`Programs::ebpf_mut`].
+    /// with the same directory) are reused, so established flows survive a restart: as they are
+    /// when they match this build, copied into maps of the new size when only their size
+    /// differs, recreated empty when their layout differs ([`compat`]). The socket programs are
+    /// attached at once. Take the agent's maps with [`crate::lbmap::bpf::BpfMaps::take`] on
+    /// [`Programs::ebpf_mut`].
     pub fn load(opts: &LoadOptions) -> Result<Self, KernelError> {
         fs::ensure_bpffs(&opts.pin_dir)?;
         create_dir(&opts.pin_dir)?;
@@ -181,6 +184,10 @@ impl Programs {
             crate::node::netns::own_cookie().map_err(KernelError::NetnsCookie)?;
         let host_only = u8::from(opts.socket_lb_scope == SocketLbScope::Host);
         let sizes = map_sizes(opts);
+        let wanted = compat::wanted_maps(object::EBPF_OBJECT, &sizes.iter().copied().collect())
+            .map_err(|e| KernelError::Load(e.into()))?;
+        let migrations = compat::prepare(&opts.pin_dir, &wanted)?;
+
         let timeouts = opts.timeouts.globals();
         let snat_ports = opts.snat_ports.globals();
         let mut loader = EbpfLoader::new();
@@ -201,6 +208,8 @@ impl Programs {
         }
         let mut ebpf = loader.load(object::EBPF_OBJECT)?;
         load_programs(&mut ebpf)?;
+        // Nothing of this run is attached yet: the old programs still serve, with the old maps.
+        migrations.finish();
         let links_dir = opts.pin_dir.join(LINKS_DIR);
         create_dir(&links_dir)?;
         let cgroup_links = attach_socket_programs(&mut ebpf, &opts.socket_lb, &links_dir)?;
