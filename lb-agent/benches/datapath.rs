@@ -485,10 +485,14 @@ fn main() -> anyhow::Result<()> {
             max_services: n * ENTRIES_PER_SERVICE + 1_024,
             max_backends: 1_024,
             max_flows,
+            max_new_flows: max_flows,
+            max_snat: max_flows,
             max_sockets: 1_024,
             max_affinity: 1_024,
             socket_lb: SocketLb::Off,
             socket_lb_scope: Default::default(),
+            timeouts: Default::default(),
+            snat_ports: Default::default(),
         })
         .context("loading the datapath (needs root and bpffs)")?;
         let mut maps = BpfMaps::take(dp.ebpf_mut())?;

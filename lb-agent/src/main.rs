@@ -4,6 +4,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -12,7 +13,10 @@ use clap::{Parser, Subcommand};
 use lb_agent::{
     agent::{self, RunOptions},
     gc,
-    kernel::{DatapathMode, LoadOptions, SocketLb, SocketLbScope},
+    kernel::{
+        DatapathMode, FlowTimeouts, LoadOptions, PortRange, SocketLb, SocketLbScope,
+        settings::parse_timeout,
+    },
     node::{
         addrs::{parse_cidrs, usable},
         devices::DevicePatterns,
@@ -21,8 +25,8 @@ use lb_agent::{
     source::{SourceOptions, kube::KubeOptions, manifest::ManifestSource},
 };
 use lb_ebpf::{
-    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
-    DEFAULT_MAX_SOCKETS,
+    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_NEW_FLOWS,
+    DEFAULT_MAX_SERVICES, DEFAULT_MAX_SNAT, DEFAULT_MAX_SOCKETS,
 };
 
 #[derive(Parser)]
@@ -36,6 +40,10 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; boxing the run flags buys nothing"
+)]
 enum Command {
     /// Program the datapath and keep it in sync with the services.
     Run(RunArgs),
@@ -126,9 +134,20 @@ struct RunArgs {
     /// Backends per family.
     #[arg(long, default_value_t = DEFAULT_MAX_BACKENDS, value_parser = clap::value_parser!(u32).range(1..))]
     max_backends: u32,
-    /// Tracked flows per family (each flow takes two entries).
+    /// Entries of the confirmed flow table per family (flows whose client spoke again after a
+    /// reply; each takes two entries). Changed across a restart, the flows are copied into the
+    /// table of the new size.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(2..))]
     max_flows: u32,
+    /// Entries of the unconfirmed flow table per family (a SYN, a datagram without answer; each
+    /// takes two entries): kept apart so that a flood of new flows never evicts an established
+    /// one.
+    #[arg(long, default_value_t = DEFAULT_MAX_NEW_FLOWS, value_parser = clap::value_parser!(u32).range(2..))]
+    max_new_flows: u32,
+    /// SNATed flows per family (external traffic sent to a backend on another node). A hash
+    /// map: when full, new SNATed flows are dropped rather than live ones evicted.
+    #[arg(long, default_value_t = DEFAULT_MAX_SNAT, value_parser = clap::value_parser!(u32).range(1..))]
+    max_snat: u32,
     /// Sockets of node processes translated at connect()/sendmsg() remembered per family, for
     /// getpeername()/recvmsg().
     #[arg(long, default_value_t = DEFAULT_MAX_SOCKETS, value_parser = clap::value_parser!(u32).range(1..))]
@@ -145,6 +164,30 @@ struct RunArgs {
     /// and the TC programs translate their packets, as service meshes, KubeVirt and Kata need).
     #[arg(long, value_enum, default_value_t = SocketLbScope::All)]
     socket_lb_scope: SocketLbScope,
+    /// How long a confirmed TCP connection lives after its last packet (kube-proxy's conntrack
+    /// `tcpEstablishedTimeout`). Durations such as `24h`, `90s`, `1h30m`, from 1s to 7 days.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_timeout)]
+    tcp_established_timeout: Duration,
+    /// How long a TCP flow not confirmed yet lives (a SYN whose handshake did not finish).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_timeout)]
+    tcp_syn_timeout: Duration,
+    /// How long a TCP flow lives once closed in both directions (a FIN or RST from each
+    /// side), or reset before it was confirmed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
+    tcp_close_timeout: Duration,
+    /// How long a confirmed UDP flow (answered, then the client spoke again) lives after its
+    /// last datagram (kube-proxy's conntrack `udpStreamTimeout`).
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_timeout)]
+    udp_timeout: Duration,
+    /// How long a UDP flow without an answer lives (kube-proxy's conntrack `udpTimeout`).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
+    udp_unreplied_timeout: Duration,
+    /// Source ports of SNATed flows (external traffic sent to a backend on another node),
+    /// `MIN-MAX` inclusive: at least 64 ports, none below 1024. Keep them out of the node's
+    /// ephemeral ports (`net.ipv4.ip_local_port_range`) or reserve them
+    /// (`net.ipv4.ip_local_reserved_ports`); the agent warns at start when they overlap.
+    #[arg(long, value_name = "MIN-MAX", default_value_t = PortRange::default())]
+    snat_ports: PortRange,
     /// cgroup2 directory for the socket programs; only processes below it are affected.
     /// Default: the host's cgroup2 root (a cgroup2 hierarchy is mounted when the host has only
     /// cgroup v1).
@@ -251,8 +294,18 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             max_services: args.max_services,
             max_backends: args.max_backends,
             max_flows: args.max_flows,
+            max_new_flows: args.max_new_flows,
+            max_snat: args.max_snat,
             max_sockets: args.max_sockets,
             max_affinity: args.max_affinity,
+            timeouts: FlowTimeouts {
+                tcp_established: args.tcp_established_timeout,
+                tcp_syn: args.tcp_syn_timeout,
+                tcp_close: args.tcp_close_timeout,
+                udp: args.udp_timeout,
+                udp_unreplied: args.udp_unreplied_timeout,
+            },
+            snat_ports: args.snat_ports,
             socket_lb: match (args.socket_lb, args.cgroup) {
                 (false, _) => SocketLb::Off,
                 (true, Some(dir)) => SocketLb::Cgroup(dir),
@@ -314,6 +367,87 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let args = ["lb-agent", "run"].iter().chain(extra);
+        match Cli::try_parse_from(args)?.command {
+            Command::Run(args) => Ok(args),
+            _ => unreachable!("parsed `run`"),
+        }
+    }
+
+    #[test]
+    fn datapath_settings_default_to_the_programs_own() {
+        let args = run_args(&[]).unwrap();
+        let timeouts = FlowTimeouts {
+            tcp_established: args.tcp_established_timeout,
+            tcp_syn: args.tcp_syn_timeout,
+            tcp_close: args.tcp_close_timeout,
+            udp: args.udp_timeout,
+            udp_unreplied: args.udp_unreplied_timeout,
+        };
+        assert_eq!(timeouts, FlowTimeouts::default());
+        assert_eq!(args.snat_ports, PortRange::default());
+        assert_eq!(args.max_flows, DEFAULT_MAX_FLOWS);
+        assert_eq!(args.max_new_flows, DEFAULT_MAX_NEW_FLOWS);
+        assert_eq!(args.max_snat, DEFAULT_MAX_SNAT);
+    }
+
+    #[test]
+    fn datapath_settings_parse() {
+        let args = run_args(&[
+            "--tcp-established-timeout",
+            "2h",
+            "--udp-unreplied-timeout",
+            "5s",
+            "--snat-ports",
+            "40000-40999",
+            "--max-new-flows",
+            "1000",
+            "--max-snat",
+            "500",
+        ])
+        .unwrap();
+        assert_eq!(args.tcp_established_timeout, Duration::from_secs(7200));
+        assert_eq!(args.udp_unreplied_timeout, Duration::from_secs(5));
+        assert_eq!(
+            args.snat_ports,
+            PortRange {
+                min: 40_000,
+                max: 40_999
+            }
+        );
+        assert_eq!((args.max_new_flows, args.max_snat), (1000, 500));
+    }
+
+    #[test]
+    fn bad_datapath_settings_are_refused_naming_the_flag() {
+        for (flag, value, reason) in [
+            ("--tcp-syn-timeout", "0s", "zero"),
+            ("--udp-timeout", "8d", "longer than"),
+            ("--tcp-close-timeout", "10", "not a duration"),
+            ("--snat-ports", "30000-20000", "above the last"),
+            ("--snat-ports", "500-2000", "privileged"),
+            ("--snat-ports", "20000-20010", "at least 64"),
+            ("--snat-ports", "20000", "MIN-MAX"),
+            ("--max-new-flows", "1", "not in 2.."),
+            ("--max-snat", "0", "not in 1.."),
+        ] {
+            let err = run_args(&[flag, value])
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(flag) && err.contains(reason),
+                "{flag} {value}: {err}"
+            );
         }
     }
 }

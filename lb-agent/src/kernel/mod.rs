@@ -4,9 +4,11 @@
 //! [`crate::lbmap`]'s business; this module never writes a map entry.
 
 pub mod attach;
+pub mod compat;
 mod fs;
 mod object;
 pub mod pins;
+pub mod settings;
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +27,7 @@ pub use self::{
     attach::{Attached, DatapathMode},
     fs::resolve_cgroup,
     pins::{cleanup, read_stats},
+    settings::{FlowTimeouts, PortRange},
 };
 
 #[derive(Debug, Error)]
@@ -101,16 +104,26 @@ pub enum SocketLbScope {
     Host,
 }
 
-/// Map sizes, where to pin, and where and for whom socket programs attach.
+/// Map sizes, flow lifetimes and SNAT ports, where to pin, and where and for whom socket
+/// programs attach.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub pin_dir: PathBuf,
     pub max_services: u32,
     pub max_backends: u32,
+    /// Entries of the confirmed flow tables, per family.
     pub max_flows: u32,
+    /// Entries of the unconfirmed flow tables, per family.
+    pub max_new_flows: u32,
+    /// Entries of the SNAT maps, per family.
+    pub max_snat: u32,
     pub max_sockets: u32,
     /// Session affinity entries per family (clients x frontends with affinity).
     pub max_affinity: u32,
+    /// Flow lifetimes, the programs' globals.
+    pub timeouts: FlowTimeouts,
+    /// Source ports of SNATed flows, the programs' globals.
+    pub snat_ports: PortRange,
     pub socket_lb: SocketLb,
     pub socket_lb_scope: SocketLbScope,
 }
@@ -158,38 +171,45 @@ pub struct Programs {
 
 impl Programs {
     /// Loads the programs. Maps already pinned under `pin_dir` (by an earlier run of the agent
-    /// with the same directory) are reused, so established flows survive a restart; the socket
-    /// programs are attached at once. Take the agent's maps with
-    /// [`crate::lbmap::bpf::BpfMaps::take`] on [`Programs::ebpf_mut`].
+    /// with the same directory) are reused, so established flows survive a restart: as they are
+    /// when they match this build, copied into maps of the new size when only their size
+    /// differs, recreated empty when their layout differs ([`compat`]). The socket programs are
+    /// attached at once. Take the agent's maps with [`crate::lbmap::bpf::BpfMaps::take`] on
+    /// [`Programs::ebpf_mut`].
     pub fn load(opts: &LoadOptions) -> Result<Self, KernelError> {
         fs::ensure_bpffs(&opts.pin_dir)?;
         create_dir(&opts.pin_dir)?;
+        settings::check_ephemeral_overlap(opts.snat_ports);
         let host_netns_cookie =
             crate::node::netns::own_cookie().map_err(KernelError::NetnsCookie)?;
         let host_only = u8::from(opts.socket_lb_scope == SocketLbScope::Host);
-        let mut ebpf = EbpfLoader::new()
+        let sizes = map_sizes(opts);
+        let wanted = compat::wanted_maps(object::EBPF_OBJECT, &sizes.iter().copied().collect())
+            .map_err(|e| KernelError::Load(e.into()))?;
+        let migrations = compat::prepare(&opts.pin_dir, &wanted)?;
+
+        let timeouts = opts.timeouts.globals();
+        let snat_ports = opts.snat_ports.globals();
+        let mut loader = EbpfLoader::new();
+        loader
             .default_map_pin_directory(&opts.pin_dir)
             .override_global(HOST_NETNS_COOKIE, &host_netns_cookie, true)
-            .override_global(HOST_ONLY, &host_only, true)
-            .map_max_entries(map_names::SERVICES_V4, opts.max_services)
-            .map_max_entries(map_names::SERVICES_V6, opts.max_services)
-            .map_max_entries(map_names::BACKENDS_V4, opts.max_backends)
-            .map_max_entries(map_names::BACKENDS_V6, opts.max_backends)
-            .map_max_entries(map_names::FLOWS_V4, opts.max_flows)
-            .map_max_entries(map_names::FLOWS_V6, opts.max_flows)
-            .map_max_entries(map_names::SOCK_REVNAT_V4, opts.max_sockets)
-            .map_max_entries(map_names::SOCK_REVNAT_V6, opts.max_sockets)
-            .map_max_entries(map_names::AFFINITY_V4, opts.max_affinity)
-            .map_max_entries(map_names::AFFINITY_V6, opts.max_affinity)
-            .map_max_entries(map_names::SOCK_AFFINITY, opts.max_affinity)
-            // At most one match per backend slot, and every slot is a service map entry of
-            // one family or the other.
-            .map_max_entries(
-                map_names::AFFINITY_MATCH,
-                opts.max_services.saturating_mul(2),
-            )
-            .load(object::EBPF_OBJECT)?;
+            .override_global(HOST_ONLY, &host_only, true);
+        // `must_exist`: an object without one of the settings would silently run on its
+        // defaults.
+        for (name, ns) in &timeouts {
+            loader.override_global(name, ns, true);
+        }
+        for (name, port) in &snat_ports {
+            loader.override_global(name, port, true);
+        }
+        for &(name, max_entries) in &sizes {
+            loader.map_max_entries(name, max_entries);
+        }
+        let mut ebpf = loader.load(object::EBPF_OBJECT)?;
         load_programs(&mut ebpf)?;
+        // Nothing of this run is attached yet: the old programs still serve, with the old maps.
+        migrations.finish();
         let links_dir = opts.pin_dir.join(LINKS_DIR);
         create_dir(&links_dir)?;
         let cgroup_links = attach_socket_programs(&mut ebpf, &opts.socket_lb, &links_dir)?;
@@ -249,6 +269,33 @@ impl Programs {
             .and_then(|map| PerCpuArray::<&MapData, u64>::try_from(map).ok())
             .map_or(0, |stats| pins::counter(&stats, index))
     }
+}
+
+/// The size of every map that depends on the options (the others keep the object's sizes).
+fn map_sizes(opts: &LoadOptions) -> [(&'static str, u32); 16] {
+    [
+        (map_names::SERVICES_V4, opts.max_services),
+        (map_names::SERVICES_V6, opts.max_services),
+        (map_names::BACKENDS_V4, opts.max_backends),
+        (map_names::BACKENDS_V6, opts.max_backends),
+        (map_names::FLOWS_V4, opts.max_flows),
+        (map_names::FLOWS_V6, opts.max_flows),
+        (map_names::FLOWS_NEW_V4, opts.max_new_flows),
+        (map_names::FLOWS_NEW_V6, opts.max_new_flows),
+        (map_names::SNAT_V4, opts.max_snat),
+        (map_names::SNAT_V6, opts.max_snat),
+        (map_names::SOCK_REVNAT_V4, opts.max_sockets),
+        (map_names::SOCK_REVNAT_V6, opts.max_sockets),
+        (map_names::AFFINITY_V4, opts.max_affinity),
+        (map_names::AFFINITY_V6, opts.max_affinity),
+        (map_names::SOCK_AFFINITY, opts.max_affinity),
+        // At most one match per backend slot, and every slot is a service map entry of one
+        // family or the other.
+        (
+            map_names::AFFINITY_MATCH,
+            opts.max_services.saturating_mul(2),
+        ),
+    ]
 }
 
 fn create_dir(path: &Path) -> Result<(), KernelError> {

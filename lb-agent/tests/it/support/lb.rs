@@ -84,10 +84,14 @@ impl Lb {
             max_services: MAX_SERVICES,
             max_backends: MAX_BACKENDS,
             max_flows: MAX_FLOWS,
+            max_new_flows: MAX_FLOWS,
+            max_snat: MAX_FLOWS,
             max_sockets: 1024,
             max_affinity: MAX_AFFINITY,
             socket_lb: SocketLb::Off,
             socket_lb_scope: Default::default(),
+            timeouts: Default::default(),
+            snat_ports: Default::default(),
         })
         .with_context(|| {
             format!(
