@@ -343,6 +343,7 @@ const CASES: [Case; 6] = [
 
 struct Bench {
     ingress_fd: i32,
+    egress_fd: i32,
     floor_fd: i32,
     rng: Rng,
     /// Next never-used client tuple.
@@ -376,7 +377,9 @@ impl Bench {
         Ok(r.duration_ns)
     }
 
-    /// Opens flows to random services among `n`; returns (client, service) per flow.
+    /// Opens flows to random services among `n`, each with a whole handshake (the SYN, the
+    /// backend's SYN-ACK through the egress program, the client's ACK), so that it is
+    /// confirmed as an established connection is; returns (client, service) per flow.
     fn open_flows(
         &mut self,
         family: Family,
@@ -386,7 +389,15 @@ impl Bench {
             .map(|_| {
                 let client = self.fresh_client(family);
                 let vip = SocketAddr::new(family.vip(self.rng.below(n)), PORT);
-                self.translate(family, &tcp_frame(client, vip, TCP_SYN))?;
+                let syn = test_run(self.ingress_fd, &tcp_frame(client, vip, TCP_SYN), 1)?;
+                let backend = SocketAddr::new(
+                    frame_destination(&syn.out).context("SYN output")?,
+                    PORT,
+                );
+                let synack = tcp_frame(backend, client, TCP_SYN | TCP_ACK);
+                let r = test_run(self.egress_fd, &synack, 1)?;
+                ensure!(r.retval == TC_ACT_OK, "egress returned {}", r.retval);
+                self.translate(family, &tcp_frame(client, vip, TCP_ACK))?;
                 Ok((client, vip))
             })
             .collect()
@@ -467,6 +478,7 @@ fn main() -> anyhow::Result<()> {
     let floor = load_floor()?;
     let mut bench = Bench {
         ingress_fd: -1,
+        egress_fd: -1,
         floor_fd: floor.as_raw_fd(),
         rng: Rng(0x9e37_79b9_7f4a_7c15),
         next_client: 0,
@@ -497,6 +509,7 @@ fn main() -> anyhow::Result<()> {
         .context("loading the datapath (needs root and bpffs)")?;
         let mut maps = BpfMaps::take(dp.ebpf_mut())?;
         bench.ingress_fd = classifier_fd(&mut dp, program_names::TC_POD_INGRESS)?;
+        bench.egress_fd = classifier_fd(&mut dp, program_names::TC_POD_EGRESS)?;
         for family in FAMILIES {
             for b in 0..BACKENDS {
                 let key = BackendKey {

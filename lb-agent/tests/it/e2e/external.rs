@@ -67,6 +67,7 @@ in_both_modes!(
     restarting_an_agent_keeps_node_port_connections_and_swaps_its_programs_in_place,
     short_connections_to_a_backend_on_the_other_node_never_run_out_of_snat_ports,
     a_syn_flood_over_the_flow_tables_leaves_idle_connections_working,
+    udp_answers_further_apart_than_the_udp_lifetime_still_reach_the_client,
 );
 
 /// Nodes `a` (pod `a1`) and `b` (pod `b1`), each pod serving TCP 8080 (answering with its name
@@ -1030,5 +1031,130 @@ fn a_syn_flood_over_the_flow_tables_leaves_idle_connections_working(mode: Mode) 
             .ping()
             .unwrap_or_else(|e| panic!("{tcp}: the idle connection after the flood: {e:#}\n{stats}"));
         exchange("after the flood");
+    }
+}
+
+/// Review finding 8 (c): a UDP server that answers less often than the UDP lifetime, while its
+/// client keeps sending: the late answer still reaches the client from the node port (its
+/// connected socket takes nothing else), whether the backend is on this node or behind SNAT on
+/// the other. Short lifetimes through flags (`--udp-timeout 2s`) keep the test short; both
+/// families.
+fn udp_answers_further_apart_than_the_udp_lifetime_still_reach_the_client(mode: Mode) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    const LATE: Duration = Duration::from_millis(3_500);
+    let svc = ServiceSpec {
+        name: "slow",
+        service_type: "NodePort",
+        cluster_ips: vec![ip("10.96.3.92"), ip("fd00:96::3:92")],
+        ports: vec![port("slow", 70, "UDP", 30098)],
+        ..Default::default()
+    };
+    let mut lan = Lan::new(mode, &[svc], &[]);
+    // Pods a1 (local to node a) and b1 (remote): a server on 7000 that answers the first
+    // datagram of each client at once and once more `LATE` later, and nothing else.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut servers = Vec::new();
+    for (node, pod) in [("a", "a1"), ("b", "b1")] {
+        let socket = lan
+            .net
+            .node(node)
+            .pod(pod)
+            .ns
+            .run(|| std::net::UdpSocket::bind("[::]:7000"))
+            .unwrap()
+            .unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let stop = stop.clone();
+        let late_answer = format!("late {pod}");
+        servers.push(std::thread::spawn(move || {
+            let mut pending: Vec<(SocketAddr, std::time::Instant)> = Vec::new();
+            let mut buf = [0_u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf)
+                    && &buf[..n] == b"start"
+                {
+                    let _ = socket.send_to(b"first", from);
+                    pending.push((from, std::time::Instant::now() + LATE));
+                }
+                pending.retain(|(to, at)| {
+                    if std::time::Instant::now() < *at {
+                        return true;
+                    }
+                    let _ = socket.send_to(late_answer.as_bytes(), to);
+                    false
+                });
+            }
+        }));
+    }
+    for (v6, slice) in [(false, "slow-v4"), (true, "slow-v6")] {
+        let eps: Vec<(IpAddr, bool, &str)> = [("a", "a1"), ("b", "b1")]
+            .iter()
+            .map(|(node, pod)| (lan.net.node(node).pod(pod).addr(v6), true, *node))
+            .collect();
+        lan.manifests
+            .write(
+                &format!("{slice}.yaml"),
+                &endpoint_slice_on_nodes(slice, "slow", &[("slow", 7000, "UDP")], &eps),
+            )
+            .unwrap();
+    }
+    lan.start_agents_with(&["--udp-timeout", "2s", "--udp-unreplied-timeout", "1s"]);
+    for v6 in [false, true] {
+        let addr = sa(lan.net.node("a").addr(v6), 30098);
+        let mut seen = BTreeSet::new();
+        // New flows until both backends were chosen, the remote one (SNAT) among them.
+        for attempt in 0..24 {
+            if seen.len() == 2 {
+                break;
+            }
+            let socket = lan
+                .net
+                .client
+                .run(|| {
+                    let s =
+                        std::net::UdpSocket::bind(if v6 { "[::]:0" } else { "0.0.0.0:0" }).unwrap();
+                    s.connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
+                    s
+                })
+                .unwrap();
+            socket.send(b"start").unwrap();
+            let mut buf = [0_u8; 64];
+            let n = socket.recv(&mut buf).expect("the first answer");
+            assert_eq!(&buf[..n], b"first");
+            // Keep the flow alive from the client's side; the answer comes later than the
+            // UDP lifetime after the first.
+            let deadline = std::time::Instant::now() + LATE + Duration::from_secs(2);
+            let late = loop {
+                socket.send(b"keep").unwrap();
+                match socket.recv(&mut buf) {
+                    Ok(n) => break Some(buf[..n].to_vec()),
+                    Err(_) if std::time::Instant::now() < deadline => {}
+                    Err(_) => break None,
+                }
+            };
+            let late = late.map(|l| String::from_utf8_lossy(&l).into_owned());
+            let pod = late
+                .as_deref()
+                .and_then(|l| l.strip_prefix("late "))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{addr}, flow {attempt}: no late answer ({late:?}); counters:\n{}",
+                        lan.diagnose()
+                    )
+                })
+                .to_owned();
+            seen.insert(pod);
+        }
+        assert_eq!(seen.len(), 2, "{addr}: both backends answered late: {seen:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        s.join().unwrap();
     }
 }
