@@ -17,8 +17,8 @@ pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The lowest SNAT port: below it are the privileged ports services listen on.
 pub const MIN_SNAT_PORT: u16 = 1024;
-/// The fewest SNAT ports accepted: a new SNATed flow tries [`SNAT_ATTEMPTS`] ports in a row, so
-/// a smaller range would have it try the same ports again.
+/// The fewest SNAT ports accepted: a new SNATed flow tries up to [`SNAT_ATTEMPTS`] ports, so
+/// a smaller range would have it try the same ports again and fail sooner.
 pub const MIN_SNAT_PORTS: u32 = SNAT_ATTEMPTS;
 
 /// Where Linux keeps the ephemeral port range of the network namespace (both families).
