@@ -390,10 +390,8 @@ impl Bench {
                 let client = self.fresh_client(family);
                 let vip = SocketAddr::new(family.vip(self.rng.below(n)), PORT);
                 let syn = test_run(self.ingress_fd, &tcp_frame(client, vip, TCP_SYN), 1)?;
-                let backend = SocketAddr::new(
-                    frame_destination(&syn.out).context("SYN output")?,
-                    PORT,
-                );
+                let backend =
+                    SocketAddr::new(frame_destination(&syn.out).context("SYN output")?, PORT);
                 let synack = tcp_frame(backend, client, TCP_SYN | TCP_ACK);
                 let r = test_run(self.egress_fd, &synack, 1)?;
                 ensure!(r.retval == TC_ACT_OK, "egress returned {}", r.retval);

@@ -333,6 +333,16 @@ fn carries<F: Track>(
     true
 }
 
+/// Removes a forward entry and its reply entry (a SNAT entry stays: without its flow its port
+/// is free, and it is replaced or collected).
+#[inline(never)]
+fn retire<F: Track>(key: &FlowKey<F::Addr>, flow: &F::Flow, confirmed: bool) {
+    if flow.flags() & FLOW_F_SNAT == 0 {
+        let _ = table::<F>(confirmed).remove(&reply_of_forward::<F>(key, flow));
+    }
+    let _ = table::<F>(confirmed).remove(key);
+}
+
 /// Whether the backend a flow points at is still programmed at the same address.
 #[inline(always)]
 fn backend_present<F: Family>(flow: &F::Flow) -> bool {
@@ -370,6 +380,9 @@ pub fn established<F: Track>(pkt: &Packet<F::Addr>, out: &mut Hit<F::Addr>, now:
     // sets again.
     let flow = unsafe { &mut *flow };
     if !carries::<F>(&key, flow, pkt, confirmed, now) {
+        // The packet starts a new flow, recorded in the unconfirmed table: this one must go,
+        // or its entries (in either table, looked up first) would catch the new flow's packets.
+        retire::<F>(&key, flow, confirmed);
         return MISS;
     }
     out.addr = flow.nat_addr();

@@ -806,12 +806,7 @@ fn remote_only(name: &'static str, v4: &str, v6: &str, node_port: u16) -> Servic
 /// Short TCP connections from `sources` (addresses of the client, used in turn) to `addr`:
 /// connect, read the greeting, close first (so the backend keeps no TIME_WAIT). Returns the
 /// failures, each with its reason.
-fn short_connections(
-    lan: &Lan,
-    sources: &[IpAddr],
-    addr: SocketAddr,
-    count: usize,
-) -> Vec<String> {
+fn short_connections(lan: &Lan, sources: &[IpAddr], addr: SocketAddr, count: usize) -> Vec<String> {
     use nix::sys::socket::{
         AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, socket,
     };
@@ -947,7 +942,11 @@ fn send_raw(lan: &Lan, frames: &[Vec<u8>]) {
             // zeroed and filled before use, and every frame outlives its sendto.
             unsafe {
                 let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
-                assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+                assert!(
+                    fd >= 0,
+                    "AF_PACKET socket: {}",
+                    std::io::Error::last_os_error()
+                );
                 let mut to: libc::sockaddr_ll = std::mem::zeroed();
                 to.sll_family = libc::AF_PACKET as u16;
                 to.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
@@ -1027,9 +1026,9 @@ fn a_syn_flood_over_the_flow_tables_leaves_idle_connections_working(mode: Mode) 
         // Let the node work through the flood.
         std::thread::sleep(Duration::from_millis(500));
         let stats = lan.diagnose();
-        session
-            .ping()
-            .unwrap_or_else(|e| panic!("{tcp}: the idle connection after the flood: {e:#}\n{stats}"));
+        session.ping().unwrap_or_else(|e| {
+            panic!("{tcp}: the idle connection after the flood: {e:#}\n{stats}")
+        });
         exchange("after the flood");
     }
 }
@@ -1119,7 +1118,8 @@ fn udp_answers_further_apart_than_the_udp_lifetime_still_reach_the_client(mode: 
                     let s =
                         std::net::UdpSocket::bind(if v6 { "[::]:0" } else { "0.0.0.0:0" }).unwrap();
                     s.connect(addr).unwrap();
-                    s.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(400)))
+                        .unwrap();
                     s
                 })
                 .unwrap();
@@ -1151,7 +1151,11 @@ fn udp_answers_further_apart_than_the_udp_lifetime_still_reach_the_client(mode: 
                 .to_owned();
             seen.insert(pod);
         }
-        assert_eq!(seen.len(), 2, "{addr}: both backends answered late: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            2,
+            "{addr}: both backends answered late: {seen:?}"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     for s in servers {

@@ -516,3 +516,78 @@ fn snat_ports_of_dead_flows_are_taken_again_so_connections_never_run_out() -> Te
     }
     Ok(())
 }
+
+/// A new connection on the tuple of a confirmed connection that closed (a client port reused
+/// at once, as after a reset) is a new flow in the unconfirmed table: the old flow's entries,
+/// in the confirmed table that is looked up first, are retired, so the new connection's next
+/// packets go to its own backend and its backend's replies are reversed. Both families.
+#[test]
+fn a_new_connection_on_the_tuple_of_a_closed_confirmed_one_follows_its_own_backend() -> TestResult {
+    for (service, backends, client_ip) in CASES {
+        let mut lb = cluster_ip(service, &backends)?;
+        let service = sock(service);
+        let mut moved = false;
+        for port in 40_000..40_040 {
+            let client = SocketAddr::new(client_ip.parse()?, port);
+            let old = handshake(&mut lb, client, service)?;
+            to(&mut lb, &Packet::tcp(client, service, TCP_RST))?;
+            let new = to(&mut lb, &Packet::tcp(client, service, TCP_SYN))?;
+            assert_eq!(
+                reply_from(&mut lb, &Packet::tcp(new, client, TCP_SYN | TCP_ACK))?,
+                service
+            );
+            assert_eq!(
+                to(&mut lb, &Packet::tcp(client, service, TCP_ACK))?,
+                new,
+                "{client}: the new connection's ACK (old backend {old})"
+            );
+            assert_eq!(
+                reply_from(&mut lb, &Packet::tcp(new, client, TCP_ACK))?,
+                service
+            );
+            moved |= new != old;
+        }
+        assert!(
+            moved,
+            "{service}: no reused tuple ever chose another backend"
+        );
+    }
+    Ok(())
+}
+
+/// A confirmed UDP flow whose backend leaves the service moves to a remaining backend with
+/// its next datagram, once: the datagrams after it stay there. Both families.
+#[test]
+fn a_confirmed_udp_flow_whose_backend_went_moves_once() -> TestResult {
+    for (service, backends, client_ip) in CASES {
+        let mut lb = cluster_ip(service, &backends)?;
+        let service = sock(service);
+        let client = SocketAddr::new(client_ip.parse()?, 40_000);
+        let first = to(&mut lb, &Packet::udp(client, service))?;
+        reply_from(&mut lb, &Packet::udp(first, client))?;
+        assert_eq!(to(&mut lb, &Packet::udp(client, service))?, first);
+        assert_eq!(lb.stat(stats::CONFIRMED), 1);
+        let other: Vec<SocketAddr> = backends
+            .iter()
+            .map(|b| sock(b))
+            .filter(|b| *b != first)
+            .collect();
+        lb.apply(&[(
+            Frontend {
+                addr: service,
+                protocol: Protocol::Udp,
+            },
+            &other,
+        )])?;
+        let new_flows = lb.stat(stats::NEW_FLOWS);
+        for _ in 0..5 {
+            assert_eq!(to(&mut lb, &Packet::udp(client, service))?, other[0]);
+        }
+        assert_eq!(
+            lb.stat(stats::NEW_FLOWS),
+            new_flows + 1,
+            "{service}: moved once"
+        );
+    }
+    Ok(())
+}
