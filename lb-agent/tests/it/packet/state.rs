@@ -591,3 +591,44 @@ fn a_confirmed_udp_flow_whose_backend_went_moves_once() -> TestResult {
     }
     Ok(())
 }
+
+/// A client port reused towards another service of the same backend (Linux picks ephemeral
+/// ports per destination): to the backend it is the same connection tuple, so the newest flow
+/// owns it, and its SYN-ACK is reversed to the service it asked for, not to the confirmed
+/// flow's. Both families.
+#[test]
+fn a_client_port_reused_towards_another_service_of_the_backend_gets_its_own_answers() -> TestResult {
+    for (service, backends, client_ip) in CASES {
+        let first = sock(service);
+        let second = SocketAddr::new(first.ip(), 81);
+        let backend = sock(backends[0]);
+        let mut lb = Lb::load()?;
+        lb.apply(&[
+            (
+                Frontend {
+                    addr: first,
+                    protocol: Protocol::Tcp,
+                },
+                &[backend],
+            ),
+            (
+                Frontend {
+                    addr: second,
+                    protocol: Protocol::Tcp,
+                },
+                &[backend],
+            ),
+        ])?;
+        let client = SocketAddr::new(client_ip.parse()?, 40_000);
+        assert_eq!(handshake(&mut lb, client, first)?, backend);
+        assert_eq!(to(&mut lb, &Packet::tcp(client, second, TCP_SYN))?, backend);
+        assert_eq!(
+            reply_from(&mut lb, &Packet::tcp(backend, client, TCP_SYN | TCP_ACK))?,
+            second,
+            "{second}: the new flow's SYN-ACK"
+        );
+        assert_eq!(to(&mut lb, &Packet::tcp(client, second, TCP_ACK))?, backend);
+        assert_eq!(reply_from(&mut lb, &Packet::tcp(backend, client, TCP_ACK))?, second);
+    }
+    Ok(())
+}
