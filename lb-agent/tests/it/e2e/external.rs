@@ -803,59 +803,73 @@ fn remote_only(name: &'static str, v4: &str, v6: &str, node_port: u16) -> Servic
     }
 }
 
-/// Short TCP connections from `sources` (addresses of the client, used in turn) to `addr`:
-/// connect, read the greeting, close first (so the backend keeps no TIME_WAIT). Returns the
-/// failures, each with its reason.
+/// Short TCP connections from `sources` (addresses of the client, used in turn) to `addr`,
+/// from 16 threads at once: connect, read the greeting, close first (so the backend keeps no
+/// TIME_WAIT). Returns the failures, each with its reason.
 fn short_connections(lan: &Lan, sources: &[IpAddr], addr: SocketAddr, count: usize) -> Vec<String> {
     use nix::sys::socket::{
         AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, socket,
     };
     use std::io::Read as _;
+    const THREADS: usize = 16;
+    let one = |i: usize| -> anyhow::Result<()> {
+        let source = sources[i % sources.len()];
+        let family = if addr.is_ipv6() {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrStorage::from(SocketAddr::new(source, 0)),
+        )?;
+        connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrStorage::from(addr),
+        )?;
+        let mut stream = std::net::TcpStream::from(fd);
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut greeting = [0_u8; 3];
+        stream.read_exact(&mut greeting)?;
+        anyhow::ensure!(&greeting == b"b1\n", "greeting {greeting:?}");
+        Ok(())
+    };
     lan.net
         .client
         .run(|| {
-            let mut failures = Vec::new();
-            for i in 0..count {
-                let source = sources[i % sources.len()];
-                let family = if addr.is_ipv6() {
-                    AddressFamily::Inet6
-                } else {
-                    AddressFamily::Inet
-                };
-                let attempt = (|| -> anyhow::Result<()> {
-                    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-                    bind(
-                        std::os::fd::AsRawFd::as_raw_fd(&fd),
-                        &SockaddrStorage::from(SocketAddr::new(source, 0)),
-                    )?;
-                    connect(
-                        std::os::fd::AsRawFd::as_raw_fd(&fd),
-                        &SockaddrStorage::from(addr),
-                    )?;
-                    let mut stream = std::net::TcpStream::from(fd);
-                    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-                    let mut greeting = [0_u8; 3];
-                    stream.read_exact(&mut greeting)?;
-                    anyhow::ensure!(&greeting == b"b1\n", "greeting {greeting:?}");
-                    Ok(())
-                })();
-                if let Err(e) = attempt {
-                    failures.push(format!("connection {i} from {source}: {e:#}"));
-                }
-            }
-            failures
+            // Threads made here share this thread's network namespace.
+            std::thread::scope(|s| {
+                let workers: Vec<_> = (0..THREADS)
+                    .map(|t| {
+                        s.spawn(move || {
+                            (t..count)
+                                .step_by(THREADS)
+                                .filter_map(|i| {
+                                    one(i).err().map(|e| format!("connection {i}: {e:#}"))
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|w| w.join().unwrap())
+                    .collect()
+            })
         })
         .unwrap()
 }
 
 /// Review finding 1: short connections through a node port whose only backend is on the other
-/// node, each SNATed to a port of node `a`, from 64 client addresses per family, many more than
-/// the SNAT port range holds (`--snat-ports` 1 000 ports here, closed connections' ports free
-/// after `--tcp-close-timeout 1s`): every one succeeds, and no port ever ran out. The close
-/// lifetime is shortened so the test stays short; the default range and lifetime give the
-/// same headroom per second at ten times the duration.
+/// node, each SNATed to a port of node `a`, 25 000 per family from 64 client addresses and 16
+/// threads, many more than the SNAT port range holds (`--snat-ports` 5 000 ports here, closed
+/// connections' ports free after `--tcp-close-timeout 1s`): every one succeeds, and no new
+/// flow ever found its ports all taken. The close lifetime is shortened so that the test stays
+/// short: the default range and lifetime sustain 1 000 new connections per second and
+/// backend, this one 5 000.
 fn short_connections_to_a_backend_on_the_other_node_never_run_out_of_snat_ports(mode: Mode) {
-    const CONNECTIONS: usize = 12_500;
+    const CONNECTIONS: usize = 25_000;
     let mut lan = Lan::new(
         mode,
         &[remote_only("short", "10.96.3.90", "fd00:96::3:90", 30094)],
@@ -885,7 +899,7 @@ fn short_connections_to_a_backend_on_the_other_node_never_run_out_of_snat_ports(
                 .collect()
         })
         .collect();
-    lan.start_agents_with(&["--snat-ports", "20000-20999", "--tcp-close-timeout", "1s"]);
+    lan.start_agents_with(&["--snat-ports", "20000-24999", "--tcp-close-timeout", "1s"]);
     for (v6, sources) in [false, true].into_iter().zip(&sources) {
         let addr = sa(lan.net.node("a").addr(v6), 30094);
         let failures = short_connections(&lan, sources, addr, CONNECTIONS);
@@ -909,8 +923,8 @@ fn short_connections_to_a_backend_on_the_other_node_never_run_out_of_snat_ports(
     );
 }
 
-/// A frame from the client's device to node `a`'s, with Ethernet addresses for the LAN.
-fn on_the_lan(lan: &Lan, packet: &crate::support::frame::Packet) -> Vec<u8> {
+/// The Ethernet addresses of the LAN hop from the client's device to node `a`'s: (to, from).
+fn lan_macs(lan: &Lan) -> ([u8; 6], [u8; 6]) {
     let mac = |ns: &lb_tests::netns::Netns| -> [u8; 6] {
         let out = ns.ip(&["-o", "link", "show", NODE_DEVICE]).unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -926,9 +940,14 @@ fn on_the_lan(lan: &Lan, packet: &crate::support::frame::Packet) -> Vec<u8> {
         }
         mac
     };
+    (mac(&lan.net.node("a").ns), mac(&lan.net.client))
+}
+
+/// A frame for the LAN hop `macs` ([`lan_macs`]).
+fn on_the_lan(macs: ([u8; 6], [u8; 6]), packet: &crate::support::frame::Packet) -> Vec<u8> {
     let mut frame = packet.frame();
-    frame[0..6].copy_from_slice(&mac(&lan.net.node("a").ns));
-    frame[6..12].copy_from_slice(&mac(&lan.net.client));
+    frame[0..6].copy_from_slice(&macs.0);
+    frame[6..12].copy_from_slice(&macs.1);
     frame
 }
 
@@ -1010,6 +1029,7 @@ fn a_syn_flood_over_the_flow_tables_leaves_idle_connections_working(mode: Mode) 
         exchange("first");
         exchange("second");
 
+        let macs = lan_macs(&lan);
         let frames: Vec<Vec<u8>> = (0..FLOOD)
             .map(|i| {
                 let src = if v6 {
@@ -1019,7 +1039,7 @@ fn a_syn_flood_over_the_flow_tables_leaves_idle_connections_working(mode: Mode) 
                 } else {
                     IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000 + i))
                 };
-                on_the_lan(&lan, &Packet::tcp(SocketAddr::new(src, 1024), tcp, TCP_SYN))
+                on_the_lan(macs, &Packet::tcp(SocketAddr::new(src, 1024), tcp, TCP_SYN))
             })
             .collect();
         send_raw(&lan, &frames);

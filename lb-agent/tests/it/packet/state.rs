@@ -597,7 +597,8 @@ fn a_confirmed_udp_flow_whose_backend_went_moves_once() -> TestResult {
 /// owns it, and its SYN-ACK is reversed to the service it asked for, not to the confirmed
 /// flow's. Both families.
 #[test]
-fn a_client_port_reused_towards_another_service_of_the_backend_gets_its_own_answers() -> TestResult {
+fn a_client_port_reused_towards_another_service_of_the_backend_gets_its_own_answers() -> TestResult
+{
     for (service, backends, client_ip) in CASES {
         let first = sock(service);
         let second = SocketAddr::new(first.ip(), 81);
@@ -628,7 +629,10 @@ fn a_client_port_reused_towards_another_service_of_the_backend_gets_its_own_answ
             "{second}: the new flow's SYN-ACK"
         );
         assert_eq!(to(&mut lb, &Packet::tcp(client, second, TCP_ACK))?, backend);
-        assert_eq!(reply_from(&mut lb, &Packet::tcp(backend, client, TCP_ACK))?, second);
+        assert_eq!(
+            reply_from(&mut lb, &Packet::tcp(backend, client, TCP_ACK))?,
+            second
+        );
     }
     Ok(())
 }
