@@ -112,6 +112,12 @@ pub fn is_syn<A>(pkt: &Packet<A>) -> bool {
     pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
+/// Whether the packet is a TCP SYN-ACK.
+#[inline(always)]
+fn is_synack<A>(pkt: &Packet<A>) -> bool {
+    pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+}
+
 /// Whether the packet belongs to a TCP connection under way: it can only be answered by the
 /// backend that has the connection, so it never starts a flow elsewhere.
 #[inline(always)]
@@ -482,10 +488,20 @@ pub fn reply<F: Track>(pkt: &Packet<F::Addr>, out: &mut Hit<F::Addr>, now: u64) 
         dir: FLOW_REPLY,
         _pad: [0; 2],
     };
-    let (entry, confirmed) = match F::flows().get_ptr_mut(&key) {
-        Some(entry) => (entry, true),
-        None => match F::new_flows().get_ptr_mut(&key) {
-            Some(entry) => (entry, false),
+    // A SYN-ACK answers a flow being set up: unconfirmed first. The backend sees one
+    // connection per (client, backend) tuple, so a confirmed flow with the same reply key (the
+    // client's port reused towards another service of the same backend) is over, and its reply
+    // entry must not answer for the new flow; the new flow's takes its place when it is
+    // confirmed, before the backend sends anything else.
+    let (first, second) = if is_synack(pkt) {
+        (false, true)
+    } else {
+        (true, false)
+    };
+    let (entry, confirmed) = match table::<F>(first).get_ptr_mut(&key) {
+        Some(entry) => (entry, first),
+        None => match table::<F>(second).get_ptr_mut(&key) {
+            Some(entry) => (entry, second),
             None => return false,
         },
     };

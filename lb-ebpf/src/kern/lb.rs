@@ -175,12 +175,6 @@ fn record_reply<F: Track>(pkt: &Packet<F::Addr>, chosen: &Chosen<F::Addr>, expir
         chosen.backend_id,
         expires,
     );
-    // The backend sees one connection per (client, backend) tuple: a confirmed flow with the
-    // same reply key (the client's port reused towards another service of the same backend) is
-    // over, or its backend could not answer this one. Its reply entry would be found first and
-    // restore the other service's address: the newest flow owns the tuple, as a single table
-    // written last would have it.
-    let _ = F::flows().remove(&key);
     F::new_flows().insert(&key, &rev, 0).is_ok()
 }
 
