@@ -10,7 +10,7 @@ use crate::{
     netns::Netns,
     sa,
     topology::Topology,
-    traffic::{Server, tcp_request, tcp_server, udp_request, udp_server},
+    traffic::{Server, tcp_request, tcp_server, udp_exchange, udp_server},
 };
 
 /// The backend pods; each answers with its name.
@@ -87,12 +87,14 @@ impl Cluster {
     }
 
     /// Backends answering `n` new UDP flows from the client to `vip:53`; checks that every
-    /// answer comes from the service address.
+    /// answer comes from the service address. Each flow has a source port of its own (an
+    /// ephemeral port could repeat that of a flow still alive, which keeps its backend).
     pub fn udp_spread(&self, vip: IpAddr, n: usize) -> BTreeSet<String> {
         let service = sa(vip, SERVICE_UDP_PORT);
         (0..n)
             .map(|_| {
-                let (name, from) = udp_request(self.client(), service).expect("udp request");
+                let socket = self.fresh_udp_socket(vip.is_ipv6());
+                let (name, from) = udp_exchange(&socket, service).expect("udp request");
                 assert_eq!(
                     from, service,
                     "UDP answer must come from the service address"
@@ -100,6 +102,26 @@ impl Cluster {
                 name
             })
             .collect()
+    }
+}
+
+impl Cluster {
+    /// A UDP socket of the client bound to a source port no earlier call of this process used
+    /// (20000-59999, in turn).
+    fn fresh_udp_socket(&self, v6: bool) -> std::net::UdpSocket {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        loop {
+            let port =
+                20_000 + (NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 40_000) as u16;
+            let bind = if v6 {
+                std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))
+            } else {
+                std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port))
+            };
+            if let Ok(Ok(socket)) = self.client().run(|| std::net::UdpSocket::bind(bind)) {
+                return socket;
+            }
+        }
     }
 }
 

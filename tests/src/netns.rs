@@ -101,3 +101,55 @@ impl Drop for Netns {
             .output();
     }
 }
+
+/// The devices [`add_uplink_bridge_tun`] adds: names of the veth uplink, the bridge and the tun
+/// device.
+#[derive(Debug)]
+pub struct UplinkBridgeTun {
+    /// A veth uplink: 10.77.0.2/24 and fd00:77::2/64, the default routes of both families.
+    pub up: String,
+    /// A bridge: 10.1.0.1/24 and fd00:1::1/64, sorting before the uplink's addresses.
+    pub bridge: String,
+    /// A tun device (`ARPHRD_NONE`, no link-layer header): 10.2.0.1/24.
+    pub tun: String,
+}
+
+/// Adds to `ns` (which must have no default route yet) a veth uplink holding the default
+/// routes, a bridge whose addresses sort before the uplink's, and a tun device: the devices
+/// of the SNAT address and link-type rules.
+pub fn add_uplink_bridge_tun(ns: &Netns) -> anyhow::Result<UplinkBridgeTun> {
+    let (up, bridge, tun) = (
+        crate::unique_name("lbu"),
+        crate::unique_name("lbb"),
+        crate::unique_name("lbt"),
+    );
+    let peer = format!("{up}p");
+    for cmd in [
+        vec!["link", "add", &up, "type", "veth", "peer", "name", &peer],
+        vec!["addr", "add", "10.77.0.2/24", "dev", &up],
+        vec!["addr", "add", "fd00:77::2/64", "dev", &up, "nodad"],
+        vec!["link", "set", &peer, "up"],
+        vec!["link", "set", &up, "up"],
+        vec!["route", "add", "default", "via", "10.77.0.1", "dev", &up],
+        vec![
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:77::1",
+            "dev",
+            &up,
+        ],
+        vec!["link", "add", &bridge, "type", "bridge"],
+        vec!["addr", "add", "10.1.0.1/24", "dev", &bridge],
+        vec!["addr", "add", "fd00:1::1/64", "dev", &bridge, "nodad"],
+        vec!["link", "set", &bridge, "up"],
+        vec!["tuntap", "add", "mode", "tun", "name", &tun],
+        vec!["addr", "add", "10.2.0.1/24", "dev", &tun],
+        vec!["link", "set", &tun, "up"],
+    ] {
+        ns.ip(&cmd)?;
+    }
+    Ok(UplinkBridgeTun { up, bridge, tun })
+}

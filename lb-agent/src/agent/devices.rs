@@ -539,7 +539,7 @@ mod tests {
 /// Root: the scan's reading of a real network namespace.
 #[cfg(test)]
 mod netns_tests {
-    use lb_tests::{netns::Netns, unique_name};
+    use lb_tests::netns::Netns;
     use nix::libc;
 
     use super::*;
@@ -559,35 +559,8 @@ mod netns_tests {
         fn new() -> Self {
             lb_tests::require_root();
             let ns = Netns::new("lbsnat").unwrap();
-            let (up, bridge, tun) = (unique_name("lbu"), unique_name("lbb"), unique_name("lbt"));
-            let peer = format!("{up}p");
-            for cmd in [
-                vec!["link", "add", &up, "type", "veth", "peer", "name", &peer],
-                vec!["addr", "add", "10.77.0.2/24", "dev", &up],
-                vec!["addr", "add", "fd00:77::2/64", "dev", &up, "nodad"],
-                vec!["link", "set", &peer, "up"],
-                vec!["link", "set", &up, "up"],
-                vec!["route", "add", "default", "via", "10.77.0.1", "dev", &up],
-                vec![
-                    "-6",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    "fd00:77::1",
-                    "dev",
-                    &up,
-                ],
-                vec!["link", "add", &bridge, "type", "bridge"],
-                vec!["addr", "add", "10.1.0.1/24", "dev", &bridge],
-                vec!["addr", "add", "fd00:1::1/64", "dev", &bridge, "nodad"],
-                vec!["link", "set", &bridge, "up"],
-                vec!["tuntap", "add", "mode", "tun", "name", &tun],
-                vec!["addr", "add", "10.2.0.1/24", "dev", &tun],
-                vec!["link", "set", &tun, "up"],
-            ] {
-                ns.ip(&cmd).unwrap();
-            }
+            let lb_tests::netns::UplinkBridgeTun { up, bridge, tun } =
+                lb_tests::netns::add_uplink_bridge_tun(&ns).unwrap();
             Self {
                 ns,
                 up,

@@ -5,56 +5,17 @@
 
 use std::time::Duration;
 
-use lb_tests::{cluster::names, ip, unique_name};
+use lb_tests::{cluster::names, ip};
 
 use super::ManifestCluster;
 
 /// How long a log line the first scan or sync writes may take to appear.
 const LOG_WAIT: Duration = Duration::from_secs(10);
 
-/// The devices [`add_devices`] gives the node.
-struct Devices {
-    /// A veth uplink: 10.77.0.2/24 and fd00:77::2/64, the default routes of both families.
-    up: String,
-    /// A bridge: 10.1.0.1/24 and fd00:1::1/64, sorting before the uplink's addresses.
-    bridge: String,
-    /// A tun device (`ARPHRD_NONE`, no link-layer header): 10.2.0.1/24.
-    tun: String,
-}
-
-/// Adds the [`Devices`] to the node's namespace, which has no default route before.
-fn add_devices(c: &ManifestCluster) -> Devices {
-    let (up, bridge, tun) = (unique_name("lbu"), unique_name("lbb"), unique_name("lbt"));
-    let peer = format!("{up}p");
-    let node = c.net.node();
-    for cmd in [
-        vec!["link", "add", &up, "type", "veth", "peer", "name", &peer],
-        vec!["addr", "add", "10.77.0.2/24", "dev", &up],
-        vec!["addr", "add", "fd00:77::2/64", "dev", &up, "nodad"],
-        vec!["link", "set", &peer, "up"],
-        vec!["link", "set", &up, "up"],
-        vec!["route", "add", "default", "via", "10.77.0.1", "dev", &up],
-        vec![
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fd00:77::1",
-            "dev",
-            &up,
-        ],
-        vec!["link", "add", &bridge, "type", "bridge"],
-        vec!["addr", "add", "10.1.0.1/24", "dev", &bridge],
-        vec!["addr", "add", "fd00:1::1/64", "dev", &bridge, "nodad"],
-        vec!["link", "set", &bridge, "up"],
-        vec!["tuntap", "add", "mode", "tun", "name", &tun],
-        vec!["addr", "add", "10.2.0.1/24", "dev", &tun],
-        vec!["link", "set", &tun, "up"],
-    ] {
-        node.ip(&cmd).unwrap();
-    }
-    Devices { up, bridge, tun }
+/// Adds the uplink, bridge and tun device ([`lb_tests::netns::add_uplink_bridge_tun`]) to the
+/// node's namespace, which has no default route before.
+fn add_devices(c: &ManifestCluster) -> lb_tests::netns::UplinkBridgeTun {
+    lb_tests::netns::add_uplink_bridge_tun(c.net.node()).unwrap()
 }
 
 #[test]

@@ -321,52 +321,50 @@ impl Lb {
         which: impl Fn(u8) -> bool,
         expires_ns: u64,
     ) -> anyhow::Result<usize> {
-        use lb_ebpf::map_names;
+        use lb_ebpf::{Flow4Key, Flow4Value, Flow6Key, Flow6Value, map_names};
         let mut changed = 0;
         for name in [map_names::FLOWS_V4, map_names::FLOWS_NEW_V4] {
-            let mut map = self.pinned_map::<lb_ebpf::Flow4Key, lb_ebpf::Flow4Value>(name)?;
-            let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
-            for (key, mut value) in entries {
-                if which(key.dir) {
-                    value.expires_ns = expires_ns;
-                    map.insert(key, value, 0)?;
-                    changed += 1;
-                }
-            }
+            changed += self.rewrite_entries::<Flow4Key, Flow4Value>(name, |k, v| {
+                which(k.dir).then(|| v.expires_ns = expires_ns).is_some()
+            })?;
         }
         for name in [map_names::FLOWS_V6, map_names::FLOWS_NEW_V6] {
-            let mut map = self.pinned_map::<lb_ebpf::Flow6Key, lb_ebpf::Flow6Value>(name)?;
-            let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
-            for (key, mut value) in entries {
-                if which(key.dir) {
-                    value.expires_ns = expires_ns;
-                    map.insert(key, value, 0)?;
-                    changed += 1;
-                }
-            }
+            changed += self.rewrite_entries::<Flow6Key, Flow6Value>(name, |k, v| {
+                which(k.dir).then(|| v.expires_ns = expires_ns).is_some()
+            })?;
         }
         Ok(changed)
     }
 
     /// Sets the expiry of every SNAT entry (both families), as [`Lb::set_flow_expiry`].
     pub fn set_snat_expiry(&self, expires_ns: u64) -> anyhow::Result<usize> {
-        use lb_ebpf::map_names;
+        use lb_ebpf::{Snat4Key, Snat4Value, Snat6Key, Snat6Value, map_names};
+        Ok(
+            self.rewrite_entries::<Snat4Key, Snat4Value>(map_names::SNAT_V4, |_, v| {
+                v.expires_ns = expires_ns;
+                true
+            })? + self.rewrite_entries::<Snat6Key, Snat6Value>(map_names::SNAT_V6, |_, v| {
+                v.expires_ns = expires_ns;
+                true
+            })?,
+        )
+    }
+
+    /// Rewrites the entries of a pinned map that `edit` changes (returning `true`); returns how
+    /// many.
+    fn rewrite_entries<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &str,
+        edit: impl Fn(&K, &mut V) -> bool,
+    ) -> anyhow::Result<usize> {
+        let mut map = self.pinned_map::<K, V>(name)?;
+        let entries: Vec<(K, V)> = map.iter().filter_map(Result::ok).collect();
         let mut changed = 0;
-        let mut map =
-            self.pinned_map::<lb_ebpf::Snat4Key, lb_ebpf::Snat4Value>(map_names::SNAT_V4)?;
-        let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
         for (key, mut value) in entries {
-            value.expires_ns = expires_ns;
-            map.insert(key, value, 0)?;
-            changed += 1;
-        }
-        let mut map =
-            self.pinned_map::<lb_ebpf::Snat6Key, lb_ebpf::Snat6Value>(map_names::SNAT_V6)?;
-        let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
-        for (key, mut value) in entries {
-            value.expires_ns = expires_ns;
-            map.insert(key, value, 0)?;
-            changed += 1;
+            if edit(&key, &mut value) {
+                map.insert(key, value, 0)?;
+                changed += 1;
+            }
         }
         Ok(changed)
     }
@@ -379,7 +377,7 @@ impl Lb {
         let data = aya::maps::MapData::from_pin(self.pin_dir.0.join(name))
             .with_context(|| format!("map {name}"))?;
         let map = aya::maps::Map::from_map_data(data).with_context(|| format!("map {name}"))?;
-        Ok(aya::maps::HashMap::try_from(map).with_context(|| format!("map {name}"))?)
+        aya::maps::HashMap::try_from(map).with_context(|| format!("map {name}"))
     }
 
     fn classifier(&mut self, name: &'static str) -> anyhow::Result<&mut SchedClassifier> {
