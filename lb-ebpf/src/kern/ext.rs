@@ -302,17 +302,8 @@ pub enum Decision<A> {
 pub fn decide<F: Track, C: EbpfContext>(_ctx: &C, pkt: &Packet<F::Addr>) -> Decision<F::Addr> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut hit = flow::Hit {
-        addr: F::UNSPECIFIED,
-        port: 0,
-        snat_port: 0,
-        flags: 0,
-    };
-    let found = flow::established::<F>(pkt, &mut hit, now);
-    if found != flow::MISS {
-        if found == flow::HIT_UNCONFIRMED {
-            flow::confirm::<F>(pkt, now);
-        }
+    let mut hit = flow::Hit::empty(F::UNSPECIFIED);
+    if flow::lookup::<F>(pkt, &mut hit, now) {
         return Decision::Translate {
             backend: hit.addr,
             backend_port: hit.port,

@@ -286,12 +286,41 @@ fn align_partner<F: Track>(key: &FlowKey<F::Addr>, flow: &F::Flow, confirmed: bo
     }
 }
 
-/// What the forward path needs of an established flow.
+/// What the forward path needs of an established flow (the reply path: the address to
+/// restore).
 pub struct Hit<A> {
     pub addr: A,
     pub port: u16,
     pub snat_port: u16,
     pub flags: u8,
+}
+
+impl<A> Hit<A> {
+    /// Nothing yet, for [`lookup`] or [`reply`] to fill.
+    #[inline(always)]
+    pub fn empty(addr: A) -> Self {
+        Self {
+            addr,
+            port: 0,
+            snat_port: 0,
+            flags: 0,
+        }
+    }
+}
+
+/// The flow of a packet from the client, into `out`: [`established`], then [`confirm`] when
+/// the packet confirms it. Whether there is one.
+#[inline(always)]
+pub fn lookup<F: Track>(pkt: &Packet<F::Addr>, out: &mut Hit<F::Addr>, now: u64) -> bool {
+    match established::<F>(pkt, out, now) {
+        MISS => false,
+        found => {
+            if found == HIT_UNCONFIRMED {
+                confirm::<F>(pkt, now);
+            }
+            true
+        }
+    }
 }
 
 /// [`established`]'s results: no flow, a flow, a flow to confirm now ([`confirm`]).

@@ -202,12 +202,7 @@ fn turn_back<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>, now: u64) -> i32 
 /// ([`flow::reply`]).
 #[inline(always)]
 fn answered<F: Track>(pkt: &Packet<F::Addr>, now: u64) -> Option<(F::Addr, u16)> {
-    let mut hit = flow::Hit {
-        addr: F::HAIRPIN,
-        port: 0,
-        snat_port: 0,
-        flags: 0,
-    };
+    let mut hit = flow::Hit::empty(F::HAIRPIN);
     flow::reply::<F>(pkt, &mut hit, now).then_some((hit.addr, hit.port))
 }
 

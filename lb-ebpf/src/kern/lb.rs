@@ -105,17 +105,8 @@ fn record_forward<F: Track>(
 fn forward<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut hit = flow::Hit {
-        addr: F::UNSPECIFIED,
-        port: 0,
-        snat_port: 0,
-        flags: 0,
-    };
-    let found = flow::established::<F>(pkt, &mut hit, now);
-    if found != flow::MISS {
-        if found == flow::HIT_UNCONFIRMED {
-            flow::confirm::<F>(pkt, now);
-        }
+    let mut hit = flow::Hit::empty(F::UNSPECIFIED);
+    if flow::lookup::<F>(pkt, &mut hit, now) {
         if hit.flags & FLOW_F_HAIRPIN != 0 {
             return Ok(hairpin::forward::<F>(ctx, pkt, &hit.addr, hit.port));
         }
@@ -310,12 +301,7 @@ pub fn dnat<F: Family, C: Rewrite>(
 fn reply<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut hit = flow::Hit {
-        addr: F::UNSPECIFIED,
-        port: 0,
-        snat_port: 0,
-        flags: 0,
-    };
+    let mut hit = flow::Hit::empty(F::UNSPECIFIED);
     if !flow::reply::<F>(pkt, &mut hit, now) {
         return Ok(TC_ACT_OK as i32);
     }
