@@ -972,15 +972,28 @@ fn send_raw(lan: &Lan, frames: &[Vec<u8>]) {
                 to.sll_halen = 6;
                 for frame in frames {
                     to.sll_addr[..6].copy_from_slice(&frame[0..6]);
-                    let rc = libc::sendto(
-                        fd,
-                        frame.as_ptr().cast(),
-                        frame.len(),
-                        0,
-                        (&raw const to).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                    );
-                    assert!(rc >= 0, "sendto: {}", std::io::Error::last_os_error());
+                    // A full transmit queue (ENOBUFS) drains in a moment: wait and send again.
+                    let mut tries = 0;
+                    loop {
+                        let rc = libc::sendto(
+                            fd,
+                            frame.as_ptr().cast(),
+                            frame.len(),
+                            0,
+                            (&raw const to).cast(),
+                            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                        );
+                        if rc >= 0 {
+                            break;
+                        }
+                        let e = std::io::Error::last_os_error();
+                        tries += 1;
+                        assert!(
+                            e.raw_os_error() == Some(libc::ENOBUFS) && tries < 1_000,
+                            "sendto: {e}"
+                        );
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                 }
                 libc::close(fd);
             }
