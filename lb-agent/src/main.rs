@@ -245,6 +245,7 @@ fn plan(
     let node = NodeFacts {
         name: node_name,
         addresses: parse_addresses(node_addresses)?,
+        devices: Vec::new(),
     };
     let snapshot = ManifestSource::new(&manifests)
         .read(false)

@@ -51,9 +51,15 @@ pub mod map_names {
     pub const SNAT_V6: &str = "LB_SNAT_V6";
     pub const SOURCE_RANGES_V4: &str = "LB_SOURCE_RANGES_V4";
     pub const SOURCE_RANGES_V6: &str = "LB_SOURCE_RANGES_V6";
-    /// This node's address per family (index 0), the source of SNATed flows.
+    /// This node's SNAT addresses per family, the sources of SNATed flows, by slot
+    /// ([`super::FlowValue::snat_slot`]): slot 0 is the node's default address of the family
+    /// (also the node's address where one is needed, as for source ranges), slots 1 and up
+    /// those of other devices ([`super::SnatDevice`]); an empty slot is all zero.
     pub const NODE_ADDR_V4: &str = "LB_NODE_ADDR_V4";
     pub const NODE_ADDR_V6: &str = "LB_NODE_ADDR_V6";
+    /// Egress device (ifindex) -> the SNAT address slots of flows the FIB sends out of it
+    /// ([`super::SnatDevice`]); a device without an entry uses slot 0.
+    pub const SNAT_DEVICES: &str = "LB_SNAT_DEVICES";
     pub const SOCK_REVNAT_V4: &str = "LB_SOCK_REVNAT_V4";
     pub const SOCK_REVNAT_V6: &str = "LB_SOCK_REVNAT_V6";
     pub const STATS: &str = "LB_STATS";
@@ -124,6 +130,11 @@ pub const DEFAULT_MAX_SNAT: u32 = 131_072;
 pub const DEFAULT_MAX_SOURCE_RANGES: u32 = 16_384;
 /// Devices the XDP program can run on at once (entries of `LB_XDP_DEVICES`).
 pub const MAX_XDP_DEVICES: u32 = 1_024;
+/// SNAT address slots per family (entries of `LB_NODE_ADDR_*`): the node's default SNAT
+/// address (slot 0) and one per other external device with an address of the family.
+pub const SNAT_ADDR_SLOTS: u32 = 32;
+/// Egress devices with SNAT addresses of their own (entries of `LB_SNAT_DEVICES`).
+pub const MAX_SNAT_DEVICES: u32 = 1_024;
 /// Default size of each session affinity map (clients x frontends with affinity).
 pub const DEFAULT_MAX_AFFINITY: u32 = 131_072;
 /// Default number of entries of the confirmed flow table (each flow takes a forward and a reply
@@ -382,6 +393,10 @@ pub struct FlowValue<A, const PAD: usize> {
     pub snat_port: u16,
     /// `FLOW_F_*` bits.
     pub flags: u8,
+    /// Forward entries of SNATed flows: which of the node's SNAT addresses the flow leaves
+    /// from, chosen by the device the FIB sends it out of ([`SnatDevice`]): an index of
+    /// `LB_NODE_ADDR_*` ([`map_names::NODE_ADDR_V4`]). Else 0.
+    pub snat_slot: u8,
     pub _pad: [u8; PAD],
     /// `bpf_ktime_get_ns()` from which on the entry is dead: an absolute expiry, so that an
     /// entry another CPU just refreshed can never read as expired. Forward entries are the
@@ -390,10 +405,14 @@ pub struct FlowValue<A, const PAD: usize> {
     pub expires_ns: u64,
 }
 
+/// The padding of [`Flow4Value`] before its timestamp.
+pub const FLOW4_PAD: usize = 0;
+/// The padding of [`Flow6Value`] before its timestamp.
+pub const FLOW6_PAD: usize = 4;
 /// Value of the IPv4 flow map.
-pub type Flow4Value = FlowValue<[u8; 4], 1>;
+pub type Flow4Value = FlowValue<[u8; 4], FLOW4_PAD>;
 /// Value of the IPv6 flow map.
-pub type Flow6Value = FlowValue<[u8; 16], 5>;
+pub type Flow6Value = FlowValue<[u8; 16], FLOW6_PAD>;
 
 /// Key of the SNAT maps: a reply from a backend on another node to this node's address, as seen
 /// on the wire (`dir` is [`FLOW_REPLY`]).
@@ -417,6 +436,16 @@ pub struct SnatValue<A> {
     /// Absolute expiry, as [`FlowValue::expires_ns`]; past it, the forward entry (found from
     /// this value) decides whether the port is still in use.
     pub expires_ns: u64,
+}
+
+/// Value of the SNAT device map: the SNAT address slot of each family for flows leaving
+/// through the device (0: the node's default SNAT address of the family).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SnatDevice {
+    pub slot_v4: u8,
+    pub slot_v6: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Value of the IPv4 SNAT map.
@@ -541,6 +570,7 @@ mod pod {
     unsafe impl aya::Pod for Flow6Value {}
     unsafe impl aya::Pod for Snat4Value {}
     unsafe impl aya::Pod for Snat6Value {}
+    unsafe impl aya::Pod for SnatDevice {}
     unsafe impl aya::Pod for SourceRange<[u8; 4]> {}
     unsafe impl aya::Pod for SourceRange<[u8; 16]> {}
     unsafe impl aya::Pod for Sock4Key {}

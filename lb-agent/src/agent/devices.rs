@@ -14,6 +14,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     kernel::{Attached, DatapathMode, KernelError, Programs},
     lbmap::{MapOps, Writer},
+    model::DeviceAddrs,
     node::{
         addrs::{self, DeviceAddr, SnatChoice},
         devices::{self, DevicePatterns, Link, Unfit},
@@ -54,7 +55,7 @@ impl Survey {
     /// addresses is an error.
     pub fn read() -> io::Result<Self> {
         let links = devices::links()?;
-        let addrs = addrs::list()?;
+        let addrs = addrs::list(&links)?;
         let routes = [false, true].map(|v6| {
             let probe = addrs::route_probe(v6);
             rtnl::route_to(probe).unwrap_or_else(|e| {
@@ -137,6 +138,28 @@ impl DeviceScanner {
     /// The addresses node ports answer on, among `all` the node has.
     pub fn nodeport_addresses(&self, all: &[DeviceAddr]) -> Vec<std::net::IpAddr> {
         addrs::nodeport_addresses(all, |d| self.is_external(d, all), &self.nodeport_cidrs)
+    }
+
+    /// The external devices among `all` (as [`DeviceScanner::addresses`] returns them: devices
+    /// the programs can run on) with their usable addresses, in the kernel's order: the SNAT
+    /// address of flows the FIB sends out of each is chosen from them
+    /// ([`crate::model::SnatAddrs::choose`]).
+    pub fn snat_devices(&self, all: &[DeviceAddr]) -> Vec<DeviceAddrs> {
+        let mut out: Vec<DeviceAddrs> = Vec::new();
+        for a in all {
+            if !addrs::usable(&a.addr) || !self.is_external(&a.device, all) {
+                continue;
+            }
+            match out.iter_mut().find(|d| d.ifindex == a.ifindex) {
+                Some(device) => device.addrs.push(a.addr),
+                None => out.push(DeviceAddrs {
+                    ifindex: a.ifindex,
+                    name: a.device.clone(),
+                    addrs: vec![a.addr],
+                }),
+            }
+        }
+        out
     }
 
     /// The addresses of `survey` on devices the programs can run on, with each family's SNAT
@@ -408,9 +431,15 @@ mod tests {
         }
     }
 
+    /// An address of a device of [`survey`], whose ifindex follows from its name.
     fn da(device: &str, addr: &str) -> DeviceAddr {
+        let ifindex = ["lo", "eth0", "docker0", "wg0", "tun0", "lxc1"]
+            .iter()
+            .position(|d| *d == device)
+            .map_or(0, |i| i as u32 + 1);
         DeviceAddr {
             device: device.into(),
+            ifindex,
             addr: addr.parse().unwrap(),
             snat: false,
         }
@@ -543,7 +572,7 @@ mod netns_tests {
     use nix::libc;
 
     use super::*;
-    use crate::model::{SnatAddrs, SnatReason};
+    use crate::model::{DeviceSnat, SnatAddrs, SnatReason};
 
     /// A namespace with a veth uplink (`up`, 10.77.0.2 and fd00:77::2, default routes of both
     /// families out of it), a bridge whose addresses (10.1.0.1, fd00:1::1) sort before the
@@ -587,7 +616,8 @@ mod netns_tests {
     fn snat_of(scanner: &mut DeviceScanner, survey: &Survey) -> SnatAddrs {
         let marked = scanner.addresses(survey);
         let addresses = scanner.nodeport_addresses(&marked);
-        let (snat, reasons) = SnatAddrs::choose(&addresses, &[]);
+        let devices = scanner.snat_devices(&marked);
+        let (snat, reasons) = SnatAddrs::choose(&addresses, &[], &devices);
         assert_eq!(reasons.v4, Some(SnatReason::NodeAddress));
         snat
     }
@@ -651,9 +681,19 @@ mod netns_tests {
             "the kernel's answer for the probes"
         );
         let mut scanner = scanner();
+        let bridge = survey.links.iter().find(|l| l.name == node.bridge).unwrap();
+        // Flows the FIB sends out of the bridge leave from the bridge's addresses.
         let want = SnatAddrs {
             v4: Some("10.77.0.2".parse().unwrap()),
             v6: Some("fd00:77::2".parse().unwrap()),
+            devices: [(
+                bridge.index,
+                DeviceSnat {
+                    v4: Some("10.1.0.1".parse().unwrap()),
+                    v6: Some("fd00:1::1".parse().unwrap()),
+                },
+            )]
+            .into(),
         };
         assert_eq!(snat_of(&mut scanner, &survey), want);
         // The tun device's address is no node port address.

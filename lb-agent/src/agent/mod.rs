@@ -112,6 +112,7 @@ fn node_facts(
     NodeFacts {
         name: node_name.clone(),
         addresses: addrs.map_or_else(Vec::new, |a| scanner.nodeport_addresses(a)),
+        devices: addrs.map_or_else(Vec::new, |a| scanner.snat_devices(a)),
     }
 }
 

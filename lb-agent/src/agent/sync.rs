@@ -4,6 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -149,8 +150,34 @@ impl<M: MapOps> Syncer<M> {
         }
         let mut errors = Vec::new();
         match self.writer.set_snat(&desired.snat) {
-            Ok(changed) => {
-                for family in changed {
+            Ok(report) => {
+                for ifindex in &report.devices {
+                    match desired.snat.devices.get(ifindex) {
+                        Some(d) => info!(
+                            "flows SNATed out of device {ifindex} leave from {}",
+                            [d.v4.map(IpAddr::V4), d.v6.map(IpAddr::V6)]
+                                .iter()
+                                .flatten()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(" and ")
+                        ),
+                        None => info!(
+                            "flows SNATed out of device {ifindex} leave from the node's \
+                             default addresses"
+                        ),
+                    }
+                }
+                if !report.no_slot.is_empty() {
+                    warn!(
+                        "no free SNAT address slot (the node has more than {} devices with \
+                         addresses of a family) for {:?}: flows SNATed out of their devices \
+                         leave from the default address of the family",
+                        lb_ebpf::SNAT_ADDR_SLOTS - 1,
+                        report.no_slot
+                    );
+                }
+                for family in report.defaults {
                     match (desired.snat.get(family), desired.snat_reasons.get(family)) {
                         (Some(addr), Some(why)) => info!(
                             "{family} node address for external traffic (the source of flows \

@@ -45,7 +45,7 @@ use aya::{
     Pod,
     maps::{HashMap as BpfHashMap, Map, MapData, MapError},
 };
-use lb_ebpf::{FlowKey, FlowValue, SnatValue, map_names};
+use lb_ebpf::{FLOW4_PAD, FLOW6_PAD, FlowKey, FlowValue, SnatValue, map_names};
 use thiserror::Error;
 
 use self::decide::{Entries, FlowAddr, Garbage};
@@ -418,8 +418,8 @@ impl Candidates {
 
 /// The flow and SNAT maps an agent pinned, opened for collection.
 pub struct Collector {
-    v4: Family<[u8; 4], 1>,
-    v6: Family<[u8; 16], 5>,
+    v4: Family<[u8; 4], FLOW4_PAD>,
+    v6: Family<[u8; 16], FLOW6_PAD>,
 }
 
 impl Collector {

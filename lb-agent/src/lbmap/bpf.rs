@@ -14,9 +14,9 @@ use aya::{
 use ipnet::IpNet;
 use lb_ebpf::{
     AffinityMatchKey, BACKEND_F_LOCAL, Backend4, Backend6, Flow4Key, Flow4Value, Flow6Key,
-    Flow6Value, SCOPE_DEFAULT, SCOPE_INTERNAL, Service4Key, Service6Key, ServiceKey, ServiceValue,
-    Snat4Key, Snat4Value, Snat6Key, Snat6Value, Sock4Key, Sock4Value, Sock6Key, Sock6Value,
-    SourceRange, map_names, port_to_map,
+    Flow6Value, SCOPE_DEFAULT, SCOPE_INTERNAL, SNAT_ADDR_SLOTS, Service4Key, Service6Key,
+    ServiceKey, ServiceValue, Snat4Key, Snat4Value, Snat6Key, Snat6Value, SnatDevice, Sock4Key,
+    Sock4Value, Sock6Key, Sock6Value, SourceRange, map_names, port_to_map,
 };
 use thiserror::Error;
 
@@ -39,6 +39,7 @@ pub struct BpfMaps {
     source_ranges_v6: LpmTrie<MapData, SourceRange<[u8; 16]>, u8>,
     node_addr_v4: Array<MapData, [u8; 4]>,
     node_addr_v6: Array<MapData, [u8; 16]>,
+    snat_devices: HashMap<MapData, u32, SnatDevice>,
     xdp_devices: DevMapHash<MapData>,
     affinity_match: HashMap<MapData, AffinityMatchKey, u8>,
     sock_revnat_v4: HashMap<MapData, Sock4Key, Sock4Value>,
@@ -86,6 +87,7 @@ impl BpfMaps {
             source_ranges_v6: take_map(ebpf, map_names::SOURCE_RANGES_V6)?,
             node_addr_v4: take_map(ebpf, map_names::NODE_ADDR_V4)?,
             node_addr_v6: take_map(ebpf, map_names::NODE_ADDR_V6)?,
+            snat_devices: take_map(ebpf, map_names::SNAT_DEVICES)?,
             xdp_devices: take_map(ebpf, map_names::XDP_DEVICES)?,
             affinity_match: take_map(ebpf, map_names::AFFINITY_MATCH)?,
             sock_revnat_v4: take_map(ebpf, map_names::SOCK_REVNAT_V4)?,
@@ -164,25 +166,72 @@ fn service_key<A>(addr: A, vip: &Vip, slot: u16) -> ServiceKey<A> {
 }
 
 impl MapOps for BpfMaps {
-    fn set_node_addr(&mut self, family: IpFamily, addr: Option<IpAddr>) -> Result<(), MapError> {
-        match (family, addr) {
-            (IpFamily::V4, Some(IpAddr::V4(a))) => self
-                .node_addr_v4
-                .set(0, a.octets(), 0)
-                .map_err(|e| io_err("update", map_names::NODE_ADDR_V4, e)),
-            (IpFamily::V4, _) => self
-                .node_addr_v4
-                .set(0, [0; 4], 0)
-                .map_err(|e| io_err("update", map_names::NODE_ADDR_V4, e)),
-            (IpFamily::V6, Some(IpAddr::V6(a))) => self
-                .node_addr_v6
-                .set(0, a.octets(), 0)
-                .map_err(|e| io_err("update", map_names::NODE_ADDR_V6, e)),
-            (IpFamily::V6, _) => self
-                .node_addr_v6
-                .set(0, [0; 16], 0)
-                .map_err(|e| io_err("update", map_names::NODE_ADDR_V6, e)),
+    fn set_snat_addr(
+        &mut self,
+        family: IpFamily,
+        slot: u8,
+        addr: Option<IpAddr>,
+    ) -> Result<(), MapError> {
+        let slot = u32::from(slot);
+        match family {
+            IpFamily::V4 => {
+                let value = match addr {
+                    Some(IpAddr::V4(a)) => a.octets(),
+                    _ => [0; 4],
+                };
+                self.node_addr_v4
+                    .set(slot, value, 0)
+                    .map_err(|e| io_err("update", map_names::NODE_ADDR_V4, e))
+            }
+            IpFamily::V6 => {
+                let value = match addr {
+                    Some(IpAddr::V6(a)) => a.octets(),
+                    _ => [0; 16],
+                };
+                self.node_addr_v6
+                    .set(slot, value, 0)
+                    .map_err(|e| io_err("update", map_names::NODE_ADDR_V6, e))
+            }
         }
+    }
+
+    fn list_snat_addrs(&self) -> Result<Vec<(IpFamily, u8, IpAddr)>, MapError> {
+        let mut out = Vec::new();
+        for slot in 0..SNAT_ADDR_SLOTS {
+            let v4 = self
+                .node_addr_v4
+                .get(&slot, 0)
+                .map_err(|e| io_err("lookup", map_names::NODE_ADDR_V4, e))?;
+            if v4 != [0; 4] {
+                out.push((IpFamily::V4, slot as u8, IpAddr::from(v4)));
+            }
+            let v6 = self
+                .node_addr_v6
+                .get(&slot, 0)
+                .map_err(|e| io_err("lookup", map_names::NODE_ADDR_V6, e))?;
+            if v6 != [0; 16] {
+                out.push((IpFamily::V6, slot as u8, IpAddr::from(v6)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_snat_device(&mut self, ifindex: u32, device: &SnatDevice) -> Result<(), MapError> {
+        self.snat_devices
+            .insert(ifindex, *device, 0)
+            .map_err(|e| io_err("insert", map_names::SNAT_DEVICES, e))
+    }
+
+    fn delete_snat_device(&mut self, ifindex: u32) -> Result<(), MapError> {
+        ignore_missing(self.snat_devices.remove(&ifindex))
+            .map_err(|e| io_err("delete", map_names::SNAT_DEVICES, e))
+    }
+
+    fn list_snat_devices(&self) -> Result<Vec<(u32, SnatDevice)>, MapError> {
+        self.snat_devices
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| io_err("list", map_names::SNAT_DEVICES, e))
     }
 
     fn put_affinity_match(

@@ -5,7 +5,7 @@ use std::{
     net::IpAddr,
 };
 
-use lb_ebpf::ServiceValue;
+use lb_ebpf::{ServiceValue, SnatDevice};
 
 use super::{BackendId, BackendKey, MapError, MapOps, Scope, Vip};
 use crate::model::{Frontend, IpFamily};
@@ -18,8 +18,12 @@ pub struct MemoryMaps {
     pub internal: BTreeMap<(Frontend, u16), ServiceValue>,
     pub backends: BTreeMap<BackendId, BackendKey>,
     pub source_ranges: BTreeSet<(u16, ipnet::IpNet)>,
-    /// The SNAT address per family; a family never set is absent.
+    /// The SNAT address per family (slot 0); a family never set is absent.
     pub node_addrs: BTreeMap<IpFamily, Option<IpAddr>>,
+    /// SNAT address slots 1 and up that hold an address.
+    pub snat_slots: BTreeMap<(IpFamily, u8), IpAddr>,
+    /// Ifindex -> the SNAT slots of flows leaving through it.
+    pub snat_devices: BTreeMap<u32, SnatDevice>,
     /// Devices XDP may redirect to.
     pub xdp_devices: BTreeSet<u32>,
     /// (reverse-NAT ID, backend ID) pairs session affinity may use.
@@ -109,6 +113,12 @@ impl std::fmt::Display for MemoryMaps {
                 None => writeln!(f, "node-addr {family} none")?,
             }
         }
+        for ((family, slot), addr) in &self.snat_slots {
+            writeln!(f, "snat-slot {family} {slot} {addr}")?;
+        }
+        for (ifindex, d) in &self.snat_devices {
+            writeln!(f, "snat-device {ifindex} v4={} v6={}", d.slot_v4, d.slot_v6)?;
+        }
         for ifindex in &self.xdp_devices {
             writeln!(f, "xdp-device {ifindex}")?;
         }
@@ -168,10 +178,51 @@ impl MapOps for MemoryMaps {
         Ok(())
     }
 
-    fn set_node_addr(&mut self, family: IpFamily, addr: Option<IpAddr>) -> Result<(), MapError> {
+    fn set_snat_addr(
+        &mut self,
+        family: IpFamily,
+        slot: u8,
+        addr: Option<IpAddr>,
+    ) -> Result<(), MapError> {
         self.step()?;
-        self.node_addrs.insert(family, addr);
+        match (slot, addr) {
+            (0, _) => {
+                self.node_addrs.insert(family, addr);
+            }
+            (_, Some(addr)) => {
+                self.snat_slots.insert((family, slot), addr);
+            }
+            (_, None) => {
+                self.snat_slots.remove(&(family, slot));
+            }
+        }
         Ok(())
+    }
+
+    fn list_snat_addrs(&self) -> Result<Vec<(IpFamily, u8, IpAddr)>, MapError> {
+        let defaults = self
+            .node_addrs
+            .iter()
+            .filter_map(|(family, addr)| addr.map(|a| (*family, 0, a)));
+        Ok(defaults
+            .chain(self.snat_slots.iter().map(|((f, s), a)| (*f, *s, *a)))
+            .collect())
+    }
+
+    fn put_snat_device(&mut self, ifindex: u32, device: &SnatDevice) -> Result<(), MapError> {
+        self.step()?;
+        self.snat_devices.insert(ifindex, *device);
+        Ok(())
+    }
+
+    fn delete_snat_device(&mut self, ifindex: u32) -> Result<(), MapError> {
+        self.step()?;
+        self.snat_devices.remove(&ifindex);
+        Ok(())
+    }
+
+    fn list_snat_devices(&self) -> Result<Vec<(u32, SnatDevice)>, MapError> {
+        Ok(self.snat_devices.iter().map(|(i, d)| (*i, *d)).collect())
     }
 
     fn put_xdp_device(&mut self, ifindex: u32) -> Result<(), MapError> {

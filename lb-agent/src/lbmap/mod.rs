@@ -13,6 +13,9 @@
 
 pub mod bpf;
 pub mod memory;
+mod snat;
+
+pub use snat::SnatReport;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -22,10 +25,11 @@ use std::{
 use ipnet::IpNet;
 use lb_ebpf::{
     SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_LOCAL, SVC_F_REJECT, SVC_F_SOURCE_RANGES, ServiceValue,
+    SnatDevice,
 };
 use thiserror::Error;
 
-use crate::model::{Frontend, FrontendState, IpFamily, Protocol, SnatAddrs};
+use crate::model::{Frontend, FrontendState, IpFamily, Protocol};
 
 /// Identifies a backend in the backend maps and in flow entries.
 pub type BackendId = u32;
@@ -192,9 +196,23 @@ pub trait MapOps {
     fn put_slot(&mut self, vip: &Vip, slot: u16, value: &ServiceValue) -> Result<(), MapError>;
     /// Deleting an absent entry succeeds.
     fn delete_slot(&mut self, vip: &Vip, slot: u16) -> Result<(), MapError>;
-    /// Sets the node's address of `family` that SNATed external flows leave from; `None`
-    /// clears it (external flows to other nodes' backends are then dropped).
-    fn set_node_addr(&mut self, family: IpFamily, addr: Option<IpAddr>) -> Result<(), MapError>;
+    /// Sets SNAT address `slot` of `family` ([`snat`]): slot 0 is the default that SNATed
+    /// external flows leave from; `None` clears the slot (flows of a cleared default are then
+    /// dropped).
+    fn set_snat_addr(
+        &mut self,
+        family: IpFamily,
+        slot: u8,
+        addr: Option<IpAddr>,
+    ) -> Result<(), MapError>;
+    /// Every SNAT address slot that holds an address: (family, slot, address).
+    fn list_snat_addrs(&self) -> Result<Vec<(IpFamily, u8, IpAddr)>, MapError>;
+    /// Names the SNAT slots of flows leaving through device `ifindex`.
+    fn put_snat_device(&mut self, ifindex: u32, device: &SnatDevice) -> Result<(), MapError>;
+    /// Deleting an absent entry succeeds.
+    fn delete_snat_device(&mut self, ifindex: u32) -> Result<(), MapError>;
+    /// Every SNAT device entry present.
+    fn list_snat_devices(&self) -> Result<Vec<(u32, SnatDevice)>, MapError>;
     /// Lets XDP redirect frames to the device `ifindex` (it runs the XDP program).
     fn put_xdp_device(&mut self, ifindex: u32) -> Result<(), MapError>;
     /// Deleting an absent entry succeeds.
@@ -310,9 +328,8 @@ pub struct Writer<M> {
     /// [`Writer::sweep`] has deleted their entries, so no stale slot can name a new backend.
     orphan_backend_ids: HashSet<BackendId>,
     orphan_rev_nat_ids: HashSet<u16>,
-    /// The SNAT address last written per family; a family never written is absent (the maps
-    /// may hold an earlier run's).
-    snat: BTreeMap<IpFamily, Option<IpAddr>>,
+    /// The SNAT addresses as programmed ([`snat`]).
+    snat: snat::SnatState,
 }
 
 impl<M: MapOps> Writer<M> {
@@ -325,7 +342,7 @@ impl<M: MapOps> Writer<M> {
             rev_nat_ids: IdPool::new(u32::from(u16::MAX)),
             orphan_backend_ids: HashSet::new(),
             orphan_rev_nat_ids: HashSet::new(),
-            snat: BTreeMap::new(),
+            snat: snat::SnatState::default(),
         }
     }
 
@@ -342,22 +359,6 @@ impl<M: MapOps> Writer<M> {
     /// The maps, the writer gone (a restart hands them to the next writer).
     pub fn into_maps(self) -> M {
         self.maps
-    }
-
-    /// Writes the node's SNAT addresses where they differ from what was written; returns the
-    /// families that changed.
-    pub fn set_snat(&mut self, wanted: &SnatAddrs) -> Result<Vec<IpFamily>, MapError> {
-        let mut changed = Vec::new();
-        for family in [IpFamily::V4, IpFamily::V6] {
-            let want = wanted.get(family);
-            if self.snat.get(&family) == Some(&want) {
-                continue;
-            }
-            self.maps.set_node_addr(family, want)?;
-            self.snat.insert(family, want);
-            changed.push(family);
-        }
-        Ok(changed)
     }
 
     /// The cookies of sockets the socket programs sent to a backend their frontend no longer
@@ -431,7 +432,7 @@ impl<M: MapOps> Writer<M> {
     /// differences, so a restart rewrites nothing that is still right, and no backend ID is ever
     /// reused for another backend while slots still name it. Frontends that cannot be read back
     /// consistently are not adopted; [`Writer::sweep`] removes their entries after the first apply.
-    /// Returns the number of frontends adopted.
+    /// The SNAT slots are taken over too. Returns the number of frontends adopted.
     pub fn adopt(&mut self) -> Result<usize, MapError> {
         let listed = self.maps.list_backends()?;
         let backends: HashMap<BackendId, BackendKey> = listed
@@ -521,6 +522,7 @@ impl<M: MapOps> Writer<M> {
         for id in &self.orphan_rev_nat_ids {
             self.rev_nat_ids.reserve(u32::from(*id));
         }
+        self.adopt_snat()?;
         Ok(adopted)
     }
 

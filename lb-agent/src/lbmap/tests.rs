@@ -448,3 +448,132 @@ fn sockets_sent_to_a_backend_their_frontend_lost_are_stale_others_are_not() {
     w.apply(&desired(&[("10.96.0.1:53", &["10.1.0.1:53"])]));
     assert_eq!(w.stale_sockets().unwrap(), HashSet::from([2, 3]));
 }
+
+mod snat {
+    use std::net::IpAddr;
+
+    use lb_ebpf::{SNAT_ADDR_SLOTS, SnatDevice};
+
+    use super::writer;
+    use crate::model::{DeviceSnat, SnatAddrs};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn wanted(devices: &[(u32, Option<&str>, Option<&str>)]) -> SnatAddrs {
+        SnatAddrs {
+            v4: Some("192.168.10.21".parse().unwrap()),
+            v6: Some("2001:db8::21".parse().unwrap()),
+            devices: devices
+                .iter()
+                .map(|(i, v4, v6)| {
+                    let snat = DeviceSnat {
+                        v4: v4.map(|a| a.parse().unwrap()),
+                        v6: v6.map(|a| a.parse().unwrap()),
+                    };
+                    (*i, snat)
+                })
+                .collect(),
+        }
+    }
+
+    fn device(slot_v4: u8, slot_v6: u8) -> SnatDevice {
+        SnatDevice {
+            slot_v4,
+            slot_v6,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn device_addresses_take_stable_slots_and_a_removed_one_is_cleared_after_its_device() {
+        let mut w = writer();
+        let report = w
+            .set_snat(&wanted(&[
+                (3, Some("10.20.0.6"), None),
+                (4, Some("10.30.0.1"), Some("fd00:30::1")),
+            ]))
+            .unwrap();
+        assert_eq!(report.devices, vec![3, 4]);
+        let maps = w.maps();
+        assert_eq!(
+            maps.node_addrs[&crate::model::IpFamily::V4],
+            Some(ip("192.168.10.21"))
+        );
+        assert_eq!(maps.snat_devices[&3], device(1, 0));
+        assert_eq!(maps.snat_devices[&4], device(2, 1));
+        assert_eq!(w.snat_slot(ip("10.20.0.6")), Some(1));
+        assert_eq!(w.snat_slot(ip("10.30.0.1")), Some(2));
+        assert_eq!(w.snat_slot(ip("fd00:30::1")), Some(1));
+        assert_eq!(w.snat_slot(ip("192.168.10.21")), Some(0));
+
+        // Device 3 goes: its slot is cleared, device 4 keeps its slots, and a new device does
+        // not get the slot freed in the same sync.
+        let ops = w.maps().ops;
+        let report = w
+            .set_snat(&wanted(&[
+                (4, Some("10.30.0.1"), Some("fd00:30::1")),
+                (5, Some("10.40.0.1"), None),
+            ]))
+            .unwrap();
+        assert_eq!(report.devices, vec![5, 3]);
+        assert_eq!(w.maps().snat_devices.get(&3), None);
+        assert_eq!(w.maps().snat_devices[&4], device(2, 1));
+        assert_eq!(w.maps().snat_devices[&5], device(3, 0));
+        assert_eq!(w.snat_slot(ip("10.20.0.6")), None);
+        // Slot 3 written, device 5 put, device 3 deleted, slot 1 cleared.
+        assert_eq!(w.maps().ops - ops, 4);
+
+        // Unchanged: nothing written.
+        let ops = w.maps().ops;
+        let report = w
+            .set_snat(&wanted(&[
+                (4, Some("10.30.0.1"), Some("fd00:30::1")),
+                (5, Some("10.40.0.1"), None),
+            ]))
+            .unwrap();
+        assert_eq!(report, Default::default());
+        assert_eq!(w.maps().ops, ops);
+    }
+
+    #[test]
+    fn a_restarted_writer_keeps_the_slots_an_earlier_run_gave() {
+        let mut w = writer();
+        let want = wanted(&[(3, Some("10.20.0.6"), None), (4, Some("10.30.0.1"), None)]);
+        w.set_snat(&want).unwrap();
+        let mut again = super::Writer::new(w.into_maps(), 1000);
+        again.adopt().unwrap();
+        // Device 3 is gone by now; device 4's address must stay in slot 2.
+        let want = wanted(&[(4, Some("10.30.0.1"), None), (6, Some("10.50.0.1"), None)]);
+        again.set_snat(&want).unwrap();
+        assert_eq!(again.snat_slot(ip("10.30.0.1")), Some(2));
+        assert_eq!(again.maps().snat_devices[&4], device(2, 0));
+        assert_eq!(again.maps().snat_devices[&6], device(3, 0));
+        assert_eq!(again.maps().snat_devices.get(&3), None);
+    }
+
+    #[test]
+    fn addresses_beyond_the_slots_use_the_default_and_are_reported_once() {
+        let mut w = writer();
+        let extra = SNAT_ADDR_SLOTS as usize + 2;
+        let addrs: Vec<String> = (0..extra).map(|i| format!("10.60.{i}.1")).collect();
+        let devices: Vec<(u32, Option<&str>, Option<&str>)> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (10 + i as u32, Some(a.as_str()), None))
+            .collect();
+        let report = w.set_snat(&wanted(&devices)).unwrap();
+        assert_eq!(report.no_slot.len(), 3, "{report:?}");
+        assert_eq!(w.maps().snat_slots.len(), SNAT_ADDR_SLOTS as usize - 1);
+        let unplaced = report.no_slot[0];
+        let ifindex = 10 + addrs.iter().position(|a| ip(a) == unplaced).unwrap() as u32;
+        assert_eq!(
+            w.maps().snat_devices.get(&ifindex),
+            None,
+            "slot 0: no entry"
+        );
+        let again = w.set_snat(&wanted(&devices)).unwrap();
+        assert!(again.no_slot.is_empty(), "{again:?}");
+    }
+}

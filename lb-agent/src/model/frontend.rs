@@ -4,6 +4,7 @@
 //! encodes.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
@@ -190,11 +191,41 @@ pub struct ServiceHealth {
     pub local_ready: usize,
 }
 
-/// The node's addresses that flows SNATed to other nodes' backends leave from, per family.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The node's addresses that flows SNATed to other nodes' backends leave from: the default of
+/// each family, and the address of each other external device the kernel may send such flows
+/// out of (the datapath picks by the device of the FIB's route to the backend).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnatAddrs {
     pub v4: Option<Ipv4Addr>,
     pub v6: Option<Ipv6Addr>,
+    /// Ifindex -> the device's own SNAT addresses, for devices that do not hold the default of
+    /// a family and have an address of it; flows out of other devices leave from the default.
+    pub devices: BTreeMap<u32, DeviceSnat>,
+}
+
+/// The SNAT addresses of flows leaving through one device, per family; `None`: the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceSnat {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl DeviceSnat {
+    pub fn get(&self, family: IpFamily) -> Option<IpAddr> {
+        match family {
+            IpFamily::V4 => self.v4.map(IpAddr::V4),
+            IpFamily::V6 => self.v6.map(IpAddr::V6),
+        }
+    }
+}
+
+/// The usable addresses of one external device, in the kernel's order (IPv4's primary address
+/// first): what the SNAT address of flows leaving through it is chosen from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceAddrs {
+    pub ifindex: u32,
+    pub name: String,
+    pub addrs: Vec<IpAddr>,
 }
 
 /// Why a family's SNAT address is what it is.
@@ -239,7 +270,15 @@ impl SnatAddrs {
     /// `addresses`, which lists the device scan's choice first. An InternalIP that is no node
     /// port address (on a device the programs are not on, or outside `--nodeport-addresses`) is
     /// passed over: the node may not own it.
-    pub fn choose(addresses: &[IpAddr], internal_ips: &[IpAddr]) -> (Self, SnatReasons) {
+    ///
+    /// Each of `devices` that does not hold the default of a family gets its first address of
+    /// the family (in the kernel's order, as the kernel's own source selection takes it):
+    /// a backend reached through that device's network sees the flow come from it.
+    pub fn choose(
+        addresses: &[IpAddr],
+        internal_ips: &[IpAddr],
+        devices: &[DeviceAddrs],
+    ) -> (Self, SnatReasons) {
         let pick = |v6: bool| {
             let family = |a: &&IpAddr| a.is_ipv6() == v6;
             internal_ips
@@ -262,6 +301,31 @@ impl SnatAddrs {
         if let Some((IpAddr::V6(a), why)) = pick(true) {
             addrs.v6 = Some(a);
             reasons.v6 = Some(why);
+        }
+        for device in devices {
+            let own = |family: IpFamily| {
+                if addrs.get(family).is_some_and(|d| device.addrs.contains(&d)) {
+                    return None;
+                }
+                device
+                    .addrs
+                    .iter()
+                    .find(|a| IpFamily::of(a) == family)
+                    .copied()
+            };
+            let snat = DeviceSnat {
+                v4: match own(IpFamily::V4) {
+                    Some(IpAddr::V4(a)) => Some(a),
+                    _ => None,
+                },
+                v6: match own(IpFamily::V6) {
+                    Some(IpAddr::V6(a)) => Some(a),
+                    _ => None,
+                },
+            };
+            if snat != DeviceSnat::default() {
+                addrs.devices.insert(device.ifindex, snat);
+            }
         }
         (addrs, reasons)
     }

@@ -52,6 +52,8 @@ pub fn route_probe(v6: bool) -> IpAddr {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceAddr {
     pub device: String,
+    /// The device's ifindex.
+    pub ifindex: u32,
     pub addr: IpAddr,
     /// The device scan chose it as the SNAT address of its family ([`choose_snat`]); the node
     /// port addresses then list it first ([`nodeport_addresses`]). Never set by [`list`].
@@ -143,10 +145,13 @@ pub fn choose_snat(
     })
 }
 
-/// Every address of every device in this network namespace (`getifaddrs(3)`).
-pub fn list() -> std::io::Result<Vec<DeviceAddr>> {
+/// Every address of every device of `links` in this network namespace (`getifaddrs(3)`);
+/// the addresses of a device that appeared since `links` were listed are left for the next
+/// scan.
+pub fn list(links: &[Link]) -> std::io::Result<Vec<DeviceAddr>> {
     Ok(nix::ifaddrs::getifaddrs()?
         .filter_map(|ifa| {
+            let ifindex = links.iter().find(|l| l.name == ifa.interface_name)?.index;
             let sa = ifa.address?;
             // Link-layer (AF_PACKET) entries carry no IP address.
             let addr = match (sa.as_sockaddr_in(), sa.as_sockaddr_in6()) {
@@ -156,6 +161,7 @@ pub fn list() -> std::io::Result<Vec<DeviceAddr>> {
             };
             Some(DeviceAddr {
                 device: ifa.interface_name,
+                ifindex,
                 addr,
                 snat: false,
             })
@@ -229,6 +235,7 @@ mod tests {
     fn da(device: &str, addr: &str) -> DeviceAddr {
         DeviceAddr {
             device: device.into(),
+            ifindex: 0,
             addr: addr.parse().unwrap(),
             snat: false,
         }
@@ -488,8 +495,20 @@ mod tests {
             .unwrap();
         ns.ip(&["addr", "add", "fd00::1:2/64", "dev", "lba0", "nodad"])
             .unwrap();
-        let all = ns.run(list).unwrap().unwrap();
+        let (links, all) = ns
+            .run(|| {
+                let links = super::super::devices::links()?;
+                let all = list(&links)?;
+                std::io::Result::Ok((links, all))
+            })
+            .unwrap()
+            .unwrap();
+        let lba0 = links.iter().find(|l| l.name == "lba0").unwrap().index;
         for want in [da("lba0", "10.1.2.3"), da("lba0", "fd00::1:2")] {
+            let want = DeviceAddr {
+                ifindex: lba0,
+                ..want
+            };
             assert!(all.contains(&want), "{want:?} not in {all:?}");
         }
         assert!(all.iter().all(|a| a.device != "lba1"), "{all:?}");
@@ -497,7 +516,7 @@ mod tests {
 
     #[test]
     fn lists_this_namespace_loopback() {
-        let all = list().unwrap();
+        let all = list(&super::super::devices::links().unwrap()).unwrap();
         assert!(
             all.iter().any(|a| a.device == "lo" && a.addr.is_loopback()),
             "{all:?}"

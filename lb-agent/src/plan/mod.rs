@@ -17,7 +17,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use crate::{
     model::{
-        Backend, Frontend, FrontendKind, FrontendState, NamespacedName, ServiceHealth,
+        Backend, DeviceAddrs, Frontend, FrontendKind, FrontendState, NamespacedName, ServiceHealth,
         ServicePortName, SnatAddrs, SnatReasons,
     },
     source::Snapshot,
@@ -35,6 +35,9 @@ pub struct NodeFacts {
     /// others sorted. The first of each family is the SNAT address unless the Node's InternalIP
     /// of the family is among them ([`SnatAddrs::choose`]).
     pub addresses: Vec<IpAddr>,
+    /// The external devices the programs run on, with their usable addresses: the SNAT
+    /// address of flows leaving through each ([`SnatAddrs::choose`]).
+    pub devices: Vec<DeviceAddrs>,
 }
 
 /// Something in the input that cannot be served as asked; everything else is.
@@ -129,7 +132,7 @@ pub fn plan(snapshot: &Snapshot, node: &NodeFacts) -> Desired {
         .node
         .as_ref()
         .map_or(&[][..], |n| n.internal_ips.as_slice());
-    let (snat, snat_reasons) = SnatAddrs::choose(&node.addresses, internal_ips);
+    let (snat, snat_reasons) = SnatAddrs::choose(&node.addresses, internal_ips, &node.devices);
     Desired {
         frontends,
         health_checks: sel.health_checks,

@@ -4,7 +4,8 @@
 use super::*;
 use crate::{
     model::{
-        EndpointSlice, IpFamily, Protocol, Service, ServiceType, SnatReason, TrafficPolicy,
+        DeviceSnat, EndpointSlice, IpFamily, Protocol, Service, ServiceType, SnatReason,
+        TrafficPolicy,
         testing::{EpExt as _, ep, frontend, name, slice_of, svc},
     },
     source::{NodeState, Snapshot},
@@ -27,6 +28,7 @@ fn on_node(addresses: &[&str]) -> NodeFacts {
     NodeFacts {
         name: Some("n1".into()),
         addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+        devices: Vec::new(),
     }
 }
 
@@ -142,6 +144,7 @@ fn node_ports_answer_on_the_node_addresses_of_their_own_family() {
         SnatAddrs {
             v4: Some("192.0.2.1".parse().unwrap()),
             v6: Some("2001:db8::1".parse().unwrap()),
+            devices: Default::default(),
         }
     );
 }
@@ -263,4 +266,43 @@ fn snat_prefers_the_nodes_internal_ip_when_the_node_holds_it() {
     let desired = plan(&snap, &on_node(&[]));
     assert_eq!(desired.snat, SnatAddrs::default());
     assert_eq!(desired.snat_reasons, SnatReasons::default());
+}
+
+#[test]
+fn each_other_device_gets_its_own_snat_address_the_default_devices_none() {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let device = |ifindex: u32, name: &str, addrs: &[&str]| DeviceAddrs {
+        ifindex,
+        name: name.into(),
+        addrs: addrs.iter().map(|a| ip(a)).collect(),
+    };
+    let mut node = on_node(&["192.168.10.21", "10.20.0.5", "10.20.0.6", "2001:db8::21"]);
+    node.devices = vec![
+        device(2, "eth0", &["192.168.10.21", "2001:db8::21"]),
+        // The kernel's order: 10.20.0.6 is the primary address, listed first.
+        device(3, "eth1", &["10.20.0.6", "10.20.0.5"]),
+        device(4, "eth2", &["fd00:20::7"]),
+    ];
+    let desired = plan(&snapshot(vec![], vec![]), &node);
+    assert_eq!(desired.snat.get(IpFamily::V4), Some(ip("192.168.10.21")));
+    assert_eq!(
+        desired.snat.devices,
+        BTreeMap::from([
+            (
+                3,
+                DeviceSnat {
+                    v4: Some("10.20.0.6".parse().unwrap()),
+                    v6: None,
+                }
+            ),
+            (
+                4,
+                DeviceSnat {
+                    v4: None,
+                    v6: Some("fd00:20::7".parse().unwrap()),
+                }
+            ),
+        ]),
+        "eth0 holds both defaults: no entry; eth1 has no IPv6 address, eth2 no IPv4 one"
+    );
 }

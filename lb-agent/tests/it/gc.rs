@@ -12,8 +12,8 @@ use aya::{
 };
 use lb_agent::gc::{self, Collector, Counts, FamilyReport};
 use lb_ebpf::{
-    FLOW_F_HAIRPIN, FLOW_F_SNAT, FLOW_FORWARD, FLOW_REPLY, FlowKey, FlowValue, PROTO_TCP,
-    PROTO_UDP, SnatValue, map_names, port_to_map,
+    FLOW_F_HAIRPIN, FLOW_F_SNAT, FLOW_FORWARD, FLOW_REPLY, FLOW4_PAD, FLOW6_PAD, FlowKey,
+    FlowValue, PROTO_TCP, PROTO_UDP, SnatValue, map_names, port_to_map,
 };
 
 use crate::support::lb::Lb;
@@ -109,6 +109,7 @@ fn value<A: Family, const PAD: usize>(
         backend_id: 3,
         snat_port: 0,
         flags,
+        snat_slot: 0,
         _pad: [0; PAD],
         expires_ns,
     }
@@ -329,15 +330,15 @@ fn collects_exactly_the_dead_entries_of_both_families() -> anyhow::Result<()> {
     let lb = Lb::load()?;
     let pin_dir = lb.pin_dir();
     let now = monotonic_ns();
-    let v4 = populate::<[u8; 4], 1>(pin_dir, now)?;
-    let v6 = populate::<[u8; 16], 5>(pin_dir, now)?;
+    let v4 = populate::<[u8; 4], FLOW4_PAD>(pin_dir, now)?;
+    let v6 = populate::<[u8; 16], FLOW6_PAD>(pin_dir, now)?;
 
     let mut collector = Collector::open(pin_dir).context("opening the collector")?;
     let report = collector.run().context("the first run")?;
     assert_eq!(report.v4, v4.report, "IPv4 report: {report}");
     assert_eq!(report.v6, v6.report, "IPv6 report: {report}");
-    assert_left::<[u8; 4], 1>(pin_dir, &v4)?;
-    assert_left::<[u8; 16], 5>(pin_dir, &v6)?;
+    assert_left::<[u8; 4], FLOW4_PAD>(pin_dir, &v4)?;
+    assert_left::<[u8; 16], FLOW6_PAD>(pin_dir, &v6)?;
 
     let again = collector.run().context("the second run")?;
     assert_eq!(
@@ -437,8 +438,8 @@ fn collection_spares_what_changed_since_the_scan() -> anyhow::Result<()> {
     let lb = Lb::load()?;
     let pin_dir = lb.pin_dir();
     let now = monotonic_ns();
-    let v4 = Changing::<[u8; 4], 1>::write(pin_dir, now)?;
-    let v6 = Changing::<[u8; 16], 5>::write(pin_dir, now)?;
+    let v4 = Changing::<[u8; 4], FLOW4_PAD>::write(pin_dir, now)?;
+    let v6 = Changing::<[u8; 16], FLOW6_PAD>::write(pin_dir, now)?;
 
     let mut collector = Collector::open(pin_dir)?;
     let candidates = collector.scan(gc::monotonic_now_ns())?;

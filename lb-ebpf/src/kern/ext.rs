@@ -4,10 +4,13 @@
 //!
 //! - A backend on this node, or a service with externalTrafficPolicy Local: DNAT only, the client
 //!   address is kept and the kernel delivers to the pod.
-//! - A backend on another node: DNAT and SNAT to this node's address of the family, then out
-//!   through the kernel's FIB (connected and routed next hops; no default route needed), since
-//!   the kernel itself would drop a forwarded packet whose source is one of its own addresses.
+//! - A backend on another node: DNAT and SNAT to this node's address of the family on the
+//!   device the kernel's FIB sends the flow out of ([`snat_slot_of`]), then out through the FIB
+//!   (connected and routed next hops; no default route needed), since the kernel itself would
+//!   drop a forwarded packet whose source is one of its own addresses.
 //!   The backend's replies come back to this node and are translated back here.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
@@ -22,7 +25,7 @@ use aya_ebpf::{
 };
 use lb_ebpf::{
     BACKEND_F_LOCAL, FLOW_REPLY, FlowKey, SCOPE_DEFAULT, SNAT_ATTEMPTS, SVC_F_EXTERNAL,
-    SVC_F_LOCAL, SVC_F_SOURCE_RANGES, ServiceValue, SnatValue, SourceRange, stats,
+    SVC_F_LOCAL, SVC_F_SOURCE_RANGES, ServiceValue, SnatDevice, SnatValue, SourceRange, stats,
 };
 
 use super::{
@@ -32,8 +35,8 @@ use super::{
     frame::Frame,
     lb::{self, Chosen},
     maps::{
-        LB_NODE_ADDR_V4, LB_NODE_ADDR_V6, LB_SNAT_V4, LB_SNAT_V6, LB_SOURCE_RANGES_V4,
-        LB_SOURCE_RANGES_V6, count,
+        LB_NODE_ADDR_V4, LB_NODE_ADDR_V6, LB_SNAT_DEVICES, LB_SNAT_V4, LB_SNAT_V6,
+        LB_SOURCE_RANGES_V4, LB_SOURCE_RANGES_V6, count,
     },
     nat::{End, Rewrite},
     parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Packet, Parsed, eth_proto, parse_v4, parse_v6},
@@ -55,6 +58,8 @@ pub trait ExtFamily: RejectFamily {
     fn snat() -> &'static HashMap<FlowKey<Self::Addr>, SnatValue<Self::Addr>>;
     fn source_ranges() -> &'static LpmTrie<SourceRange<Self::Addr>, u8>;
     fn node_addr() -> &'static Array<Self::Addr>;
+    /// The family's slot of a SNAT device entry.
+    fn device_slot(device: &SnatDevice) -> u8;
     fn fill_fib(params: &mut bpf_fib_lookup, src: Self::Addr, dst: Self::Addr);
     fn is_unset(addr: &Self::Addr) -> bool;
     /// Parses a frame of this family; `None` for anything not translatable.
@@ -76,6 +81,10 @@ impl ExtFamily for V4 {
     #[inline(always)]
     fn node_addr() -> &'static Array<[u8; 4]> {
         &LB_NODE_ADDR_V4
+    }
+    #[inline(always)]
+    fn device_slot(device: &SnatDevice) -> u8 {
+        device.slot_v4
     }
     #[inline(always)]
     fn fill_fib(params: &mut bpf_fib_lookup, src: [u8; 4], dst: [u8; 4]) {
@@ -110,6 +119,10 @@ impl ExtFamily for V6 {
     #[inline(always)]
     fn node_addr() -> &'static Array<[u8; 16]> {
         &LB_NODE_ADDR_V6
+    }
+    #[inline(always)]
+    fn device_slot(device: &SnatDevice) -> u8 {
+        device.slot_v6
     }
     #[inline(always)]
     fn fill_fib(params: &mut bpf_fib_lookup, src: [u8; 16], dst: [u8; 16]) {
@@ -287,19 +300,26 @@ pub enum Decision<A> {
     /// The service port has no endpoint anywhere: refused (a TCP reset, an ICMP port
     /// unreachable for UDP), as kube-proxy rejects.
     Reject,
-    /// To this backend; SNATed to this node's address from `snat_port` when it is not 0.
+    /// To this backend; SNATed from `snat_port` (when it is not 0) of the node's SNAT address
+    /// in `snat_slot` ([`snat_addr`]).
     Translate {
         backend: A,
         backend_port: u16,
         snat_port: u16,
+        snat_slot: u8,
     },
 }
 
 /// The decision for a packet from outside towards a service, shared by TC and XDP: the flow's
 /// backend when it is established, else a new choice, recorded (with its SNAT entry) so that
-/// every later packet of the flow, on either path, goes the same way.
+/// every later packet of the flow, on either path, goes the same way. `ifindex`: the device
+/// the packet came in on.
 #[inline(always)]
-pub fn decide<F: Track, C: EbpfContext>(_ctx: &C, pkt: &Packet<F::Addr>) -> Decision<F::Addr> {
+pub fn decide<F: Track, C: EbpfContext>(
+    ctx: &C,
+    ifindex: u32,
+    pkt: &Packet<F::Addr>,
+) -> Decision<F::Addr> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut hit = flow::Hit::empty(F::UNSPECIFIED);
@@ -308,6 +328,7 @@ pub fn decide<F: Track, C: EbpfContext>(_ctx: &C, pkt: &Packet<F::Addr>) -> Deci
             backend: hit.addr,
             backend_port: hit.port,
             snat_port: hit.snat_port,
+            snat_slot: hit.snat_slot,
         };
     }
 
@@ -332,27 +353,88 @@ pub fn decide<F: Track, C: EbpfContext>(_ctx: &C, pkt: &Packet<F::Addr>) -> Deci
         return Decision::Drop;
     };
     let local = frontend.flags & SVC_F_LOCAL != 0 || chosen.backend.flags & BACKEND_F_LOCAL != 0;
-    let snat_port = if local {
-        0
-    } else {
-        match snat_port::<F>(pkt, &chosen, now) {
-            Some(port) => port,
+    let mut snat_slot = 0;
+    let mut snat_port = 0;
+    if !local {
+        snat_slot = snat_slot_of::<F>(ctx.as_ptr(), ifindex, pkt.proto, &chosen.backend.addr);
+        match snat_port_of::<F>(pkt, &chosen, snat_slot, now) {
+            Some(port) => snat_port = port,
             // Counted as `SNAT_NO_PORT`, or as `SNAT_FAILED` without a node address.
             None => return Decision::Drop,
         }
-    };
-    lb::record_flow::<F>(pkt, &chosen, snat_port, now);
+    }
+    lb::record_flow::<F>(pkt, &chosen, snat_port, snat_slot, now);
     Decision::Translate {
         backend: chosen.backend.addr,
         backend_port: chosen.backend.port,
         snat_port,
+        snat_slot,
+    }
+}
+
+/// The node's SNAT address in `slot` ([`lb_ebpf::FlowValue::snat_slot`]): slot 0 is the node's
+/// default SNAT address of the family, the others are those of other devices. `None` when the
+/// slot is empty.
+#[inline(always)]
+pub fn snat_addr<F: ExtFamily>(slot: u8) -> Option<F::Addr> {
+    let mut addr = F::UNSPECIFIED;
+    snat_addr_into::<F>(u32::from(slot), &mut addr).then_some(addr)
+}
+
+/// [`snat_addr`] in a subprogram, into `out`: inlined into the TC path, the IPv6 address test
+/// crashes LLVM's BPF backend (post-RA pseudo instruction expansion, LLVM 22).
+#[inline(never)]
+fn snat_addr_into<F: ExtFamily>(slot: u32, out: &mut F::Addr) -> bool {
+    match F::node_addr().get(slot) {
+        Some(addr) if !F::is_unset(addr) => {
+            *out = *addr;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The SNAT address slot of a new flow to `backend`: the one of the device the kernel's FIB
+/// sends the flow out of ([`SnatDevice`], the agent's choice of that device's address), so that
+/// the backend's node sees the address of the network the flow arrives from, as a routed
+/// MASQUERADE would give it. Slot 0 (the node's default SNAT address) for a device without an
+/// entry (the device of the default address has none), an empty slot, or no route. Looked up
+/// once per flow: the flow keeps its slot. A subprogram of its own, for the 64-byte lookup
+/// parameters.
+#[inline(never)]
+fn snat_slot_of<F: ExtFamily>(ctx: *mut c_void, ifindex: u32, proto: u8, backend: &F::Addr) -> u8 {
+    let mut params = fib_params::<F>(ifindex, proto, &F::UNSPECIFIED, backend);
+    // SAFETY: the helper reads and fills `params`, whose size is passed.
+    let rc = unsafe {
+        fib_lookup(
+            ctx,
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    // An unresolved neighbour still names the device.
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && rc != i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        return 0;
+    }
+    // SAFETY: read-only look at a map value.
+    let Some(device) = (unsafe { LB_SNAT_DEVICES.get(&params.ifindex) }) else {
+        return 0;
+    };
+    let slot = F::device_slot(device);
+    if snat_addr::<F>(slot).is_some() {
+        slot
+    } else {
+        0
     }
 }
 
 /// Flows from outside towards a service.
 #[inline(never)]
 fn ext_forward<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
-    match decide::<F, _>(ctx, pkt) {
+    // SAFETY: the skb of a TC program.
+    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    match decide::<F, _>(ctx, ifindex, pkt) {
         Decision::Pass => Ok(TC_ACT_OK as i32),
         Decision::Drop => Ok(TC_ACT_SHOT),
         Decision::Reject => Ok(reject::<F>(ctx, pkt)),
@@ -360,7 +442,8 @@ fn ext_forward<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, 
             backend,
             backend_port,
             snat_port,
-        } => translate::<F>(ctx, pkt, backend, backend_port, snat_port),
+            snat_slot,
+        } => translate::<F>(ctx, pkt, backend, backend_port, snat_port, snat_slot),
     }
 }
 
@@ -372,8 +455,13 @@ fn ext_forward<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, 
 /// ([`flow::snat_in_use`]); entries are inserted with `BPF_NOEXIST`, so two CPUs never hand one
 /// port to two flows. `None` (counted) when every port tried is in use.
 #[inline(never)]
-fn snat_port<F: Track>(pkt: &Packet<F::Addr>, chosen: &Chosen<F::Addr>, now: u64) -> Option<u16> {
-    let Some(node) = F::node_addr().get(0).copied().filter(|n| !F::is_unset(n)) else {
+fn snat_port_of<F: Track>(
+    pkt: &Packet<F::Addr>,
+    chosen: &Chosen<F::Addr>,
+    slot: u8,
+    now: u64,
+) -> Option<u16> {
+    let Some(node) = snat_addr::<F>(slot) else {
         count(stats::SNAT_FAILED);
         return None;
     };
@@ -433,12 +521,13 @@ fn translate<F: ExtFamily>(
     backend: F::Addr,
     backend_port: u16,
     snat_port: u16,
+    snat_slot: u8,
 ) -> Result<i32, i64> {
     lb::dnat::<F, _>(ctx, pkt, backend, backend_port)?;
     if snat_port == 0 {
         return Ok(TC_ACT_OK as i32);
     }
-    let Some(node) = F::node_addr().get(0).copied() else {
+    let Some(node) = snat_addr::<F>(snat_slot) else {
         count(stats::SNAT_FAILED);
         return Ok(TC_ACT_SHOT);
     };

@@ -44,8 +44,11 @@ pub trait FlowEntry<A>: Copy {
     fn flags(&self) -> u8;
     fn set_flags(&mut self, flags: u8);
     fn snat_port(&self) -> u16;
-    /// Marks a forward entry as SNATed to `port` of this node's address (never 0).
-    fn set_snat(&mut self, port: u16);
+    /// The SNAT address slot of a SNATed forward entry ([`lb_ebpf::FlowValue::snat_slot`]).
+    fn snat_slot(&self) -> u8;
+    /// Marks a forward entry as SNATed to `port` (never 0) of the node's SNAT address in
+    /// `slot`.
+    fn set_snat(&mut self, port: u16, slot: u8);
     fn expires_ns(&self) -> u64;
     fn set_expires(&mut self, expires_ns: u64);
 }
@@ -60,6 +63,7 @@ impl<A: Copy, const PAD: usize> FlowEntry<A> for FlowValue<A, PAD> {
             backend_id,
             snat_port: 0,
             flags: 0,
+            snat_slot: 0,
             _pad: [0; PAD],
             expires_ns,
         }
@@ -89,8 +93,13 @@ impl<A: Copy, const PAD: usize> FlowEntry<A> for FlowValue<A, PAD> {
         self.snat_port
     }
     #[inline(always)]
-    fn set_snat(&mut self, port: u16) {
+    fn snat_slot(&self) -> u8 {
+        self.snat_slot
+    }
+    #[inline(always)]
+    fn set_snat(&mut self, port: u16, slot: u8) {
         self.snat_port = port;
+        self.snat_slot = slot;
         self.flags |= lb_ebpf::FLOW_F_SNAT;
     }
     #[inline(always)]

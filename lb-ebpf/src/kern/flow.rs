@@ -30,7 +30,7 @@ use lb_ebpf::{
 
 use super::{
     conf,
-    ext::ExtFamily,
+    ext::{self, ExtFamily},
     family::{Family, FlowEntry, V4, V6},
     hairpin::HairpinFamily,
     maps::count,
@@ -237,7 +237,7 @@ const PARTNER_ALIVE: u32 = 2;
 #[inline(never)]
 fn partner<F: Track>(key: &FlowKey<F::Addr>, flow: &F::Flow, confirmed: bool, now: u64) -> u32 {
     let expires = if flow.flags() & FLOW_F_SNAT != 0 {
-        let Some(node) = F::node_addr().get(0).copied() else {
+        let Some(node) = ext::snat_addr::<F>(flow.snat_slot()) else {
             return PARTNER_GONE;
         };
         // SAFETY: read-only copy of a map value.
@@ -266,7 +266,7 @@ fn align_partner<F: Track>(key: &FlowKey<F::Addr>, flow: &F::Flow, confirmed: bo
     let expires = flow.expires_ns();
     let mirrored = flow.flags() & MIRRORED;
     if flow.flags() & FLOW_F_SNAT != 0 {
-        let Some(node) = F::node_addr().get(0).copied() else {
+        let Some(node) = ext::snat_addr::<F>(flow.snat_slot()) else {
             return;
         };
         if let Some(snat) = F::snat().get_ptr_mut(&snat_of_forward::<F>(key, flow, node)) {
@@ -292,6 +292,7 @@ pub struct Hit<A> {
     pub addr: A,
     pub port: u16,
     pub snat_port: u16,
+    pub snat_slot: u8,
     pub flags: u8,
 }
 
@@ -303,6 +304,7 @@ impl<A> Hit<A> {
             addr,
             port: 0,
             snat_port: 0,
+            snat_slot: 0,
             flags: 0,
         }
     }
@@ -423,6 +425,7 @@ pub fn established<F: Track>(pkt: &Packet<F::Addr>, out: &mut Hit<F::Addr>, now:
     out.addr = flow.nat_addr();
     out.port = flow.nat_port();
     out.snat_port = flow.snat_port();
+    out.snat_slot = flow.snat_slot();
     out.flags = flow.flags();
     if !confirmed && flow.flags() & (FLOW_F_REPLIED | MIRRORED) == FLOW_F_REPLIED && !is_syn(pkt) {
         return HIT_UNCONFIRMED;
@@ -473,7 +476,7 @@ pub fn confirm<F: Track>(pkt: &Packet<F::Addr>, now: u64) {
 #[inline(never)]
 fn confirm_partner<F: Track>(key: &FlowKey<F::Addr>, flow: &F::Flow, expires: u64) -> bool {
     if flow.flags() & FLOW_F_SNAT != 0 {
-        if let Some(node) = F::node_addr().get(0).copied()
+        if let Some(node) = ext::snat_addr::<F>(flow.snat_slot())
             && let Some(snat) = F::snat().get_ptr_mut(&snat_of_forward::<F>(key, flow, node))
         {
             // SAFETY: the map's pointer to this entry's value.

@@ -55,21 +55,22 @@ pub fn flow_key<F: Family>(pkt: &Packet<F::Addr>, dir: u8) -> FlowKey<F::Addr> {
 }
 
 /// Records a new flow, unconfirmed ([`flow`]). Without SNAT, a reply entry lets the reverse
-/// translation restore the service address; with SNAT (`snat_port != 0`) the caller has
-/// recorded the SNAT entry instead. Each entry is written by a subprogram of its own, called
+/// translation restore the service address; with SNAT (`snat_port != 0`, from the SNAT address
+/// in `snat_slot`) the caller has recorded the SNAT entry instead. Each entry is written by a subprogram of its own, called
 /// from here one after the other: the chain of frames under the pod program's is short.
 #[inline(always)]
 pub fn record_flow<F: Track>(
     pkt: &Packet<F::Addr>,
     chosen: &Chosen<F::Addr>,
     snat_port: u16,
+    snat_slot: u8,
     now: u64,
 ) {
     let flags = flow::after(pkt, false, false, 0);
     let expires = now + flow::lifetime(pkt.proto, false, flags);
     // The reply entry goes first: a reply can only exist once the forward packet has left.
     let recorded = (snat_port != 0 || record_reply::<F>(pkt, chosen, expires))
-        && record_forward::<F>(pkt, chosen, snat_port, expires);
+        && record_forward::<F>(pkt, chosen, snat_port, snat_slot, expires);
     if recorded {
         count(stats::NEW_FLOWS);
     } else {
@@ -83,6 +84,7 @@ fn record_forward<F: Track>(
     pkt: &Packet<F::Addr>,
     chosen: &Chosen<F::Addr>,
     snat_port: u16,
+    snat_slot: u8,
     expires: u64,
 ) -> bool {
     let mut fwd = F::Flow::new(
@@ -93,7 +95,7 @@ fn record_forward<F: Track>(
         expires,
     );
     if snat_port != 0 {
-        fwd.set_snat(snat_port);
+        fwd.set_snat(snat_port, snat_slot);
     }
     fwd.set_flags(fwd.flags() | flow::after(pkt, false, false, 0));
     F::new_flows()
@@ -142,7 +144,7 @@ fn forward<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64>
     if chosen.backend.addr == pkt.saddr {
         return hairpin::start::<F>(ctx, pkt, &chosen, now);
     }
-    record_flow::<F>(pkt, &chosen, 0, now);
+    record_flow::<F>(pkt, &chosen, 0, 0, now);
     dnat::<F, _>(ctx, pkt, chosen.backend.addr, chosen.backend.port)
 }
 

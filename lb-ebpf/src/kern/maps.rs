@@ -9,9 +9,9 @@ use lb_ebpf::{
     Affinity4Key, Affinity6Key, AffinityMatchKey, AffinityValue, Backend4, Backend6,
     DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_NEW_FLOWS,
     DEFAULT_MAX_SERVICES, DEFAULT_MAX_SNAT, DEFAULT_MAX_SOCKETS, DEFAULT_MAX_SOURCE_RANGES,
-    Flow4Key, Flow4Value, Flow6Key, Flow6Value, MAX_XDP_DEVICES, Service4Key, Service6Key,
-    ServiceValue, Snat4Key, Snat4Value, Snat6Key, Snat6Value, Sock4Key, Sock4Value, Sock6Key,
-    Sock6Value, SockAffinityKey, SourceRange, stats,
+    Flow4Key, Flow4Value, Flow6Key, Flow6Value, MAX_SNAT_DEVICES, MAX_XDP_DEVICES, SNAT_ADDR_SLOTS,
+    Service4Key, Service6Key, ServiceValue, Snat4Key, Snat4Value, Snat6Key, Snat6Value, SnatDevice,
+    Sock4Key, Sock4Value, Sock6Key, Sock6Value, SockAffinityKey, SourceRange, stats,
 };
 
 #[map]
@@ -48,9 +48,11 @@ pub static LB_SOURCE_RANGES_V4: LpmTrie<SourceRange<[u8; 4]>, u8> =
 pub static LB_SOURCE_RANGES_V6: LpmTrie<SourceRange<[u8; 16]>, u8> =
     LpmTrie::pinned(DEFAULT_MAX_SOURCE_RANGES, 0);
 #[map]
-pub static LB_NODE_ADDR_V4: Array<[u8; 4]> = Array::pinned(1, 0);
+pub static LB_NODE_ADDR_V4: Array<[u8; 4]> = Array::pinned(SNAT_ADDR_SLOTS, 0);
 #[map]
-pub static LB_NODE_ADDR_V6: Array<[u8; 16]> = Array::pinned(1, 0);
+pub static LB_NODE_ADDR_V6: Array<[u8; 16]> = Array::pinned(SNAT_ADDR_SLOTS, 0);
+#[map]
+pub static LB_SNAT_DEVICES: HashMap<u32, SnatDevice> = HashMap::pinned(MAX_SNAT_DEVICES, 0);
 #[map]
 pub static LB_SOCK_REVNAT_V4: LruHashMap<Sock4Key, Sock4Value> =
     LruHashMap::pinned(DEFAULT_MAX_SOCKETS, 0);

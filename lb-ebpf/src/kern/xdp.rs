@@ -196,6 +196,7 @@ struct Outcome<A> {
     backend: A,
     backend_port: u16,
     snat_port: u16,
+    snat_slot: u8,
 }
 
 const OUTCOME_PASS: u32 = 0;
@@ -210,6 +211,7 @@ fn forward<F: Track>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> u32 {
         backend: pkt.daddr,
         backend_port: 0,
         snat_port: 0,
+        snat_slot: 0,
     };
     decide::<F>(ctx, pkt, &mut outcome);
     match outcome.kind {
@@ -218,13 +220,7 @@ fn forward<F: Track>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> u32 {
             // A backend on this node: the kernel delivers the translated packet to the pod.
             local::<F>(ctx, pkt, &outcome.backend, outcome.backend_port)
         }
-        OUTCOME_TRANSLATE => snat_forward::<F>(
-            ctx,
-            pkt,
-            &outcome.backend,
-            outcome.backend_port,
-            outcome.snat_port,
-        ),
+        OUTCOME_TRANSLATE => snat_forward::<F>(ctx, pkt, &outcome),
         _ => XDP_PASS,
     }
 }
@@ -233,7 +229,7 @@ fn forward<F: Track>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> u32 {
 /// and values would otherwise crowd the callers' stack frames.
 #[inline(never)]
 fn decide<F: Track>(ctx: &XdpContext, pkt: &Packet<F::Addr>, out: &mut Outcome<F::Addr>) {
-    match ext::decide::<F, _>(ctx, pkt) {
+    match ext::decide::<F, _>(ctx, ctx.ingress_ifindex() as u32, pkt) {
         // Refusals are answered by the TC program on the same device, which always runs on what
         // XDP passes: the TCP reset and the ICMP port unreachable (`reject`, `icmp`) are built
         // once, on the skb, where `bpf_skb_change_tail` and `bpf_skb_adjust_room` reshape any
@@ -248,11 +244,13 @@ fn decide<F: Track>(ctx: &XdpContext, pkt: &Packet<F::Addr>, out: &mut Outcome<F
             backend,
             backend_port,
             snat_port,
+            snat_slot,
         } => {
             out.kind = OUTCOME_TRANSLATE;
             out.backend = backend;
             out.backend_port = backend_port;
             out.snat_port = snat_port;
+            out.snat_slot = snat_slot;
         }
     }
 }
@@ -271,46 +269,41 @@ fn local<F: ExtFamily>(
     }
 }
 
-/// A backend on another node: DNAT and SNAT to this node's address, then out to the next hop.
+/// A backend on another node: DNAT and SNAT to the flow's node address, then out to the next
+/// hop.
 #[inline(never)]
 fn snat_forward<F: ExtFamily>(
     ctx: &XdpContext,
     pkt: &Packet<F::Addr>,
-    backend: &F::Addr,
-    backend_port: u16,
-    snat_port: u16,
+    outcome: &Outcome<F::Addr>,
 ) -> u32 {
-    let Some(node) = F::node_addr().get(0) else {
+    let Some(node) = ext::snat_addr::<F>(outcome.snat_slot) else {
         return XDP_PASS;
     };
     let mut route = Route::none();
-    if !find_route::<F>(ctx, pkt, node, backend, &mut route) {
+    if !find_route::<F>(ctx, pkt, &node, &outcome.backend, &mut route) {
         // The flow is recorded: TC translates this packet the same way and sends it.
         count(stats::XDP_TO_TC);
         return XDP_PASS;
     }
-    if rewrite_snat::<F>(ctx, pkt, backend, backend_port, snat_port) != 0 {
+    if rewrite_snat::<F>(ctx, pkt, outcome, &node) != 0 {
         return XDP_DROP;
     }
     transmit(ctx, &route)
 }
 
-/// DNAT to the backend and SNAT to this node's address from `snat_port`: 0, or -1 on a failed
+/// DNAT to the backend and SNAT to `node` from the outcome's SNAT port: 0, or -1 on a failed
 /// rewrite.
 #[inline(never)]
 fn rewrite_snat<F: ExtFamily>(
     ctx: &XdpContext,
     pkt: &Packet<F::Addr>,
-    backend: &F::Addr,
-    backend_port: u16,
-    snat_port: u16,
+    outcome: &Outcome<F::Addr>,
+    node: &F::Addr,
 ) -> i32 {
-    let Some(node) = F::node_addr().get(0) else {
-        return -1;
-    };
     let rewritten = (|| {
-        lb::dnat::<F, _>(ctx, pkt, *backend, backend_port)?;
-        ctx.rewrite_port(pkt, End::Source, snat_port)?;
+        lb::dnat::<F, _>(ctx, pkt, outcome.backend, outcome.backend_port)?;
+        ctx.rewrite_port(pkt, End::Source, outcome.snat_port)?;
         F::rewrite_addr(ctx, pkt, End::Source, *node)
     })();
     if rewritten.is_err() { -1 } else { 0 }

@@ -63,6 +63,7 @@ fn value<A: TestAddr, const PAD: usize>(
         backend_id: 1,
         snat_port: 0,
         flags: 0,
+        snat_slot: 0,
         _pad: [0; PAD],
         expires_ns,
     }
@@ -203,10 +204,10 @@ fn keys<A: TestAddr, V>(entries: &[&(FlowKey<A>, V)]) -> HashSet<FlowKey<A>> {
 macro_rules! both_families {
     ($($name:ident),* $(,)?) => {
         mod v4 {
-            $(#[test] fn $name() { super::$name::<[u8; 4], 1>() })*
+            $(#[test] fn $name() { super::$name::<[u8; 4], { lb_ebpf::FLOW4_PAD }>() })*
         }
         mod v6 {
-            $(#[test] fn $name() { super::$name::<[u8; 16], 5>() })*
+            $(#[test] fn $name() { super::$name::<[u8; 16], { lb_ebpf::FLOW6_PAD }>() })*
         }
     };
 }

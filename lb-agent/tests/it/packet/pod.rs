@@ -169,6 +169,7 @@ fn assert_one_flow<A: Copy + PartialEq + Debug, const PAD: usize>(
         backend_id,
         snat_port,
         flags,
+        snat_slot,
         _pad: pad,
         expires_ns,
     } = forward;
@@ -176,7 +177,7 @@ fn assert_one_flow<A: Copy + PartialEq + Debug, const PAD: usize>(
     assert_ne!(rev_nat_id, 0, "forward entry: service ID");
     assert_ne!(backend_id, 0, "forward entry: backend ID");
     assert_eq!(flags, 0, "forward entry: flags");
-    assert_eq!(snat_port, 0, "forward entry: not SNATed");
+    assert_eq!((snat_port, snat_slot), (0, 0), "forward entry: not SNATed");
     assert_eq!(pad, [0; PAD], "forward entry: padding");
     assert!(
         expires_ns > now,
@@ -189,6 +190,7 @@ fn assert_one_flow<A: Copy + PartialEq + Debug, const PAD: usize>(
         backend_id: reply_backend_id,
         snat_port: reply_snat_port,
         flags: reply_flags,
+        snat_slot: reply_snat_slot,
         _pad: reply_pad,
         expires_ns: reply_expires_ns,
     } = reply;
@@ -200,7 +202,11 @@ fn assert_one_flow<A: Copy + PartialEq + Debug, const PAD: usize>(
     assert_eq!(reply_rev_nat_id, rev_nat_id, "reply entry: service ID");
     assert_eq!(reply_backend_id, backend_id, "reply entry: backend ID");
     assert_eq!(reply_flags, 0, "reply entry: flags");
-    assert_eq!(reply_snat_port, 0, "reply entry: not SNATed");
+    assert_eq!(
+        (reply_snat_port, reply_snat_slot),
+        (0, 0),
+        "reply entry: not SNATed"
+    );
     assert_eq!(reply_pad, [0; PAD], "reply entry: padding");
     assert_eq!(
         reply_expires_ns, expires_ns,

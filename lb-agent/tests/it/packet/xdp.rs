@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use lb_agent::{
     kernel::{Attached, DatapathMode},
-    model::{Frontend, Protocol},
+    model::{DeviceSnat, Frontend, Protocol, SnatAddrs},
 };
 use lb_ebpf::{FLOW_F_SNAT, stats};
 use lb_tests::{ip, netns::Netns, require_root};
@@ -16,7 +16,8 @@ use lb_tests::{ip, netns::Netns, require_root};
 use super::{LAN_CLIENT4 as CLIENT4, LAN_CLIENT6 as CLIENT6, TestResult, lb_with, sock};
 use crate::support::{
     frame::{
-        Packet, TCP_ACK, TCP_SYN, Transport, assert_frame_eq, port_unreachable, verify_checksums,
+        Packet, TCP_ACK, TCP_SYN, Transport, assert_frame_eq, port_unreachable, summary,
+        verify_checksums,
     },
     lb::{External, Lb, TC_ACT_REDIRECT, assert_drops},
 };
@@ -499,6 +500,117 @@ fn another_egress_device_is_used_only_when_it_runs_xdp() -> TestResult {
         assert_frame_eq(&out, &expected, "redirected to y0");
         verify_checksums(&out).map_err(anyhow::Error::msg)?;
         lan.ns.run(|| lb.detach_ext_device("y0", y0))?;
+    }
+    Ok(())
+}
+
+/// The node's SNAT addresses: `node` by default, `device_addr` for flows out of `device`.
+fn snat_with_device(node: &str, device: u32, device_addr: &str) -> SnatAddrs {
+    let mut snat = SnatAddrs::default();
+    let mut own = DeviceSnat::default();
+    match (ip(node), ip(device_addr)) {
+        (IpAddr::V4(n), IpAddr::V4(d)) => {
+            snat.v4 = Some(n);
+            own.v4 = Some(d);
+        }
+        (IpAddr::V6(n), IpAddr::V6(d)) => {
+            snat.v6 = Some(n);
+            own.v6 = Some(d);
+        }
+        _ => panic!("{node} and {device_addr} are of different families"),
+    }
+    snat.devices.insert(device, own);
+    snat
+}
+
+/// A flow the FIB sends out of another device (`y0`) leaves from that device's address (the
+/// agent's SNAT device entry), whether XDP or TC starts it and whichever sends it; the
+/// backend's replies to that address are reversed; a flow out of the default's device keeps
+/// the default address.
+#[test]
+fn flows_out_of_another_device_leave_from_its_address_in_xdp_and_tc() -> TestResult {
+    require_root();
+    let lan = Lan::new()?;
+    let (x0, y0) = (lan.x0, lan.y0);
+    for (node, y_addr, via_y, via_x, client) in [
+        (
+            "192.0.2.1",
+            "198.51.100.1",
+            "10.204.1.2:8080",
+            "10.202.1.2:8080",
+            "192.0.2.100",
+        ),
+        (
+            "2001:db8::1",
+            "2001:db8:4::1",
+            "[fd00:204:1::2]:8080",
+            "[fd00:202:1::2]:8080",
+            "2001:db8::100",
+        ),
+    ] {
+        let port_y = SocketAddr::new(ip(node), 30080);
+        let port_x = SocketAddr::new(ip(node), 30081);
+        let mut lb = lb_with(&[
+            External::node_port(&port_y.to_string(), Protocol::Tcp)
+                .remote(&[via_y])
+                .build(),
+            External::node_port(&port_x.to_string(), Protocol::Tcp)
+                .remote(&[via_x])
+                .build(),
+        ])?;
+        lb.set_snat(&snat_with_device(node, y0, y_addr))?;
+        let client_at = |port: u16| SocketAddr::new(ip(client), port);
+        let what = format!("{port_y} -> {via_y} out of y0");
+
+        // Started by XDP: y0 runs no XDP program, so XDP records the flow and TC sends it.
+        let syn = Packet::tcp(client_at(40_001), port_y, TCP_SYN).frame();
+        let (verdict, _) = lan.xdp(&mut lb, &syn)?;
+        assert_eq!(verdict, XDP_PASS, "{what}: left to TC");
+        let (verdict, out) = lan.ns.run(|| lb.ext_ingress_on(&syn, x0))??;
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{what}");
+        let snat = SocketAddr::new(ip(y_addr), lb.snat_port(sock(via_y)));
+        let expected = Packet::tcp(snat, sock(via_y), TCP_SYN).frame();
+        assert_frame_eq(&out, &expected, &format!("{what}, XDP's flow sent by TC"));
+        verify_checksums(&out).map_err(anyhow::Error::msg)?;
+        // The reply to y0's address goes back to the client from the node port.
+        let reply = Packet::tcp(sock(via_y), snat, TCP_SYN | TCP_ACK).frame();
+        let (verdict, out) = lan.xdp(&mut lb, &reply)?;
+        assert_eq!(verdict, XDP_TX, "{what}: the reply");
+        let expected = with_macs(
+            Packet::tcp(port_y, client_at(40_001), TCP_SYN | TCP_ACK).frame(),
+            CLIENT_MAC,
+            NODE_MAC,
+        );
+        assert_frame_eq(&out, &expected, &format!("{what}, reply"));
+
+        // Started by TC alone.
+        let syn = Packet::tcp(client_at(40_002), port_y, TCP_SYN).frame();
+        let (verdict, out) = lan.ns.run(|| lb.ext_ingress_on(&syn, x0))??;
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{what}");
+        let translated = summary(&out).map_err(anyhow::Error::msg)?;
+        assert_eq!(translated.src.ip(), ip(y_addr), "{what}: TC's own flow");
+        assert_eq!(translated.dst, sock(via_y));
+
+        // Sent by XDP itself once y0 runs it.
+        let attached = lan
+            .ns
+            .run(|| lb.attach_ext_device("y0", y0, DatapathMode::Xdp))??;
+        assert_eq!(attached, Attached::Xdp);
+        let syn = Packet::tcp(client_at(40_003), port_y, TCP_SYN).frame();
+        let (verdict, out) = lan.xdp(&mut lb, &syn)?;
+        assert_eq!(verdict, XDP_REDIRECT, "{what}");
+        let translated = summary(&out).map_err(anyhow::Error::msg)?;
+        assert_eq!(translated.src.ip(), ip(y_addr), "{what}: XDP's own flow");
+        verify_checksums(&out).map_err(anyhow::Error::msg)?;
+        lan.ns.run(|| lb.detach_ext_device("y0", y0))?;
+
+        // Out of x0, which holds the default: the default address.
+        let syn = Packet::tcp(client_at(40_004), port_x, TCP_SYN).frame();
+        let (verdict, out) = lan.xdp(&mut lb, &syn)?;
+        assert_eq!(verdict, XDP_TX, "{port_x} -> {via_x}");
+        let translated = summary(&out).map_err(anyhow::Error::msg)?;
+        assert_eq!(translated.src.ip(), ip(node), "{port_x}: the default");
+        assert_eq!(lb.stat(stats::SNAT_FAILED), 0);
     }
     Ok(())
 }

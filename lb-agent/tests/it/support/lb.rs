@@ -161,15 +161,33 @@ impl Lb {
         let snat = match addr {
             std::net::IpAddr::V4(a) => SnatAddrs {
                 v4: Some(a),
-                v6: None,
+                ..SnatAddrs::default()
             },
             std::net::IpAddr::V6(a) => SnatAddrs {
-                v4: None,
                 v6: Some(a),
+                ..SnatAddrs::default()
             },
         };
-        self.writer.set_snat(&snat)?;
+        self.set_snat(&snat)
+    }
+
+    /// Sets the node's SNAT addresses (defaults and devices), through the agent's writer.
+    pub fn set_snat(&mut self, snat: &SnatAddrs) -> anyhow::Result<()> {
+        self.writer.set_snat(snat)?;
         Ok(())
+    }
+
+    /// Runs `lb_tc_ext_ingress` on a frame received on device `ifindex` of the calling
+    /// thread's network namespace (the FIB lookups of the SNAT path see that device and its
+    /// namespace's routes): the verdict and the frame.
+    pub fn ext_ingress_on(&mut self, frame: &[u8], ifindex: u32) -> anyhow::Result<(u32, Vec<u8>)> {
+        let name = lb_ebpf::program_names::TC_EXT_INGRESS;
+        // `struct __sk_buff` up to `ifindex`: BPF_PROG_TEST_RUN takes `ingress_ifindex`
+        // (offset 36) and `ifindex` (offset 40, the device the skb is on); the rest must be 0.
+        let mut ctx = [0_u8; 44];
+        ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        run_program(self.classifier(name)?, name, frame, Some(&ctx))
     }
 
     pub fn maps(&self) -> &BpfMaps {
