@@ -211,6 +211,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Subscribed before the first scan: a change between the two wakes the next scan.
     let mut device_wake = Wakeups::start(DEVICE_SAFETY_NET, DEVICE_POLL_INTERVAL);
     let mut last_addrs = scanner.scan(&mut programs, syncer.writer_mut());
+    // This run's programs replaced the old ones on every device: what the old programs
+    // added to migrated maps since the load is copied now.
+    programs.finish_migrations();
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
 
     // The first sync waits for the complete state: programming a partial view would delete

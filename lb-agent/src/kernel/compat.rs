@@ -39,14 +39,26 @@ pub const LAYOUT_FILE: &str = "LAYOUT";
 /// Where maps being migrated are pinned while their entries are copied: a crash leaves them
 /// there, and the next run puts them back ([`restore_unfinished`]).
 const MIGRATING_DIR: &str = "migrating";
+/// Where migrated maps stay pinned once copied, until the new programs replaced the old ones
+/// on every device ([`Drain::finish`]): the old programs keep writing them (new flows) until
+/// then. A crash leaves them there, and the next run copies what they hold first.
+const DRAINING_DIR: &str = "draining";
 
 /// Map types whose entries [`copy_entries`] copies: one value per key (no per-CPU values), and
 /// keys that can be walked.
-const COPYABLE: [bpf_map_type; 3] = [
+const COPYABLE: [bpf_map_type; 4] = [
     bpf_map_type::BPF_MAP_TYPE_HASH,
     bpf_map_type::BPF_MAP_TYPE_LRU_HASH,
     bpf_map_type::BPF_MAP_TYPE_LPM_TRIE,
+    bpf_map_type::BPF_MAP_TYPE_ARRAY,
 ];
+
+/// Whether a map type is an array: every index exists, so a copy writes over the new map's
+/// (all-zero) entries, and only once: the programs never write the agent's arrays, so the old
+/// map has nothing new to drain.
+fn is_array(map_type: u32) -> bool {
+    map_type == bpf_map_type::BPF_MAP_TYPE_ARRAY as u32
+}
 
 /// What the kernel says a map is, or what this build creates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -345,6 +357,7 @@ pub fn prepare(
     wanted: &BTreeMap<String, MapShape>,
 ) -> Result<Migrations, KernelError> {
     restore_unfinished(pin_dir).map_err(|e| pin_error(&pin_dir.join(MIGRATING_DIR), e))?;
+    drain_leftovers(pin_dir);
     let layout = read_layout(pin_dir);
     let mut pending = Vec::new();
     for (name, want) in wanted {
@@ -406,13 +419,21 @@ fn report_unknown(pin_dir: &Path, wanted: &BTreeMap<String, MapShape>) {
 }
 
 impl Migrations {
-    /// Copies every migrated map's entries into the map the loader created in its place, then
-    /// unpins the old map, and records this build's [`STATE_LAYOUT`]. Call it after the load
-    /// and before any program is attached, so that the new maps hold every flow the old
-    /// programs tracked; failures are logged, never fatal (the flows they lose start anew).
-    pub fn finish(mut self) {
+    /// Copies every migrated map's entries into the map the loader created in its place and
+    /// records this build's [`STATE_LAYOUT`]. Call it after the load and before any program is
+    /// attached, so that the new maps hold every flow the old programs tracked; failures are
+    /// logged, never fatal (the flows they lose start anew). The old maps stay pinned, as the
+    /// old programs still serve: [`Drain::finish`] copies what they added since, once the new
+    /// programs replaced them.
+    pub fn finish(mut self) -> Drain {
+        let mut drain = Drain {
+            pin_dir: self.pin_dir.clone(),
+            names: Vec::new(),
+        };
         for p in &self.pending {
-            migrate(&self.pin_dir, p);
+            if migrate(&self.pin_dir, p) {
+                drain.names.push(p.name.clone());
+            }
         }
         self.finished = true;
         let dir = self.pin_dir.join(MIGRATING_DIR);
@@ -427,7 +448,79 @@ impl Migrations {
                 self.pin_dir.join(LAYOUT_FILE).display()
             );
         }
+        drain
     }
+}
+
+/// Migrated maps whose old map the old programs may still write ([`Migrations::finish`]).
+#[derive(Debug)]
+#[must_use = "the old maps stay pinned until the drain is finished"]
+pub struct Drain {
+    pin_dir: PathBuf,
+    names: Vec<String>,
+}
+
+impl Drain {
+    /// Whether there is anything to drain.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Copies the entries the old programs added to the old maps after the first copy (flows
+    /// that started between the load and the attachment of the new programs) into the new
+    /// maps, never over an entry the new programs wrote, and unpins the old maps. Call it once
+    /// the new programs run on every device.
+    pub fn finish(self) {
+        for name in &self.names {
+            drain_one(&self.pin_dir, name);
+        }
+        remove_draining_dir(&self.pin_dir);
+    }
+}
+
+/// Copies a drained map (under `draining/`) into its pinned successor once more and unpins it.
+fn drain_one(pin_dir: &Path, name: &str) {
+    let old_path = pin_dir.join(DRAINING_DIR).join(name);
+    let result = MapData::from_pin(&old_path)
+        .map_err(|e| format!("opening the old map: {e}"))
+        .and_then(|old| {
+            let new = MapData::from_pin(pin_dir.join(name))
+                .map_err(|e| format!("opening the new map: {e}"))?;
+            copy_map(&old, &new).map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(c) => tracing::info!(
+            "pinned map {name}: {} entries the old programs added during the migration copied",
+            c.read
+        ),
+        Err(e) => tracing::warn!("draining the old map of {name}: {e}"),
+    }
+    if let Err(e) = std::fs::remove_file(&old_path) {
+        tracing::warn!("unpinning the old map {}: {e}", old_path.display());
+    }
+}
+
+fn remove_draining_dir(pin_dir: &Path) {
+    let dir = pin_dir.join(DRAINING_DIR);
+    if let Err(e) = std::fs::remove_dir(&dir)
+        && e.kind() != ErrorKind::NotFound
+    {
+        tracing::warn!("removing {}: {e}", dir.display());
+    }
+}
+
+/// Finishes the drain a run left unfinished (it stopped before its programs were on every
+/// device): what the old maps hold goes into the maps pinned now.
+fn drain_leftovers(pin_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(pin_dir.join(DRAINING_DIR)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        tracing::warn!("pinned map {name}: finishing the drain an earlier run left");
+        drain_one(pin_dir, &name);
+    }
+    remove_draining_dir(pin_dir);
 }
 
 impl Drop for Migrations {
@@ -444,18 +537,25 @@ impl Drop for Migrations {
     }
 }
 
-/// Copies one map's entries from its old map (under `migrating/`) into the new one, and unpins
-/// the old one.
-fn migrate(pin_dir: &Path, p: &Pending) {
+/// Copies one map's entries from its old map (under `migrating/`) into the new one, then moves
+/// the old one to `draining/` (`true`: [`Drain::finish`] copies it again), or unpins it (an
+/// array, or a failed copy).
+fn migrate(pin_dir: &Path, p: &Pending) -> bool {
     let Pending { name, from, to } = p;
     let old_path = pin_dir.join(MIGRATING_DIR).join(name);
+    let mut array = false;
     let result = MapData::from_pin(&old_path)
         .map_err(|e| format!("opening the old map: {e}"))
         .and_then(|old| {
             let new = MapData::from_pin(pin_dir.join(name))
                 .map_err(|e| format!("opening the new map: {e}"))?;
+            array = old
+                .info()
+                .and_then(|i| i.map_type())
+                .is_ok_and(|t| is_array(t as u32));
             copy_map(&old, &new).map_err(|e| e.to_string())
         });
+    let copied = result.is_ok();
     match result {
         Ok(c) => {
             let dropped = c.dropped();
@@ -475,9 +575,22 @@ fn migrate(pin_dir: &Path, p: &Pending) {
              dropped"
         ),
     }
+    if copied && !array {
+        let dir = pin_dir.join(DRAINING_DIR);
+        match std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::rename(&old_path, dir.join(name)))
+        {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(
+                "keeping the old map of {name} for a last copy in {}: {e}",
+                dir.display()
+            ),
+        }
+    }
     if let Err(e) = std::fs::remove_file(&old_path) {
         tracing::warn!("unpinning the old map {}: {e}", old_path.display());
     }
+    false
 }
 
 /// What [`copy_map`] did.
@@ -501,8 +614,8 @@ impl Copied {
 }
 
 /// Copies every entry of `from` into `to`, a map of the same type, key and value sizes (a hash,
-/// LRU hash or LPM trie map), never over an entry `to` has already. Entries that do not fit
-/// are left out: [`Copied::dropped`].
+/// LRU hash or LPM trie map: never over an entry `to` has already; an array: every index both
+/// have, over `to`'s). Entries that do not fit are left out: [`Copied::dropped`].
 pub fn copy_map(from: &MapData, to: &MapData) -> Result<Copied, aya::maps::MapError> {
     use aya::maps::MapError;
     let (a, b) = (from.info()?, to.info()?);
@@ -530,6 +643,7 @@ pub fn copy_map(from: &MapData, to: &MapData) -> Result<Copied, aya::maps::MapEr
         to.fd().as_fd(),
         (a.key_size() as usize, a.value_size() as usize),
         a.max_entries().max(b.max_entries()),
+        is_array(a_type),
     ))
 }
 
@@ -541,6 +655,7 @@ fn copy_entries(
     to: BorrowedFd<'_>,
     (key_size, value_size): (usize, usize),
     max_entries: u32,
+    overwrite: bool,
 ) -> Copied {
     let start = Instant::now();
     let limit = u64::from(max_entries) * 2 + 1024;
@@ -566,7 +681,12 @@ fn copy_entries(
         if !matches!(raw::lookup(from, &key, &mut value), Ok(true)) {
             continue;
         }
-        match raw::update_noexist(to, &key, &value) {
+        let update = if overwrite {
+            raw::update(to, &key, &value)
+        } else {
+            raw::update_noexist(to, &key, &value)
+        };
+        match update {
             Ok(()) => read += 1,
             // Copied already: the walk went back to the start.
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
@@ -683,6 +803,18 @@ mod raw {
         }
     }
 
+    /// Sets `key` to `value`, whether the map has it or not.
+    pub(super) fn update(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
+        // The kernel only reads the value of an update.
+        bpf(
+            BPF_MAP_UPDATE_ELEM,
+            map,
+            key.as_ptr(),
+            value.as_ptr().cast_mut(),
+            0,
+        )
+    }
+
     /// Creates `key` with `value`; `AlreadyExists` when the map has it.
     pub(super) fn update_noexist(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
         // The kernel only reads the value of an update.
@@ -759,7 +891,7 @@ mod tests {
     }
 
     #[test]
-    fn another_size_of_an_array_is_recreated() {
+    fn another_size_of_a_per_cpu_array_is_recreated_of_an_array_migrated() {
         let stats = shape(bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY as u32, 4, 8, 16);
         let more = MapShape {
             max_entries: 17,
@@ -772,18 +904,19 @@ mod tests {
             reason.to_string(),
             "max_entries 16, this build wants 17 (a BPF_MAP_TYPE_PERCPU_ARRAY is not copied)"
         );
+        // A plain array's entries are copied (the node's SNAT address slots grew so).
         let array = shape(ARRAY, 4, 4, 1);
-        assert!(matches!(
+        assert_eq!(
             decide(
                 HERE,
                 &array,
                 &MapShape {
-                    max_entries: 2,
+                    max_entries: 32,
                     ..array
                 }
             ),
-            Decision::Recreate(Reason::Resized { .. })
-        ));
+            Decision::Migrate { from: 1, to: 32 }
+        );
     }
 
     #[test]

@@ -167,6 +167,9 @@ pub struct Programs {
     pub devices: attach::Devices,
     /// Links of the socket programs, pinned; held so they stay attached while the agent runs.
     _cgroup_links: Vec<PinnedLink>,
+    /// Migrated maps whose old maps the old programs may still write, until this run's
+    /// programs replaced them ([`Programs::finish_migrations`]).
+    drain: Option<compat::Drain>,
 }
 
 impl Programs {
@@ -209,7 +212,7 @@ impl Programs {
         let mut ebpf = loader.load(object::EBPF_OBJECT)?;
         load_programs(&mut ebpf)?;
         // Nothing of this run is attached yet: the old programs still serve, with the old maps.
-        migrations.finish();
+        let drain = migrations.finish();
         let links_dir = opts.pin_dir.join(LINKS_DIR);
         create_dir(&links_dir)?;
         let cgroup_links = attach_socket_programs(&mut ebpf, &opts.socket_lb, &links_dir)?;
@@ -218,7 +221,16 @@ impl Programs {
             pin_dir: opts.pin_dir.clone(),
             devices: attach::Devices::new(links_dir),
             _cgroup_links: cgroup_links,
+            drain: Some(drain),
         })
+    }
+
+    /// Copies what the old programs added to migrated maps since the load, and unpins the old
+    /// maps ([`compat::Drain::finish`]): call it once this run's programs are on every device.
+    pub fn finish_migrations(&mut self) {
+        if let Some(drain) = self.drain.take() {
+            drain.finish();
+        }
     }
 
     /// The loaded object: for taking the agent's maps, attaching the kernel logger, and the

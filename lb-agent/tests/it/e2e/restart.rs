@@ -377,4 +377,139 @@ fn copying_a_map_keeps_every_entry_that_fits_and_counts_the_rest() {
     let hash = def(BPF_MAP_TYPE_HASH, 24);
     assert!(copy_map(&hash, &def(BPF_MAP_TYPE_LRU_HASH, 24)).is_err());
     assert!(copy_map(&hash, &def(BPF_MAP_TYPE_HASH, 8)).is_err());
+
+    // An array's indices are copied over the new array's zeros (the node's SNAT address
+    // slots, one then 32).
+    let array = |max_entries| {
+        let def = aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+            4,
+            4,
+            max_entries,
+            0,
+        );
+        aya::maps::Array::<MapData, [u8; 4]>::try_from(
+            Map::from_map_data(MapData::create(def, "lbt_copy", None).unwrap()).unwrap(),
+        )
+        .unwrap()
+    };
+    let mut one = array(1);
+    one.set(0, [192, 0, 2, 1], 0).unwrap();
+    let slots = array(32);
+    let copied = copy_map(one.map(), slots.map()).unwrap();
+    assert_eq!(copied.read, 1);
+    assert_eq!(slots.get(&0, 0).unwrap(), [192, 0, 2, 1]);
+    assert_eq!(slots.get(&1, 0).unwrap(), [0; 4]);
+}
+
+/// Loads the datapath's programs with flow tables of `max_flows` under `pin_dir`, as the
+/// agent does (no device attached, no socket programs).
+fn load_programs(pin_dir: &Path, max_flows: u32) -> lb_agent::kernel::Programs {
+    use lb_agent::kernel::{LoadOptions, Programs, SocketLb};
+    Programs::load(&LoadOptions {
+        pin_dir: pin_dir.to_path_buf(),
+        max_services: 1024,
+        max_backends: 1024,
+        max_flows,
+        max_new_flows: 1024,
+        max_snat: 1024,
+        max_sockets: 1024,
+        max_affinity: 1024,
+        socket_lb: SocketLb::Off,
+        socket_lb_scope: Default::default(),
+        timeouts: Default::default(),
+        snat_ports: Default::default(),
+    })
+    .expect("loading the datapath (needs root and bpffs)")
+}
+
+/// A confirmed flow entry of the IPv4 table, told apart by `i`.
+fn flow_entry(i: u8) -> (Flow4Key, Flow4Value) {
+    let key = Flow4Key {
+        saddr: [198, 51, 100, i],
+        daddr: [10, 96, 0, 1],
+        sport: 40_000_u16.to_be(),
+        dport: 80_u16.to_be(),
+        proto: lb_ebpf::PROTO_TCP,
+        dir: lb_ebpf::FLOW_FORWARD,
+        _pad: [0; 2],
+    };
+    let value = Flow4Value {
+        nat_addr: [10, 200, 0, i],
+        nat_port: 8080_u16.to_be(),
+        rev_nat_id: 1,
+        backend_id: u32::from(i),
+        snat_port: 0,
+        flags: 0,
+        snat_slot: 0,
+        _pad: [0; lb_ebpf::FLOW4_PAD],
+        expires_ns: u64::MAX,
+    };
+    (key, value)
+}
+
+fn flow_table(path: &Path) -> aya::maps::HashMap<MapData, Flow4Key, Flow4Value> {
+    let map = aya::maps::Map::LruHashMap(MapData::from_pin(path).expect("opening a pinned map"));
+    aya::maps::HashMap::try_from(map).expect("a flow table")
+}
+
+/// Flows the old programs start between a migration's copy and the new programs taking over
+/// (they still serve with the old maps) reach the new maps too: the old maps are copied once
+/// more when the new programs are on every device, never over what the new programs wrote.
+/// A run that dies before that leaves the old maps for the next run, which copies them first.
+#[test]
+fn flows_started_during_a_migration_reach_the_new_tables() {
+    lb_tests::require_root();
+    let pin_dir = OwnPinDir::new();
+    let table = pin_dir.0.join(map_names::FLOWS_V4);
+    let draining = pin_dir.0.join("draining").join(map_names::FLOWS_V4);
+    drop(load_programs(&pin_dir.0, 2048));
+    let (k1, v1) = flow_entry(1);
+    flow_table(&table).insert(k1, v1, 0).unwrap();
+
+    // The next run copies the table into one of another size; the old one stays until the
+    // new programs take over, and the old programs keep writing it.
+    let mut second = load_programs(&pin_dir.0, 4096);
+    assert_eq!(pinned_max_entries(&pin_dir.0, map_names::FLOWS_V4), 4096);
+    assert_eq!(
+        flow_table(&table).get(&k1, 0).unwrap(),
+        v1,
+        "the first copy"
+    );
+    let (k2, v2) = flow_entry(2);
+    flow_table(&draining)
+        .insert(k2, v2, 0)
+        .expect("the old table is still pinned for the old programs");
+    // The new programs' own flows are not written over.
+    let (k1_new, mut v1_new) = flow_entry(1);
+    v1_new.backend_id = 99;
+    flow_table(&table).insert(k1_new, v1_new, 0).unwrap();
+    let mut old_v1 = v1;
+    old_v1.backend_id = 42;
+    flow_table(&draining).insert(k1, old_v1, 0).unwrap();
+    second.finish_migrations();
+    let new = flow_table(&table);
+    assert_eq!(new.get(&k2, 0).unwrap(), v2, "the old programs' new flow");
+    assert_eq!(
+        new.get(&k1, 0).unwrap(),
+        v1_new,
+        "the new programs' entry stays"
+    );
+    assert!(!draining.exists(), "the old table is unpinned");
+    assert!(!pin_dir.0.join("draining").exists());
+    drop(second);
+
+    // A run that dies between its load and the takeover: the next run finds the old table
+    // and copies what it holds before anything else.
+    let third = load_programs(&pin_dir.0, 2048);
+    let (k3, v3) = flow_entry(3);
+    flow_table(&draining).insert(k3, v3, 0).unwrap();
+    drop(third);
+    let mut fourth = load_programs(&pin_dir.0, 2048);
+    assert!(!draining.exists(), "the leftover is drained at the start");
+    let entries: Vec<Flow4Key> = flow_table(&table).keys().map(Result::unwrap).collect();
+    for k in [k1, k2, k3] {
+        assert!(entries.contains(&k), "{k:?} missing from {entries:?}");
+    }
+    fourth.finish_migrations();
 }
