@@ -689,6 +689,7 @@ mod netns_tests {
             devices: [(
                 bridge.index,
                 DeviceSnat {
+                    name: node.bridge.clone(),
                     v4: Some("10.1.0.1".parse().unwrap()),
                     v6: Some("fd00:1::1".parse().unwrap()),
                 },

@@ -154,7 +154,8 @@ impl<M: MapOps> Syncer<M> {
                 for ifindex in &report.devices {
                     match desired.snat.devices.get(ifindex) {
                         Some(d) => info!(
-                            "flows SNATed out of device {ifindex} leave from {}",
+                            "flows SNATed out of device {} (ifindex {ifindex}) leave from {}",
+                            d.name,
                             [d.v4.map(IpAddr::V4), d.v6.map(IpAddr::V6)]
                                 .iter()
                                 .flatten()

@@ -469,6 +469,7 @@ mod snat {
                 .iter()
                 .map(|(i, v4, v6)| {
                     let snat = DeviceSnat {
+                        name: format!("eth{i}"),
                         v4: v4.map(|a| a.parse().unwrap()),
                         v6: v6.map(|a| a.parse().unwrap()),
                     };

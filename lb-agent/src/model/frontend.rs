@@ -204,8 +204,10 @@ pub struct SnatAddrs {
 }
 
 /// The SNAT addresses of flows leaving through one device, per family; `None`: the default.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceSnat {
+    /// The device's name, for the logs.
+    pub name: String,
     pub v4: Option<Ipv4Addr>,
     pub v6: Option<Ipv6Addr>,
 }
@@ -314,6 +316,7 @@ impl SnatAddrs {
                     .copied()
             };
             let snat = DeviceSnat {
+                name: device.name.clone(),
                 v4: match own(IpFamily::V4) {
                     Some(IpAddr::V4(a)) => Some(a),
                     _ => None,
@@ -323,7 +326,7 @@ impl SnatAddrs {
                     _ => None,
                 },
             };
-            if snat != DeviceSnat::default() {
+            if snat.v4.is_some() || snat.v6.is_some() {
                 addrs.devices.insert(device.ifindex, snat);
             }
         }

@@ -291,6 +291,7 @@ fn each_other_device_gets_its_own_snat_address_the_default_devices_none() {
             (
                 3,
                 DeviceSnat {
+                    name: "eth1".into(),
                     v4: Some("10.20.0.6".parse().unwrap()),
                     v6: None,
                 }
@@ -298,6 +299,7 @@ fn each_other_device_gets_its_own_snat_address_the_default_devices_none() {
             (
                 4,
                 DeviceSnat {
+                    name: "eth2".into(),
                     v4: None,
                     v6: Some("fd00:20::7".parse().unwrap()),
                 }

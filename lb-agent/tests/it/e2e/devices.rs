@@ -1,7 +1,8 @@
 //! End-to-end, device selection: a device without Ethernet headers (a tun device) gets no
 //! programs, by default or when `--devices` names it, and flows SNATed to other nodes leave
 //! from the uplink's address (the source of the default route), not from a bridge's address
-//! that sorts first. Needs root; fails (never skips) without.
+//! that sorts first, unless the FIB sends them out of the bridge (the bridge's own address).
+//! Needs root; fails (never skips) without.
 
 use std::time::Duration;
 
@@ -37,6 +38,9 @@ fn by_default_a_tun_device_is_left_out_and_snat_leaves_from_the_uplink_not_the_b
         "IPv6 node address for external traffic (the source of flows SNATed to other nodes' \
          backends): fd00:77::2"
             .to_owned(),
+        // Flows the FIB sends out of the bridge leave from the bridge's own addresses.
+        format!("flows SNATed out of device {} (ifindex", d.bridge),
+        ") leave from 10.1.0.1 and fd00:1::1".to_owned(),
     ] {
         agent.wait_log(&needle, LOG_WAIT).unwrap();
     }
