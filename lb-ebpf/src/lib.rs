@@ -65,6 +65,8 @@ pub mod map_names {
     pub const STATS: &str = "LB_STATS";
     /// Devices running the XDP program (ifindex -> ifindex), the targets of XDP redirects.
     pub const XDP_DEVICES: &str = "LB_XDP_DEVICES";
+    /// Per-CPU traffic counters per frontend ([`super::service_stats`]).
+    pub const SERVICE_STATS: &str = "LB_SERVICE_STATS";
     /// Session affinity: the backend a client was last sent to, per frontend.
     pub const AFFINITY_V4: &str = "LB_AFFINITY_V4";
     pub const AFFINITY_V6: &str = "LB_AFFINITY_V6";
@@ -155,6 +157,46 @@ pub const SNAT_ATTEMPTS: u32 = 64;
 /// [`NO_BACKEND`](stats::NO_BACKEND), [`SOURCE_RANGE_DROPPED`](stats::SOURCE_RANGE_DROPPED),
 /// [`NO_ENDPOINT_DROPPED`](stats::NO_ENDPOINT_DROPPED), [`SNAT_FAILED`](stats::SNAT_FAILED) and
 /// [`REJECTED`](stats::REJECTED). Where XDP hands a packet to TC untouched, only TC counts it.
+/// Per-frontend traffic counters (`LB_SERVICE_STATS`, a per-CPU array indexed by the frontend's
+/// reverse-NAT ID; index 0 collects what belongs to no known frontend). Indices into
+/// [`ServiceCounters::counts`].
+pub mod service_stats {
+    /// New flows (connections, UDP flows) recorded by the TC and XDP programs, and `connect()`
+    /// and unconnected `sendmsg()` calls the socket programs translated.
+    pub const NEW_FLOWS: usize = 0;
+    /// Packets the TC and XDP programs translated, both directions (the socket programs'
+    /// packets are not translated per packet and not counted).
+    pub const PACKETS: usize = 1;
+    /// Bytes of those packets (L2 frame length).
+    pub const BYTES: usize = 2;
+    /// Refusals: a service port without any endpoint answered with a reset, a port
+    /// unreachable, or a failed call.
+    pub const REFUSED: usize = 3;
+    /// Packets and calls dropped by rule: outside `loadBalancerSourceRanges`, no endpoint in
+    /// the frontend's scope, no free SNAT port.
+    pub const DROPPED: usize = 4;
+    /// Number of counters.
+    pub const COUNT: usize = 5;
+    /// Every counter with its metric name stem.
+    pub const NAMES: [(usize, &str); COUNT] = [
+        (NEW_FLOWS, "new_flows"),
+        (PACKETS, "packets"),
+        (BYTES, "bytes"),
+        (REFUSED, "refused"),
+        (DROPPED, "dropped"),
+    ];
+}
+
+/// One CPU's traffic counters of one frontend ([`service_stats`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCounters {
+    pub counts: [u64; service_stats::COUNT],
+}
+
+/// Entries of `LB_SERVICE_STATS`: every reverse-NAT ID.
+pub const SERVICE_STATS_ENTRIES: u32 = 65_536;
+
 pub mod stats {
     /// Packets whose destination was translated to a backend.
     pub const TRANSLATED: u32 = 0;
@@ -432,7 +474,10 @@ pub struct SnatValue<A> {
     pub service_port: u16,
     /// `FLOW_F_*` bits ([`FLOW_F_REPLIED`]).
     pub flags: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// The frontend's reverse-NAT ID, for its traffic counters (0 in entries of builds before
+    /// them).
+    pub rev_nat_id: u16,
     /// Absolute expiry, as [`FlowValue::expires_ns`]; past it, the forward entry (found from
     /// this value) decides whether the port is still in use.
     pub expires_ns: u64,
@@ -571,6 +616,7 @@ mod pod {
     unsafe impl aya::Pod for Snat4Value {}
     unsafe impl aya::Pod for Snat6Value {}
     unsafe impl aya::Pod for SnatDevice {}
+    unsafe impl aya::Pod for ServiceCounters {}
     unsafe impl aya::Pod for SourceRange<[u8; 4]> {}
     unsafe impl aya::Pod for SourceRange<[u8; 16]> {}
     unsafe impl aya::Pod for Sock4Key {}

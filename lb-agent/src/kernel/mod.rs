@@ -26,7 +26,7 @@ use thiserror::Error;
 pub use self::{
     attach::{Attached, DatapathMode},
     fs::resolve_cgroup,
-    pins::{cleanup, read_stats},
+    pins::{ServiceCounterReader, cleanup, read_stats},
     settings::{FlowTimeouts, PortRange},
 };
 

@@ -38,3 +38,43 @@ pub fn cleanup(pin_dir: &Path) -> std::io::Result<()> {
         other => other,
     }
 }
+
+/// Reads the per-frontend traffic counters (`lb_ebpf::service_stats`) from the maps an agent
+/// pinned, summed over CPUs.
+pub struct ServiceCounterReader {
+    map: PerCpuArray<MapData, lb_ebpf::ServiceCounters>,
+}
+
+impl ServiceCounterReader {
+    /// Opens `LB_SERVICE_STATS` under `pin_dir`; the agent need not be running.
+    pub fn open(pin_dir: &Path) -> Result<Self, KernelError> {
+        let name = map_names::SERVICE_STATS;
+        let data = MapData::from_pin(pin_dir.join(name))
+            .map_err(|source| KernelError::Map { name, source })?;
+        let map = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+            .map_err(|source| KernelError::Map { name, source })?;
+        Ok(Self { map })
+    }
+
+    /// The counters of the frontend `rev_nat_id`, summed over CPUs (indices of
+    /// `lb_ebpf::service_stats`).
+    pub fn read(
+        &self,
+        rev_nat_id: u16,
+    ) -> Result<[u64; lb_ebpf::service_stats::COUNT], KernelError> {
+        let values =
+            self.map
+                .get(&u32::from(rev_nat_id), 0)
+                .map_err(|source| KernelError::Map {
+                    name: map_names::SERVICE_STATS,
+                    source,
+                })?;
+        let mut sum = [0_u64; lb_ebpf::service_stats::COUNT];
+        for cpu in values.iter() {
+            for (total, n) in sum.iter_mut().zip(cpu.counts) {
+                *total = total.wrapping_add(n);
+            }
+        }
+        Ok(sum)
+    }
+}

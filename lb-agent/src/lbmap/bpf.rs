@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use aya::{
     Ebpf,
     maps::{
-        Array, DevMapHash, HashMap, MapData, MapError as AyaMapError,
+        Array, DevMapHash, HashMap, MapData, MapError as AyaMapError, PerCpuArray, PerCpuValues,
         lpm_trie::{Key as LpmKey, LpmTrie},
         xdp::XdpMapError,
     },
@@ -15,8 +15,8 @@ use ipnet::IpNet;
 use lb_ebpf::{
     AffinityMatchKey, BACKEND_F_LOCAL, Backend4, Backend6, Flow4Key, Flow4Value, Flow6Key,
     Flow6Value, SCOPE_DEFAULT, SCOPE_INTERNAL, SNAT_ADDR_SLOTS, Service4Key, Service6Key,
-    ServiceKey, ServiceValue, Snat4Key, Snat4Value, Snat6Key, Snat6Value, SnatDevice, Sock4Key,
-    Sock4Value, Sock6Key, Sock6Value, SourceRange, map_names, port_to_map,
+    ServiceCounters, ServiceKey, ServiceValue, Snat4Key, Snat4Value, Snat6Key, Snat6Value,
+    SnatDevice, Sock4Key, Sock4Value, Sock6Key, Sock6Value, SourceRange, map_names, port_to_map,
 };
 use thiserror::Error;
 
@@ -40,6 +40,7 @@ pub struct BpfMaps {
     node_addr_v4: Array<MapData, [u8; 4]>,
     node_addr_v6: Array<MapData, [u8; 16]>,
     snat_devices: HashMap<MapData, u32, SnatDevice>,
+    service_stats: PerCpuArray<MapData, ServiceCounters>,
     xdp_devices: DevMapHash<MapData>,
     affinity_match: HashMap<MapData, AffinityMatchKey, u8>,
     sock_revnat_v4: HashMap<MapData, Sock4Key, Sock4Value>,
@@ -88,6 +89,7 @@ impl BpfMaps {
             node_addr_v4: take_map(ebpf, map_names::NODE_ADDR_V4)?,
             node_addr_v6: take_map(ebpf, map_names::NODE_ADDR_V6)?,
             snat_devices: take_map(ebpf, map_names::SNAT_DEVICES)?,
+            service_stats: take_map(ebpf, map_names::SERVICE_STATS)?,
             xdp_devices: take_map(ebpf, map_names::XDP_DEVICES)?,
             affinity_match: take_map(ebpf, map_names::AFFINITY_MATCH)?,
             sock_revnat_v4: take_map(ebpf, map_names::SOCK_REVNAT_V4)?,
@@ -225,6 +227,20 @@ impl MapOps for BpfMaps {
     fn delete_snat_device(&mut self, ifindex: u32) -> Result<(), MapError> {
         ignore_missing(self.snat_devices.remove(&ifindex))
             .map_err(|e| io_err("delete", map_names::SNAT_DEVICES, e))
+    }
+
+    fn reset_service_counters(&mut self, rev_nat_id: u16) -> Result<(), MapError> {
+        let failed = |source| MapError::Io {
+            op: "update",
+            map: map_names::SERVICE_STATS,
+            source,
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| failed(e))?;
+        let zeros =
+            PerCpuValues::try_from(vec![ServiceCounters::default(); cpus]).map_err(failed)?;
+        self.service_stats
+            .set(u32::from(rev_nat_id), zeros, 0)
+            .map_err(|e| io_err("update", map_names::SERVICE_STATS, e))
     }
 
     fn list_snat_devices(&self) -> Result<Vec<(u32, SnatDevice)>, MapError> {

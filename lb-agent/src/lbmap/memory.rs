@@ -24,6 +24,8 @@ pub struct MemoryMaps {
     pub snat_slots: BTreeMap<(IpFamily, u8), IpAddr>,
     /// Ifindex -> the SNAT slots of flows leaving through it.
     pub snat_devices: BTreeMap<u32, SnatDevice>,
+    /// Reverse-NAT IDs whose traffic counters were zeroed, in order.
+    pub counters_reset: Vec<u16>,
     /// Devices XDP may redirect to.
     pub xdp_devices: BTreeSet<u32>,
     /// (reverse-NAT ID, backend ID) pairs session affinity may use.
@@ -218,6 +220,12 @@ impl MapOps for MemoryMaps {
     fn delete_snat_device(&mut self, ifindex: u32) -> Result<(), MapError> {
         self.step()?;
         self.snat_devices.remove(&ifindex);
+        Ok(())
+    }
+
+    fn reset_service_counters(&mut self, rev_nat_id: u16) -> Result<(), MapError> {
+        self.step()?;
+        self.counters_reset.push(rev_nat_id);
         Ok(())
     }
 

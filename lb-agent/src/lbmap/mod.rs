@@ -213,6 +213,8 @@ pub trait MapOps {
     fn delete_snat_device(&mut self, ifindex: u32) -> Result<(), MapError>;
     /// Every SNAT device entry present.
     fn list_snat_devices(&self) -> Result<Vec<(u32, SnatDevice)>, MapError>;
+    /// Zeroes the traffic counters of the frontend `rev_nat_id` on every CPU.
+    fn reset_service_counters(&mut self, rev_nat_id: u16) -> Result<(), MapError>;
     /// Lets XDP redirect frames to the device `ifindex` (it runs the XDP program).
     fn put_xdp_device(&mut self, ifindex: u32) -> Result<(), MapError>;
     /// Deleting an absent entry succeeds.
@@ -354,6 +356,14 @@ impl<M: MapOps> Writer<M> {
     #[cfg(test)]
     pub(crate) fn maps_mut(&mut self) -> &mut M {
         &mut self.maps
+    }
+
+    /// Every programmed frontend (both scopes) with its reverse-NAT ID, the index of its
+    /// traffic counters.
+    pub fn rev_nat_ids(&self) -> impl Iterator<Item = (Frontend, u16)> + '_ {
+        self.frontends
+            .iter()
+            .map(|(vip, p)| (vip.frontend(), p.rev_nat_id))
     }
 
     /// The maps, the writer gone (a restart hands them to the next writer).
@@ -692,11 +702,20 @@ impl<M: MapOps> Writer<M> {
         let old = self.frontends.get(frontend).cloned();
         let rev_nat_id = match &old {
             Some(p) => p.rev_nat_id,
-            None => self
-                .rev_nat_ids
-                .take()
-                .map(|id| id as u16)
-                .ok_or(MapError::NoRevNatId)?,
+            None => {
+                let id = self
+                    .rev_nat_ids
+                    .take()
+                    .map(|id| id as u16)
+                    .ok_or(MapError::NoRevNatId)?;
+                // A reused ID starts its traffic counters from zero: they belonged to another
+                // frontend.
+                if let Err(e) = self.maps.reset_service_counters(id) {
+                    self.rev_nat_ids.give(u32::from(id));
+                    return Err(e);
+                }
+                id
+            }
         };
         let old_slots = old.as_ref().map(|p| p.slots.as_slice()).unwrap_or(&[]);
         let slots = stable_slots(old_slots, &ids);

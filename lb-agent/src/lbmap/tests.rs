@@ -578,3 +578,17 @@ mod snat {
         assert!(again.no_slot.is_empty(), "{again:?}");
     }
 }
+
+#[test]
+fn a_reverse_nat_id_given_to_a_new_frontend_starts_its_counters_from_zero() {
+    let mut w = writer();
+    w.apply(&desired(&[("10.96.0.1:80", &["10.0.0.1:8080"])]));
+    let first = w.maps().counters_reset.clone();
+    assert_eq!(first.len(), 1, "{first:?}");
+    // Unchanged: no reset.
+    w.apply(&desired(&[("10.96.0.1:80", &["10.0.0.2:8080"])]));
+    assert_eq!(w.maps().counters_reset, first);
+    // Removed, and another frontend takes its ID: reset again.
+    w.apply(&desired(&[("10.96.0.2:80", &["10.0.0.1:8080"])]));
+    assert_eq!(w.maps().counters_reset, vec![first[0], first[0]]);
+}

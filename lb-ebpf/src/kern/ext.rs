@@ -25,7 +25,8 @@ use aya_ebpf::{
 };
 use lb_ebpf::{
     BACKEND_F_LOCAL, FLOW_REPLY, FlowKey, SCOPE_DEFAULT, SNAT_ATTEMPTS, SVC_F_EXTERNAL,
-    SVC_F_LOCAL, SVC_F_SOURCE_RANGES, ServiceValue, SnatDevice, SnatValue, SourceRange, stats,
+    SVC_F_LOCAL, SVC_F_SOURCE_RANGES, ServiceValue, SnatDevice, SnatValue, SourceRange,
+    service_stats, stats,
 };
 
 use super::{
@@ -36,7 +37,7 @@ use super::{
     lb::{self, Chosen},
     maps::{
         LB_NODE_ADDR_V4, LB_NODE_ADDR_V6, LB_SNAT_DEVICES, LB_SNAT_V4, LB_SNAT_V6,
-        LB_SOURCE_RANGES_V4, LB_SOURCE_RANGES_V6, count,
+        LB_SOURCE_RANGES_V4, LB_SOURCE_RANGES_V6, count, count_service, count_service_packet,
     },
     nat::{End, Rewrite},
     parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Packet, Parsed, eth_proto, parse_v4, parse_v6},
@@ -220,6 +221,7 @@ pub struct SnatReply<A> {
     pub client_port: u16,
     pub service: A,
     pub service_port: u16,
+    pub rev_nat_id: u16,
 }
 
 /// The SNAT entry of a backend on another node answering a flow SNATed to this node, if the
@@ -241,6 +243,7 @@ pub fn snat_entry<F: Track>(pkt: &Packet<F::Addr>) -> Option<SnatReply<F::Addr>>
         client_port: snat.client_port,
         service: snat.service_addr,
         service_port: snat.service_port,
+        rev_nat_id: snat.rev_nat_id,
     })
 }
 
@@ -269,6 +272,7 @@ fn snat_reply<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> i32 {
         return TC_ACT_SHOT;
     }
     count(stats::REVERSED);
+    count_service_packet(reply.rev_nat_id, ctx.len());
     redirect::<F>(ctx, pkt.proto, &reply.service, &reply.client)
 }
 
@@ -298,8 +302,8 @@ pub enum Decision<A> {
     /// Dropped by rule: outside the source ranges, no (local) endpoint, or no SNAT port.
     Drop,
     /// The service port has no endpoint anywhere: refused (a TCP reset, an ICMP port
-    /// unreachable for UDP), as kube-proxy rejects.
-    Reject,
+    /// unreachable for UDP), as kube-proxy rejects; counted by whoever answers.
+    Reject { rev_nat_id: u16 },
     /// To this backend; SNATed from `snat_port` (when it is not 0) of the node's SNAT address
     /// in `snat_slot` ([`snat_addr`]).
     Translate {
@@ -307,6 +311,7 @@ pub enum Decision<A> {
         backend_port: u16,
         snat_port: u16,
         snat_slot: u8,
+        rev_nat_id: u16,
     },
 }
 
@@ -329,6 +334,7 @@ pub fn decide<F: Track, C: EbpfContext>(
             backend_port: hit.port,
             snat_port: hit.snat_port,
             snat_slot: hit.snat_slot,
+            rev_nat_id: hit.rev_nat_id,
         };
     }
 
@@ -341,15 +347,19 @@ pub fn decide<F: Track, C: EbpfContext>(
     }
     if !source_allowed::<F>(&frontend, &pkt.saddr) {
         count(stats::SOURCE_RANGE_DROPPED);
+        count_service(frontend.rev_nat_id, service_stats::DROPPED);
         return Decision::Drop;
     }
     if frontend.refuses() {
-        return Decision::Reject;
+        return Decision::Reject {
+            rev_nat_id: frontend.rev_nat_id,
+        };
     }
     let Some(chosen) = lb::choose::<F>(pkt, &frontend, SCOPE_DEFAULT, now) else {
         // No endpoint (or, for Local, no local endpoint): drop rather than let the kernel
         // answer for a port it does not serve. The one count of this drop: not NO_BACKEND too.
         count(stats::NO_ENDPOINT_DROPPED);
+        count_service(frontend.rev_nat_id, service_stats::DROPPED);
         return Decision::Drop;
     };
     let local = frontend.flags & SVC_F_LOCAL != 0 || chosen.backend.flags & BACKEND_F_LOCAL != 0;
@@ -360,15 +370,20 @@ pub fn decide<F: Track, C: EbpfContext>(
         match snat_port_of::<F>(pkt, &chosen, snat_slot, now) {
             Some(port) => snat_port = port,
             // Counted as `SNAT_NO_PORT`, or as `SNAT_FAILED` without a node address.
-            None => return Decision::Drop,
+            None => {
+                count_service(frontend.rev_nat_id, service_stats::DROPPED);
+                return Decision::Drop;
+            }
         }
     }
     lb::record_flow::<F>(pkt, &chosen, snat_port, snat_slot, now);
+    count_service(chosen.rev_nat_id, service_stats::NEW_FLOWS);
     Decision::Translate {
         backend: chosen.backend.addr,
         backend_port: chosen.backend.port,
         snat_port,
         snat_slot,
+        rev_nat_id: chosen.rev_nat_id,
     }
 }
 
@@ -437,13 +452,20 @@ fn ext_forward<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, 
     match decide::<F, _>(ctx, ifindex, pkt) {
         Decision::Pass => Ok(TC_ACT_OK as i32),
         Decision::Drop => Ok(TC_ACT_SHOT),
-        Decision::Reject => Ok(reject::<F>(ctx, pkt)),
+        Decision::Reject { rev_nat_id } => {
+            count_service(rev_nat_id, service_stats::REFUSED);
+            Ok(reject::<F>(ctx, pkt))
+        }
         Decision::Translate {
             backend,
             backend_port,
             snat_port,
             snat_slot,
-        } => translate::<F>(ctx, pkt, backend, backend_port, snat_port, snat_slot),
+            rev_nat_id,
+        } => {
+            count_service_packet(rev_nat_id, ctx.len());
+            translate::<F>(ctx, pkt, backend, backend_port, snat_port, snat_slot)
+        }
     }
 }
 
@@ -472,7 +494,8 @@ fn snat_port_of<F: Track>(
         client_port: pkt.sport,
         service_port: pkt.dport,
         flags: flags & flow::MIRRORED,
-        _pad: [0; 3],
+        _pad: 0,
+        rev_nat_id: chosen.rev_nat_id,
         expires_ns: now + flow::lifetime(pkt.proto, false, flags),
     };
     let (min, max) = conf::snat_ports();

@@ -41,6 +41,7 @@ pub trait FlowEntry<A>: Copy {
     fn nat_addr(&self) -> A;
     fn nat_port(&self) -> u16;
     fn backend_id(&self) -> u32;
+    fn rev_nat_id(&self) -> u16;
     fn flags(&self) -> u8;
     fn set_flags(&mut self, flags: u8);
     fn snat_port(&self) -> u16;
@@ -79,6 +80,10 @@ impl<A: Copy, const PAD: usize> FlowEntry<A> for FlowValue<A, PAD> {
     #[inline(always)]
     fn backend_id(&self) -> u32 {
         self.backend_id
+    }
+    #[inline(always)]
+    fn rev_nat_id(&self) -> u16 {
+        self.rev_nat_id
     }
     #[inline(always)]
     fn flags(&self) -> u8 {

@@ -294,6 +294,8 @@ pub struct Hit<A> {
     pub snat_port: u16,
     pub snat_slot: u8,
     pub flags: u8,
+    /// The flow's frontend, for its traffic counters.
+    pub rev_nat_id: u16,
 }
 
 impl<A> Hit<A> {
@@ -306,6 +308,7 @@ impl<A> Hit<A> {
             snat_port: 0,
             snat_slot: 0,
             flags: 0,
+            rev_nat_id: 0,
         }
     }
 }
@@ -427,6 +430,7 @@ pub fn established<F: Track>(pkt: &Packet<F::Addr>, out: &mut Hit<F::Addr>, now:
     out.snat_port = flow.snat_port();
     out.snat_slot = flow.snat_slot();
     out.flags = flow.flags();
+    out.rev_nat_id = flow.rev_nat_id();
     if !confirmed && flow.flags() & (FLOW_F_REPLIED | MIRRORED) == FLOW_F_REPLIED && !is_syn(pkt) {
         return HIT_UNCONFIRMED;
     }
@@ -553,6 +557,7 @@ pub fn reply<F: Track>(pkt: &Packet<F::Addr>, out: &mut Hit<F::Addr>, now: u64) 
     }
     out.addr = entry.nat_addr();
     out.port = entry.nat_port();
+    out.rev_nat_id = entry.rev_nat_id();
     true
 }
 

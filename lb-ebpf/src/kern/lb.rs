@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use lb_ebpf::{
     AffinityKey, Backend, FLOW_F_HAIRPIN, FLOW_FORWARD, FLOW_REPLY, FlowKey, SCOPE_DEFAULT,
-    SCOPE_INTERNAL, SVC_F_EXTERNAL, SVC_F_LOCAL, ServiceKey, ServiceValue, stats,
+    SCOPE_INTERNAL, SVC_F_EXTERNAL, SVC_F_LOCAL, ServiceKey, ServiceValue, service_stats, stats,
 };
 
 use super::{
@@ -15,7 +15,7 @@ use super::{
     family::{Family, FlowEntry, V4, V6},
     flow::{self, Track},
     hairpin,
-    maps::count,
+    maps::{count, count_service, count_service_packet},
     nat::{End, Rewrite},
     parse::{Packet, Parsed, parse},
     reject::reject,
@@ -109,6 +109,7 @@ fn forward<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64>
     let now = unsafe { bpf_ktime_get_ns() };
     let mut hit = flow::Hit::empty(F::UNSPECIFIED);
     if flow::lookup::<F>(pkt, &mut hit, now) {
+        count_service_packet(hit.rev_nat_id, ctx.len());
         if hit.flags & FLOW_F_HAIRPIN != 0 {
             return Ok(hairpin::forward::<F>(ctx, pkt, &hit.addr, hit.port));
         }
@@ -123,16 +124,19 @@ fn forward<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64>
     let (frontend, scope) = in_cluster::<F>(pkt.daddr, pkt.dport, pkt.proto, frontend);
     if !ext::source_allowed::<F>(&frontend, &pkt.saddr) {
         count(stats::SOURCE_RANGE_DROPPED);
+        count_service(frontend.rev_nat_id, service_stats::DROPPED);
         return Ok(TC_ACT_SHOT);
     }
     // No endpoint anywhere: refused, as kube-proxy rejects (counted as such by `reject`).
     if frontend.refuses() {
+        count_service(frontend.rev_nat_id, service_stats::REFUSED);
         return Ok(reject::<F>(ctx, pkt));
     }
     // Endpoints, but none in this frontend's scope (internalTrafficPolicy Local): dropped, as
     // kube-proxy drops.
     if frontend.count == 0 {
         count(stats::NO_BACKEND);
+        count_service(frontend.rev_nat_id, service_stats::DROPPED);
         return Ok(TC_ACT_SHOT);
     }
     let Some(chosen) = choose::<F>(pkt, &frontend, scope, now) else {
@@ -140,6 +144,8 @@ fn forward<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64>
         count(stats::NO_BACKEND);
         return Ok(TC_ACT_OK as i32);
     };
+    count_service(chosen.rev_nat_id, service_stats::NEW_FLOWS);
+    count_service_packet(chosen.rev_nat_id, ctx.len());
     // The pod is its own backend: its packet must not come back from its own address.
     if chosen.backend.addr == pkt.saddr {
         return hairpin::start::<F>(ctx, pkt, &chosen, now);
@@ -307,6 +313,7 @@ fn reply<F: Track>(ctx: &TcContext, pkt: &Packet<F::Addr>) -> Result<i32, i64> {
     if !flow::reply::<F>(pkt, &mut hit, now) {
         return Ok(TC_ACT_OK as i32);
     }
+    count_service_packet(hit.rev_nat_id, ctx.len());
     ctx.rewrite_port(pkt, End::Source, hit.port)?;
     F::rewrite_addr(ctx, pkt, End::Source, hit.addr)?;
     count(stats::REVERSED);

@@ -9,9 +9,10 @@ use lb_ebpf::{
     Affinity4Key, Affinity6Key, AffinityMatchKey, AffinityValue, Backend4, Backend6,
     DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_NEW_FLOWS,
     DEFAULT_MAX_SERVICES, DEFAULT_MAX_SNAT, DEFAULT_MAX_SOCKETS, DEFAULT_MAX_SOURCE_RANGES,
-    Flow4Key, Flow4Value, Flow6Key, Flow6Value, MAX_SNAT_DEVICES, MAX_XDP_DEVICES, SNAT_ADDR_SLOTS,
-    Service4Key, Service6Key, ServiceValue, Snat4Key, Snat4Value, Snat6Key, Snat6Value, SnatDevice,
-    Sock4Key, Sock4Value, Sock6Key, Sock6Value, SockAffinityKey, SourceRange, stats,
+    Flow4Key, Flow4Value, Flow6Key, Flow6Value, MAX_SNAT_DEVICES, MAX_XDP_DEVICES,
+    SERVICE_STATS_ENTRIES, SNAT_ADDR_SLOTS, Service4Key, Service6Key, ServiceCounters,
+    ServiceValue, Snat4Key, Snat4Value, Snat6Key, Snat6Value, SnatDevice, Sock4Key, Sock4Value,
+    Sock6Key, Sock6Value, SockAffinityKey, SourceRange, stats,
 };
 
 #[map]
@@ -64,6 +65,10 @@ pub static LB_SOCK_REVNAT_V6: LruHashMap<Sock6Key, Sock6Value> =
 pub static LB_XDP_DEVICES: DevMapHash = DevMapHash::pinned(MAX_XDP_DEVICES, 0);
 #[map]
 pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
+/// Traffic counters per frontend, by reverse-NAT ID (`lb_ebpf::service_stats`).
+#[map]
+pub static LB_SERVICE_STATS: PerCpuArray<ServiceCounters> =
+    PerCpuArray::pinned(SERVICE_STATS_ENTRIES, 0);
 #[map]
 pub static LB_AFFINITY_V4: LruHashMap<Affinity4Key, AffinityValue> =
     LruHashMap::pinned(DEFAULT_MAX_AFFINITY, 0);
@@ -84,5 +89,30 @@ pub fn count(index: u32) {
     if let Some(counter) = LB_STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, and programs do not migrate CPUs while running.
         unsafe { *counter += 1 };
+    }
+}
+
+/// Adds one to counter `what` (`lb_ebpf::service_stats`) of the frontend `rev_nat_id`.
+#[inline(always)]
+pub fn count_service(rev_nat_id: u16, what: usize) {
+    if let Some(c) = LB_SERVICE_STATS.get_ptr_mut(u32::from(rev_nat_id)) {
+        // SAFETY: per-CPU slot, as in `count`; `what` is one of the constant indices.
+        unsafe {
+            if let Some(n) = (*c).counts.get_mut(what) {
+                *n += 1;
+            }
+        }
+    }
+}
+
+/// Counts a translated packet of `len` bytes for the frontend `rev_nat_id`.
+#[inline(always)]
+pub fn count_service_packet(rev_nat_id: u16, len: u32) {
+    if let Some(c) = LB_SERVICE_STATS.get_ptr_mut(u32::from(rev_nat_id)) {
+        // SAFETY: per-CPU slot, as in `count`.
+        unsafe {
+            (*c).counts[lb_ebpf::service_stats::PACKETS] += 1;
+            (*c).counts[lb_ebpf::service_stats::BYTES] += u64::from(len);
+        }
     }
 }

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use lb_ebpf::{
     PROTO_TCP, PROTO_UDP, SVC_F_SOURCE_RANGES, ServiceValue, SockAffinityKey, SockKey, SockValue,
-    stats,
+    service_stats, stats,
 };
 
 use super::{
@@ -24,7 +24,7 @@ use super::{
     ext::{self, ExtFamily},
     family::{V4, V6},
     lb::{Chosen, frontend, in_cluster, pick_backend},
-    maps::{LB_SOCK_AFFINITY, LB_SOCK_REVNAT_V4, LB_SOCK_REVNAT_V6, count},
+    maps::{LB_SOCK_AFFINITY, LB_SOCK_REVNAT_V4, LB_SOCK_REVNAT_V6, count, count_service},
 };
 
 /// The node's network namespace (`bpf_get_netns_cookie`), where the agent runs; set by the
@@ -304,6 +304,7 @@ fn translate<F: SockFamily, View: SockAddrView<F>>(ctx: &SockAddrContext) -> i32
             // Dropped by kube-proxy's rules, so the call would time out; failing it at once
             // says why ("operation not permitted").
             count(stats::SOURCE_RANGE_DROPPED);
+            count_service(frontend.rev_nat_id, service_stats::DROPPED);
             // SAFETY: plain helper call, as below.
             unsafe { bpf_set_retval(-EPERM) };
             return DENY;
@@ -322,6 +323,7 @@ fn translate<F: SockFamily, View: SockAddrView<F>>(ctx: &SockAddrContext) -> i32
         // go to that backend and are never seen here. No packet leaves, so no TC program counts
         // it: counted here.
         count(stats::REJECTED);
+        count_service(frontend.rev_nat_id, service_stats::REFUSED);
         // SAFETY: plain helper call; the kernel returns the value to the caller of connect() or
         // sendmsg().
         unsafe { bpf_set_retval(-ECONNREFUSED) };
@@ -351,6 +353,7 @@ fn translate<F: SockFamily, View: SockAddrView<F>>(ctx: &SockAddrContext) -> i32
     }
     View::set(sa, backend.addr);
     sa.user_port = u32::from(backend.port);
+    count_service(rev_nat_id, service_stats::NEW_FLOWS);
     ALLOW
 }
 

@@ -31,7 +31,7 @@ use super::{
     flow::Track,
     frame::xdp_ptr,
     lb,
-    maps::{LB_XDP_DEVICES, count},
+    maps::{LB_XDP_DEVICES, count, count_service_packet},
     nat::{End, Rewrite as _},
     parse::{ETH_P_IP, ETH_P_IPV6, Packet, eth_proto},
 };
@@ -67,6 +67,12 @@ fn external<F: Track>(ctx: &XdpContext) -> u32 {
         NOT_A_REPLY => forward::<F>(ctx, &pkt),
         verdict => verdict as u32,
     }
+}
+
+/// The frame's length in bytes.
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> u32 {
+    (ctx.data_end() - ctx.data()) as u32
 }
 
 /// Where a frame leaves: the egress device and the Ethernet addresses for the next hop.
@@ -171,6 +177,7 @@ fn snat_reply<F: Track>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> i32 {
         return XDP_DROP as i32;
     }
     count(stats::REVERSED);
+    count_service_packet(reply.rev_nat_id, frame_len(ctx));
     transmit(ctx, &route) as i32
 }
 
@@ -197,6 +204,7 @@ struct Outcome<A> {
     backend_port: u16,
     snat_port: u16,
     snat_slot: u8,
+    rev_nat_id: u16,
 }
 
 const OUTCOME_PASS: u32 = 0;
@@ -212,12 +220,14 @@ fn forward<F: Track>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> u32 {
         backend_port: 0,
         snat_port: 0,
         snat_slot: 0,
+        rev_nat_id: 0,
     };
     decide::<F>(ctx, pkt, &mut outcome);
     match outcome.kind {
         OUTCOME_DROP => XDP_DROP,
         OUTCOME_TRANSLATE if outcome.snat_port == 0 => {
             // A backend on this node: the kernel delivers the translated packet to the pod.
+            count_service_packet(outcome.rev_nat_id, frame_len(ctx));
             local::<F>(ctx, pkt, &outcome.backend, outcome.backend_port)
         }
         OUTCOME_TRANSLATE => snat_forward::<F>(ctx, pkt, &outcome),
@@ -238,19 +248,21 @@ fn decide<F: Track>(ctx: &XdpContext, pkt: &Packet<F::Addr>, out: &mut Outcome<F
         // and a second set of tests, for packets kube-proxy itself answers on its slow path
         // (netfilter's REJECT): XDP's gain is on translated flows, not on refusals. Counted once,
         // by TC.
-        Decision::Pass | Decision::Reject => out.kind = OUTCOME_PASS,
+        Decision::Pass | Decision::Reject { .. } => out.kind = OUTCOME_PASS,
         Decision::Drop => out.kind = OUTCOME_DROP,
         Decision::Translate {
             backend,
             backend_port,
             snat_port,
             snat_slot,
+            rev_nat_id,
         } => {
             out.kind = OUTCOME_TRANSLATE;
             out.backend = backend;
             out.backend_port = backend_port;
             out.snat_port = snat_port;
             out.snat_slot = snat_slot;
+            out.rev_nat_id = rev_nat_id;
         }
     }
 }
@@ -289,6 +301,7 @@ fn snat_forward<F: ExtFamily>(
     if rewrite_snat::<F>(ctx, pkt, outcome, &node) != 0 {
         return XDP_DROP;
     }
+    count_service_packet(outcome.rev_nat_id, frame_len(ctx));
     transmit(ctx, &route)
 }
 

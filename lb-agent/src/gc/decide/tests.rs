@@ -150,7 +150,8 @@ fn snat<A: TestAddr>(client: u8, expires_ns: u64) -> (FlowKey<A>, SnatValue<A>) 
             client_port: port_to_map(CLIENT_PORT),
             service_port: port_to_map(SERVICE_PORT),
             flags: 0,
-            _pad: [0; 3],
+            _pad: 0,
+            rev_nat_id: 0,
             expires_ns,
         },
     )

@@ -128,6 +128,11 @@ fn dual_stack_sockets_reach_ipv4_cluster_ips_through_ipv4_mapped_addresses() {
             "{mode:?} to {mapped}"
         );
     }
+    // Every translated connect() and unconnected sendmsg() is a new flow of the frontend: 30
+    // connections, 30 connected sockets, and one datagram per unconnected exchange (more only
+    // where the probe sent again after a loss).
+    let new = service_counter_total(&agent.pin_dir, lb_ebpf::service_stats::NEW_FLOWS);
+    assert!((90..=150).contains(&new), "{new} new flows counted");
 }
 
 #[test]
@@ -150,6 +155,19 @@ fn node_connections_to_a_service_without_endpoints_are_refused() {
             "TCP to {vip} without endpoints: {outcome:?}"
         );
     }
+    // Each refused call is counted once, on its frontend (the only ones of this agent).
+    assert_eq!(
+        service_counter_total(&agent.pin_dir, lb_ebpf::service_stats::REFUSED),
+        2
+    );
+}
+
+/// One traffic counter (`lb_ebpf::service_stats`) summed over every frontend of an agent.
+fn service_counter_total(pin_dir: &std::path::Path, what: usize) -> u64 {
+    let reader = lb_agent::kernel::ServiceCounterReader::open(pin_dir).unwrap();
+    (0..=u16::MAX)
+        .map(|id| reader.read(id).unwrap()[what])
+        .sum()
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! bpffs: a test that cannot load the programs fails, it never skips.
 
 mod affinity;
+mod counters;
 mod ext;
 mod hairpin;
 mod in_cluster;

@@ -414,6 +414,16 @@ fn flows_to_another_nodes_backend_and_their_replies_leave_by_xdp_tx_for_both_fam
         verify_checksums(&out).map_err(anyhow::Error::msg)?;
         assert_eq!(lb.stat(stats::REVERSED), 1, "{what}");
         assert_eq!(lb.stat(stats::XDP_SENT), 2, "{what}: both sent by XDP");
+        // The frontend's counters: one new flow, its packet and the SNATed reply.
+        let counters = lb.service_counters(sock(node_port), protocol)?;
+        assert_eq!(
+            (
+                counters[lb_ebpf::service_stats::NEW_FLOWS],
+                counters[lb_ebpf::service_stats::PACKETS]
+            ),
+            (1, 2),
+            "{what}"
+        );
         assert_eq!(lb.stat(stats::XDP_TO_TC), 0, "{what}");
     }
     Ok(())

@@ -190,6 +190,30 @@ impl Lb {
         run_program(self.classifier(name)?, name, frame, Some(&ctx))
     }
 
+    /// The traffic counters (`lb_ebpf::service_stats`) of the frontend `addr`/`protocol`,
+    /// summed over CPUs and over its scopes (the internal entry of a Local policy too).
+    pub fn service_counters(
+        &self,
+        addr: std::net::SocketAddr,
+        protocol: Protocol,
+    ) -> anyhow::Result<[u64; lb_ebpf::service_stats::COUNT]> {
+        let reader = lb_agent::kernel::ServiceCounterReader::open(&self.pin_dir.0)?;
+        let ids: Vec<u16> = self
+            .writer
+            .rev_nat_ids()
+            .filter(|(f, _)| f.addr == addr && f.protocol == protocol)
+            .map(|(_, id)| id)
+            .collect();
+        ensure!(!ids.is_empty(), "{addr}/{protocol:?} is not programmed");
+        let mut sum = [0; lb_ebpf::service_stats::COUNT];
+        for id in ids {
+            for (total, n) in sum.iter_mut().zip(reader.read(id)?) {
+                *total += n;
+            }
+        }
+        Ok(sum)
+    }
+
     pub fn maps(&self) -> &BpfMaps {
         self.writer.maps()
     }
