@@ -41,7 +41,7 @@ use anyhow::{Context as _, bail, ensure};
 use aya::programs::SchedClassifier;
 use clap::Parser;
 use lb_agent::{
-    kernel::{LoadOptions, Programs, SocketLb},
+    kernel::{LoadOptions, Programs, ServiceCounterLevel, SocketLb},
     lbmap::{BackendKey, MapOps as _, Vip, bpf::BpfMaps},
     model::{Frontend, Protocol},
 };
@@ -80,6 +80,9 @@ struct Args {
     /// Rounds the runs are split into (cases rotate within each round).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// What the per-frontend traffic counters count (the agent's `--service-counters`).
+    #[arg(long, value_enum, default_value_t = ServiceCounterLevel::Flows)]
+    service_counters: ServiceCounterLevel,
     /// Set by `cargo bench` (and xtask): measure, rather than run as a test.
     #[arg(long, hide = true)]
     bench: bool,
@@ -108,6 +111,7 @@ impl Args {
             services: vec![1],
             runs: 100,
             rounds: 1,
+            service_counters: ServiceCounterLevel::Packets,
             bench: false,
         })
     }
@@ -501,6 +505,7 @@ fn main() -> anyhow::Result<()> {
             max_affinity: 1_024,
             socket_lb: SocketLb::Off,
             socket_lb_scope: Default::default(),
+            service_counters: args.service_counters,
             timeouts: Default::default(),
             snat_ports: Default::default(),
         })

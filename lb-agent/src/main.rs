@@ -14,8 +14,8 @@ use lb_agent::{
     agent::{self, RunOptions},
     gc,
     kernel::{
-        DatapathMode, FlowTimeouts, LoadOptions, PortRange, SocketLb, SocketLbScope,
-        settings::parse_timeout,
+        DatapathMode, FlowTimeouts, LoadOptions, PortRange, ServiceCounterLevel, SocketLb,
+        SocketLbScope, settings::parse_timeout,
     },
     node::{
         addrs::{parse_cidrs, usable},
@@ -164,6 +164,11 @@ struct RunArgs {
     /// and the TC programs translate their packets, as service meshes, KubeVirt and Kata need).
     #[arg(long, value_enum, default_value_t = SocketLbScope::All)]
     socket_lb_scope: SocketLbScope,
+    /// What the per-frontend traffic counters count: `off`, `flows` (new flows, refusals and
+    /// drops; no per-packet cost) or `packets` (every translated packet and its bytes too, at a
+    /// cost per packet).
+    #[arg(long, value_enum, default_value_t = ServiceCounterLevel::Flows)]
+    service_counters: ServiceCounterLevel,
     /// How long a confirmed TCP connection lives after its last packet (kube-proxy's conntrack
     /// `tcpEstablishedTimeout`). Durations such as `24h`, `90s`, `1h30m`, from 1s to 7 days.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_timeout)]
@@ -313,6 +318,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
                 (true, None) => SocketLb::HostRoot,
             },
             socket_lb_scope: args.socket_lb_scope,
+            service_counters: args.service_counters,
         },
         healthz_bind_address: args.healthz_bind_address,
         devices,

@@ -177,6 +177,16 @@ pub mod service_stats {
     pub const DROPPED: usize = 4;
     /// Number of counters.
     pub const COUNT: usize = 5;
+    /// `LB_SERVICE_COUNTERS` ([`GLOBAL`]): nothing counted.
+    pub const LEVEL_OFF: u8 = 0;
+    /// Counts new flows, refusals and drops: events of a flow's first packet or of a refused or
+    /// dropped one, on paths that cost far more already.
+    pub const LEVEL_FLOWS: u8 = 1;
+    /// Counts every translated packet and its bytes too: a write to the frontend's counters
+    /// for each packet, which misses the CPU caches when traffic spreads over many services.
+    pub const LEVEL_PACKETS: u8 = 2;
+    /// The programs' global holding the level.
+    pub const GLOBAL: &str = "LB_SERVICE_COUNTERS";
     /// Every counter with its metric name stem.
     pub const NAMES: [(usize, &str); COUNT] = [
         (NEW_FLOWS, "new_flows"),

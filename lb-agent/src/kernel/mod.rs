@@ -126,6 +126,33 @@ pub struct LoadOptions {
     pub snat_ports: PortRange,
     pub socket_lb: SocketLb,
     pub socket_lb_scope: SocketLbScope,
+    /// What the per-frontend traffic counters count.
+    pub service_counters: ServiceCounterLevel,
+}
+
+/// What the per-frontend traffic counters (`lb_ebpf::service_stats`) count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceCounterLevel {
+    /// Nothing.
+    Off,
+    /// New flows, refusals and drops by rule: nothing on established packets; a new flow
+    /// costs up to 14 % more when new flows spread over 10 000 services (BENCHMARKS.md).
+    #[default]
+    Flows,
+    /// Also every translated packet and its bytes: established packets cost up to 33 % more
+    /// when traffic spreads over 10 000 services, about 1 % with one (BENCHMARKS.md).
+    Packets,
+}
+
+impl ServiceCounterLevel {
+    /// The programs' global value (`lb_ebpf::service_stats::LEVEL_*`).
+    pub fn global(self) -> u8 {
+        match self {
+            Self::Off => lb_ebpf::service_stats::LEVEL_OFF,
+            Self::Flows => lb_ebpf::service_stats::LEVEL_FLOWS,
+            Self::Packets => lb_ebpf::service_stats::LEVEL_PACKETS,
+        }
+    }
 }
 
 /// The cgroup sock_addr programs.
@@ -186,6 +213,7 @@ impl Programs {
         let host_netns_cookie =
             crate::node::netns::own_cookie().map_err(KernelError::NetnsCookie)?;
         let host_only = u8::from(opts.socket_lb_scope == SocketLbScope::Host);
+        let service_counters = opts.service_counters.global();
         let sizes = map_sizes(opts);
         let wanted = compat::wanted_maps(object::EBPF_OBJECT, &sizes.iter().copied().collect())
             .map_err(|e| KernelError::Load(e.into()))?;
@@ -197,7 +225,8 @@ impl Programs {
         loader
             .default_map_pin_directory(&opts.pin_dir)
             .override_global(HOST_NETNS_COOKIE, &host_netns_cookie, true)
-            .override_global(HOST_ONLY, &host_only, true);
+            .override_global(HOST_ONLY, &host_only, true)
+            .override_global(lb_ebpf::service_stats::GLOBAL, &service_counters, true);
         // `must_exist`: an object without one of the settings would silently run on its
         // defaults.
         for (name, ns) in &timeouts {

@@ -22,6 +22,9 @@ static LB_SNAT_PORT_MIN: u32 = DEFAULT_SNAT_PORT_MIN as u32;
 #[unsafe(no_mangle)]
 static LB_SNAT_PORT_MAX: u32 = DEFAULT_SNAT_PORT_MAX as u32;
 
+#[unsafe(no_mangle)]
+static LB_SERVICE_COUNTERS: u8 = lb_ebpf::service_stats::LEVEL_FLOWS;
+
 #[inline(always)]
 fn read<T: Copy>(global: &T) -> T {
     // SAFETY: a read of one of the program's own read-only globals.
@@ -47,6 +50,11 @@ pub fn udp_ns() -> u64 {
 #[inline(always)]
 pub fn udp_new_ns() -> u64 {
     read(&LB_UDP_NEW_NS)
+}
+/// What the per-frontend traffic counters count (`lb_ebpf::service_stats::LEVEL_*`).
+#[inline(always)]
+pub fn service_counters() -> u8 {
+    read(&LB_SERVICE_COUNTERS)
 }
 /// The SNAT port range, inclusive, host byte order.
 #[inline(always)]

@@ -95,6 +95,9 @@ pub fn count(index: u32) {
 /// Adds one to counter `what` (`lb_ebpf::service_stats`) of the frontend `rev_nat_id`.
 #[inline(always)]
 pub fn count_service(rev_nat_id: u16, what: usize) {
+    if super::conf::service_counters() == lb_ebpf::service_stats::LEVEL_OFF {
+        return;
+    }
     if let Some(c) = LB_SERVICE_STATS.get_ptr_mut(u32::from(rev_nat_id)) {
         // SAFETY: per-CPU slot, as in `count`; `what` is one of the constant indices.
         unsafe {
@@ -108,6 +111,9 @@ pub fn count_service(rev_nat_id: u16, what: usize) {
 /// Counts a translated packet of `len` bytes for the frontend `rev_nat_id`.
 #[inline(always)]
 pub fn count_service_packet(rev_nat_id: u16, len: u32) {
+    if super::conf::service_counters() != lb_ebpf::service_stats::LEVEL_PACKETS {
+        return;
+    }
     if let Some(c) = LB_SERVICE_STATS.get_ptr_mut(u32::from(rev_nat_id)) {
         // SAFETY: per-CPU slot, as in `count`.
         unsafe {

@@ -417,6 +417,7 @@ fn load_programs(pin_dir: &Path, max_flows: u32) -> lb_agent::kernel::Programs {
         max_affinity: 1024,
         socket_lb: SocketLb::Off,
         socket_lb_scope: Default::default(),
+        service_counters: Default::default(),
         timeouts: Default::default(),
         snat_ports: Default::default(),
     })

@@ -168,3 +168,50 @@ fn external_refusals_are_counted_by_tc_not_by_the_xdp_that_leaves_them_to_it() -
     }
     Ok(())
 }
+
+/// `--service-counters flows` (the default) counts new flows and refusals but no packets;
+/// `off` counts nothing.
+#[test]
+fn the_counter_level_decides_what_is_counted() -> TestResult {
+    use lb_agent::kernel::ServiceCounterLevel;
+    let service = sock("10.96.0.12:80");
+    let refusing = sock("10.96.0.13:80");
+    for (level, expected) in [
+        (
+            ServiceCounterLevel::Flows,
+            (counts(1, 0, 0, 0, 0), counts(0, 0, 0, 1, 0)),
+        ),
+        (
+            ServiceCounterLevel::Off,
+            (counts(0, 0, 0, 0, 0), counts(0, 0, 0, 0, 0)),
+        ),
+    ] {
+        let mut lb = Lb::load_counting(level)?;
+        lb.apply_states(&[
+            cluster_ip(
+                Frontend {
+                    addr: service,
+                    protocol: Protocol::Tcp,
+                },
+                &[sock("10.200.1.2:8080")],
+            ),
+            rejecting(Frontend {
+                addr: refusing,
+                protocol: Protocol::Tcp,
+            }),
+        ])?;
+        let client = sock("10.200.9.9:40000");
+        lb.ingress(&Packet::tcp(client, service, TCP_SYN).frame())?;
+        lb.ingress(&Packet::tcp(client, service, TCP_ACK).frame())?;
+        lb.ingress_verdict(&Packet::tcp(client, refusing, TCP_SYN).frame())?;
+        assert_eq!(
+            (
+                lb.service_counters(service, Protocol::Tcp)?,
+                lb.service_counters(refusing, Protocol::Tcp)?
+            ),
+            expected,
+            "{level:?}"
+        );
+    }
+    Ok(())
+}

@@ -78,6 +78,11 @@ pub struct Lb {
 impl Lb {
     /// Loads both programs with fresh maps. Failing to load fails the test: it never skips.
     pub fn load() -> anyhow::Result<Self> {
+        Self::load_counting(lb_agent::kernel::ServiceCounterLevel::Packets)
+    }
+
+    /// [`Lb::load`] with the per-frontend traffic counters at `level`.
+    pub fn load_counting(level: lb_agent::kernel::ServiceCounterLevel) -> anyhow::Result<Self> {
         let pin_dir = PinDir::new();
         let mut programs = Programs::load(&LoadOptions {
             pin_dir: pin_dir.0.clone(),
@@ -90,6 +95,7 @@ impl Lb {
             max_affinity: MAX_AFFINITY,
             socket_lb: SocketLb::Off,
             socket_lb_scope: Default::default(),
+            service_counters: level,
             timeouts: Default::default(),
             snat_ports: Default::default(),
         })
