@@ -32,7 +32,9 @@ use super::KernelError;
 ///
 /// - none (no `LAYOUT`): flows' `last_seen_ns`, an LRU SNAT map.
 /// - `lb-state-2`: flows' absolute `expires_ns` and per-direction closing flags, an
-///   unconfirmed flow table, a hash SNAT map (issue 11).
+///   unconfirmed flow table, a hash SNAT map (issue 11). Later, in padding that was always
+///   zero, so without a bump: flows' `snat_slot` (0, the default SNAT address, is what older
+///   entries meant) and SNAT entries' `rev_nat_id` (0: no frontend's counters).
 pub const STATE_LAYOUT: &str = "lb-state-2";
 /// The symlink in the pin directory whose target is the pinned maps' [`STATE_LAYOUT`].
 pub const LAYOUT_FILE: &str = "LAYOUT";
