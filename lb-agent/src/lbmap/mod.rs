@@ -339,6 +339,12 @@ impl<M: MapOps> Writer<M> {
         &mut self.maps
     }
 
+    /// The reverse-NAT ID of every programmed service map entry, for naming them
+    /// ([`crate::inspect::names`]).
+    pub fn rev_nat_ids(&self) -> impl Iterator<Item = (&Vip, u16)> + '_ {
+        self.frontends.iter().map(|(vip, p)| (vip, p.rev_nat_id))
+    }
+
     /// The maps, the writer gone (a restart hands them to the next writer).
     pub fn into_maps(self) -> M {
         self.maps
