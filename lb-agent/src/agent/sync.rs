@@ -213,10 +213,10 @@ impl<M: MapOps> Syncer<M> {
             self.metrics
                 .set_no_local_endpoints(&no_local_endpoints(&desired));
         }
-        if let Some(names) = &mut self.names {
-            if let Err(e) = names.update(&desired, self.writer.rev_nat_ids()) {
-                warn!("writing the frontends' names for lb-agent list: {e}");
-            }
+        if let Some(names) = &mut self.names
+            && let Err(e) = names.update(&desired, self.writer.rev_nat_ids())
+        {
+            warn!("writing the frontends' names for lb-agent list: {e}");
         }
         if changed > 0 {
             info!(
