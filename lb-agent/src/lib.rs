@@ -12,8 +12,10 @@
 pub mod agent;
 pub mod gc;
 pub mod health;
+pub mod inspect;
 pub mod kernel;
 pub mod lbmap;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod plan;

@@ -70,6 +70,62 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/lb")]
         bpffs: PathBuf,
     },
+    /// Print the frontends the pinned maps serve, in `lb-agent plan`'s format (so `diff` of the
+    /// two is empty when the maps hold the plan), with the agent running or stopped.
+    List {
+        /// The agent's pin directory.
+        #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/lb")]
+        bpffs: PathBuf,
+        /// `table` (plan's format) or `json`.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Only this service's frontends and health check node port.
+        #[arg(long, value_name = "NS/NAME", value_parser = lb_agent::inspect::list::parse_service)]
+        service: Option<lb_agent::model::NamespacedName>,
+        /// Only this family's frontends (4 or 6).
+        #[arg(long, value_parser = lb_agent::inspect::list::parse_family)]
+        family: Option<lb_agent::model::IpFamily>,
+    },
+    /// Print the flow tables (one line per flow: client, service, backend, state, NAT, lifetime
+    /// left) from the pinned maps.
+    Flows {
+        /// The agent's pin directory.
+        #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/lb")]
+        bpffs: PathBuf,
+        /// Only entries with this address anywhere in their tuple or translation.
+        #[arg(long, value_name = "IP")]
+        addr: Option<IpAddr>,
+        /// Only entries with this port anywhere in their tuple or translation.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Only TCP or UDP.
+        #[arg(long, value_parser = parse_protocol)]
+        protocol: Option<lb_agent::model::Protocol>,
+        /// Only this service's flows.
+        #[arg(long, value_name = "NS/NAME", value_parser = lb_agent::inspect::list::parse_service)]
+        service: Option<lb_agent::model::NamespacedName>,
+        /// Only this family (4 or 6).
+        #[arg(long, value_parser = lb_agent::inspect::list::parse_family)]
+        family: Option<lb_agent::model::IpFamily>,
+        /// Reply and SNAT entries too, not only one line per flow.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Explain what the datapath would do now with a new connection from SRC to
+    /// DST:PORT/PROTO: the frontend met, source ranges, affinity, the backends, the verdict.
+    Explain {
+        /// The client's address.
+        src: IpAddr,
+        /// `ADDR:PORT/PROTO`, e.g. `10.96.0.10:53/UDP` or `[fd00::10]:80/TCP`.
+        #[arg(value_parser = lb_agent::inspect::explain::parse_destination)]
+        dst: lb_agent::model::Frontend,
+        /// Where the packet comes from: `cluster` (a pod or node process) or `external`.
+        #[arg(long, value_enum, default_value_t = lb_agent::inspect::explain::Origin::Cluster)]
+        from: lb_agent::inspect::explain::Origin,
+        /// The agent's pin directory.
+        #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/lb")]
+        bpffs: PathBuf,
+    },
     /// Print every frontend the agent would program for a manifest directory (ClusterIPs, node
     /// ports on the given node addresses, external and load balancer IPs), the health check node
     /// ports and any problems, from the same plan the agent runs; needs no privileges.
@@ -85,6 +141,21 @@ enum Command {
         #[arg(long, value_name = "LIST", default_value = "")]
         node_addresses: String,
     },
+}
+
+/// `lb-agent list -o`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+fn parse_protocol(s: &str) -> Result<lb_agent::model::Protocol, String> {
+    match s.to_ascii_uppercase().as_str() {
+        "TCP" => Ok(lb_agent::model::Protocol::Tcp),
+        "UDP" => Ok(lb_agent::model::Protocol::Udp),
+        _ => Err(format!("{s:?}: tcp or udp")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -128,6 +199,10 @@ struct RunArgs {
     /// Address of the /healthz and /livez server.
     #[arg(long, default_value = "0.0.0.0:10256")]
     healthz_bind_address: SocketAddr,
+    /// Address of the /metrics (Prometheus text format) and /proxyMode server; kube-proxy's
+    /// default, reachable from the node only.
+    #[arg(long, default_value = lb_agent::metrics::DEFAULT_BIND_ADDRESS)]
+    metrics_bind_address: SocketAddr,
     /// Service map entries per family (a frontend plus one per backend slot).
     #[arg(long, default_value_t = DEFAULT_MAX_SERVICES, value_parser = clap::value_parser!(u32).range(1..))]
     max_services: u32,
@@ -273,6 +348,76 @@ fn plan(
     Ok(problems.is_empty())
 }
 
+/// `lb-agent list`.
+fn list(
+    bpffs: &std::path::Path,
+    output: Output,
+    filter: &lb_agent::inspect::list::Filter,
+) -> anyhow::Result<bool> {
+    let mut listing = lb_agent::inspect::read_listing(bpffs)?;
+    listing.filter(filter);
+    match output {
+        Output::Table => print!("{}", listing.desired),
+        Output::Json => println!("{:#}", listing.to_json()),
+    }
+    for u in &listing.unlisted {
+        eprintln!("warning: not listed: {u}");
+    }
+    Ok(true)
+}
+
+/// `lb-agent flows`.
+fn flows(
+    bpffs: &std::path::Path,
+    filter: &lb_agent::inspect::flows::FlowFilter,
+) -> anyhow::Result<bool> {
+    use lb_agent::inspect::{self, flows};
+    let (maps, contents) = inspect::read_contents(bpffs)?;
+    let names = inspect::decoded_names(&contents);
+    for row in inspect::read_flows(&maps, gc::monotonic_now_ns()) {
+        let service = row
+            .rev_nat_id
+            .and_then(|id| flows::service_of(&names, id))
+            .map(|(s, _)| s);
+        if filter.keeps(&row, service) {
+            println!("{}", flows::format_row(&row, &names));
+        }
+    }
+    Ok(true)
+}
+
+/// `lb-agent explain`.
+fn explain(
+    bpffs: &std::path::Path,
+    src: IpAddr,
+    dst: lb_agent::model::Frontend,
+    from: lb_agent::inspect::explain::Origin,
+) -> anyhow::Result<bool> {
+    use lb_agent::{inspect, lbmap::Scope};
+    let (_, contents) = inspect::read_contents(bpffs)?;
+    let listing = inspect::list::Listing::of(&contents);
+    let in_cluster = from == inspect::explain::Origin::Cluster
+        && listing
+            .desired
+            .frontends
+            .get(&dst)
+            .is_some_and(|s| s.internal_backends.is_some());
+    let scope = if in_cluster {
+        Scope::Internal
+    } else {
+        Scope::Default
+    };
+    let affinity = match inspect::rev_nat_id(&contents, &dst, scope) {
+        Some(id) => inspect::affinity_entry(bpffs, &contents, src, id, gc::monotonic_now_ns())?,
+        None => None,
+    };
+    print!(
+        "{}",
+        inspect::explain::explain(&listing, src, dst, from, affinity)
+    );
+    Ok(true)
+}
+
 /// `lb-agent run`.
 fn run(args: RunArgs) -> anyhow::Result<bool> {
     let pod_devices = DevicePatterns::parse(&args.pod_devices)
@@ -321,6 +466,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             service_counters: args.service_counters,
         },
         healthz_bind_address: args.healthz_bind_address,
+        metrics_bind_address: args.metrics_bind_address,
         devices,
         nodeport_addresses,
         datapath_mode: args.datapath_mode,
@@ -366,6 +512,41 @@ fn main() -> ExitCode {
                 true
             })
             .map_err(|e| anyhow::anyhow!("collecting the maps under {}: {e}", bpffs.display())),
+        Command::List {
+            bpffs,
+            output,
+            service,
+            family,
+        } => list(
+            &bpffs,
+            output,
+            &lb_agent::inspect::list::Filter { service, family },
+        ),
+        Command::Flows {
+            bpffs,
+            addr,
+            port,
+            protocol,
+            service,
+            family,
+            all,
+        } => flows(
+            &bpffs,
+            &lb_agent::inspect::flows::FlowFilter {
+                addr,
+                port,
+                protocol,
+                family,
+                service,
+                all,
+            },
+        ),
+        Command::Explain {
+            src,
+            dst,
+            from,
+            bpffs,
+        } => explain(&bpffs, src, dst, from),
         Command::Run(args) => run(args),
     };
     match result {

@@ -75,6 +75,10 @@ pub mod map_names {
     /// The backends of every frontend with session affinity, so that affinity never leads to a
     /// backend the frontend no longer has (the agent writes it).
     pub const AFFINITY_MATCH: &str = "LB_AFFINITY_MATCH";
+    /// What each frontend entry is (its kind and service port, by reverse-NAT ID) and the
+    /// health check node ports, for `lb-agent list` and the metrics: written by the agent,
+    /// never read by a program.
+    pub const NAMES: &str = "LB_NAMES";
 }
 
 /// Names of the programs' read-only globals the agent sets when it loads them (`u64`
@@ -389,6 +393,45 @@ pub struct AffinityMatchKey {
     pub _pad: [u8; 2],
 }
 
+/// Entries of the name map (`LB_NAMES`): every reverse-NAT ID (at most 65535) and every health
+/// check node port ([`NAME_KEY_HEALTH_CHECK`] plus the port).
+pub const MAX_NAMES: u32 = 131_072;
+/// Keys of the name map at and above this are health check node ports (this plus the port);
+/// below it, reverse-NAT IDs of frontend entries.
+pub const NAME_KEY_HEALTH_CHECK: u32 = 0x1_0000;
+/// [`FrontendName::kind`]: a cluster IP.
+pub const NAME_KIND_CLUSTER_IP: u8 = 1;
+/// [`FrontendName::kind`]: a node port on a node address.
+pub const NAME_KIND_NODE_PORT: u8 = 2;
+/// [`FrontendName::kind`]: a `spec.externalIPs` address.
+pub const NAME_KIND_EXTERNAL_IP: u8 = 3;
+/// [`FrontendName::kind`]: a load balancer ingress IP.
+pub const NAME_KIND_LOAD_BALANCER: u8 = 4;
+/// [`FrontendName::kind`]: a health check node port (`value` holds the local ready endpoints).
+pub const NAME_KIND_HEALTH_CHECK: u8 = 5;
+/// Bytes of [`FrontendName::text`]: a namespace and a name (63 bytes each at most, DNS labels),
+/// the `/` between them and a port name (15 bytes at most) fit.
+pub const NAME_TEXT_LEN: usize = 152;
+
+/// Value of the name map (`LB_NAMES`): what a frontend entry or health check node port is, in
+/// words. The kernel never reads it; it lets `lb-agent list` print what `lb-agent plan` prints
+/// from the pinned maps alone, with or without a running agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FrontendName {
+    /// `NAME_KIND_*`.
+    pub kind: u8,
+    /// Bytes of `text` holding the service's `namespace/name`.
+    pub service_len: u8,
+    /// Bytes of `text` after those holding the port's name (0: a single unnamed port).
+    pub port_len: u8,
+    pub _pad: u8,
+    /// Health check node ports: the service's local ready endpoints; else 0.
+    pub value: u32,
+    /// UTF-8 `namespace/name` then the port name, zero-filled.
+    pub text: [u8; NAME_TEXT_LEN],
+}
+
 /// Value of the backend maps, keyed by a `u32` backend ID.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -638,6 +681,7 @@ mod pod {
     unsafe impl aya::Pod for SockAffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for AffinityMatchKey {}
+    unsafe impl aya::Pod for FrontendName {}
 }
 
 #[cfg(test)]
@@ -671,6 +715,7 @@ mod tests {
         assert_eq!(size_of::<SockAffinityKey>(), 16);
         assert_eq!(size_of::<AffinityValue>(), 16);
         assert_eq!(size_of::<AffinityMatchKey>(), 8);
+        assert_eq!(size_of::<FrontendName>(), 160);
     }
 
     #[test]

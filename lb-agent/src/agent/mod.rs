@@ -54,6 +54,8 @@ pub struct RunOptions {
     pub load: LoadOptions,
     /// Address of `/healthz` and `/livez`.
     pub healthz_bind_address: SocketAddr,
+    /// Address of `/metrics` and `/proxyMode`.
+    pub metrics_bind_address: SocketAddr,
     /// The node's devices for external traffic (node ports, external and load balancer IPs);
     /// `None`: every device with a usable address that is not a pod device.
     pub devices: Option<DevicePatterns>,
@@ -181,8 +183,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .await
         .context("starting the source of services")?;
 
+    let metrics = crate::metrics::install(opts.load.pin_dir.clone());
     let mut programs = Programs::load(&opts.load).context("loading the datapath")?;
     let maps = BpfMaps::take(programs.ebpf_mut()).context("taking the datapath's maps")?;
+    let names = crate::inspect::names::BpfNames::take(programs.ebpf_mut())
+        .context("taking the datapath's name map")?;
     info!(pin_dir = %opts.load.pin_dir.display(), "datapath loaded");
     spawn_kernel_logger(&mut programs);
     // From the pins, on blocking threads of its own; it ends with the runtime.
@@ -199,6 +204,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     });
 
+    let metrics_listener = tokio::net::TcpListener::bind(opts.metrics_bind_address)
+        .await
+        .with_context(|| format!("binding metrics to {}", opts.metrics_bind_address))?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(metrics_listener, crate::metrics::router(metrics)).await {
+            tracing::error!("metrics server: {e}");
+        }
+    });
+
     let mut scanner = DeviceScanner::new(
         opts.pod_devices.clone(),
         opts.devices.clone(),
@@ -207,7 +221,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     // The writer takes over the earlier run's maps before the first scan, which may write the
     // XDP redirect devices; frontends are written only once the source is ready.
-    let mut syncer = Syncer::new(resume_writer(maps, opts.load.max_backends), health.clone());
+    let mut syncer = Syncer::new(resume_writer(maps, opts.load.max_backends), health.clone())
+        .with_metrics(metrics)
+        .with_names(crate::inspect::names::NameWriter::new(names));
     // Subscribed before the first scan: a change between the two wakes the next scan.
     let mut device_wake = Wakeups::start(DEVICE_SAFETY_NET, DEVICE_POLL_INTERVAL);
     let mut last_addrs = scanner.scan(&mut programs, syncer.writer_mut());
@@ -268,6 +284,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             tokio::select! {
                 () = changes.notified() => {
                     health.queued();
+                    metrics.queued();
                     tokio::time::sleep(debounce).await;
                     // The burst's later changes left one wake-up behind; this sync covers them.
                     let _ = futures::FutureExt::now_or_never(changes.notified());

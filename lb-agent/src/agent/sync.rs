@@ -13,8 +13,9 @@ use tracing::{debug, error, info, warn};
 use crate::{
     health::proxy::Health,
     lbmap::{MapOps, Writer},
-    model::ServiceHealth,
-    plan::{self, NodeFacts},
+    metrics::{self, Metrics, NoLocalEndpoints, ProblemKind},
+    model::{FrontendKind, ServiceHealth},
+    plan::{self, Desired, NodeFacts},
     source::{Snapshot, Source, SourceError},
 };
 
@@ -74,6 +75,10 @@ pub struct Syncer<M> {
     last_sync_ok: bool,
     last_sweep: Instant,
     problems: NewLines,
+    metrics: &'static Metrics,
+    /// Names of the programmed frontends in the maps, for `lb-agent list`; `None` in tests
+    /// that do not look.
+    names: Option<crate::inspect::names::NameWriter>,
 }
 
 impl<M: MapOps> Syncer<M> {
@@ -86,7 +91,21 @@ impl<M: MapOps> Syncer<M> {
             last_sync_ok: false,
             last_sweep: Instant::now(),
             problems: NewLines::default(),
+            metrics: metrics::global(),
+            names: None,
         }
+    }
+
+    /// Records into `metrics` instead of the process's ([`metrics::global`]).
+    pub fn with_metrics(mut self, metrics: &'static Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Keeps the frontends' names in `names` after every sync that programmed something.
+    pub fn with_names(mut self, names: crate::inspect::names::NameWriter) -> Self {
+        self.names = Some(names);
+        self
     }
 
     pub fn writer(&self) -> &Writer<M> {
@@ -115,10 +134,12 @@ impl<M: MapOps> Syncer<M> {
         let started = Instant::now();
         let sweep_due = !self.swept_once || self.last_sweep.elapsed() >= REPAIR_INTERVAL;
         let only_if_changed = periodic && self.last_sync_ok && !sweep_due;
+        self.metrics.snapshot_taken();
         let snapshot = match source.snapshot(only_if_changed) {
             Ok(Some(s)) => s,
             Ok(None) => {
                 self.health.updated();
+                self.metrics.programmed(std::time::SystemTime::now());
                 return SyncOutcome {
                     skipped: true,
                     changed: 0,
@@ -144,6 +165,16 @@ impl<M: MapOps> Syncer<M> {
                 .cloned()
                 .chain(desired.problems.iter().map(ToString::to_string)),
         );
+        let mut by_kind: BTreeMap<&'static str, i64> = BTreeMap::new();
+        let kinds = (snapshot
+            .problems
+            .iter()
+            .map(|p| ProblemKind::of_source_problem(p)))
+        .chain(desired.problems.iter().map(ProblemKind::of_plan_problem));
+        for kind in kinds {
+            *by_kind.entry(kind.name()).or_default() += 1;
+        }
+        self.metrics.set_problems(&by_kind);
         // Warnings come once per file read or object version.
         for w in &snapshot.warnings {
             warn!("{w}");
@@ -205,6 +236,16 @@ impl<M: MapOps> Syncer<M> {
             error!("{e}");
         }
         let changed = applied.frontends_changed + applied.frontends_removed;
+        if changed > 0 || !self.swept_once {
+            // What changes only with the frontends: once per sync that changed them.
+            self.metrics
+                .set_no_local_endpoints(&no_local_endpoints(&desired));
+        }
+        if let Some(names) = &mut self.names
+            && let Err(e) = names.update(&desired, self.writer.rev_nat_ids())
+        {
+            warn!("writing the frontends' names for lb-agent list: {e}");
+        }
         if changed > 0 {
             info!(
                 services = snapshot.services.len(),
@@ -217,6 +258,8 @@ impl<M: MapOps> Syncer<M> {
         }
         self.health_checks = desired.health_checks;
         self.last_sync_ok = errors.is_empty();
+        self.metrics
+            .synced(started.elapsed(), sweep_due, errors.is_empty());
         if sweep_due && errors.is_empty() {
             match self.writer.sweep() {
                 Ok(0) => {}
@@ -242,6 +285,26 @@ impl<M: MapOps> Syncer<M> {
             ok: errors.is_empty(),
         }
     }
+}
+
+/// kube-proxy's `no_local_endpoints` counts: service ports with `internalTrafficPolicy: Local`
+/// whose cluster IP has endpoints but none here, and ports with `externalTrafficPolicy: Local`
+/// whose external frontends have none here, once per port and family.
+pub fn no_local_endpoints(desired: &Desired) -> NoLocalEndpoints {
+    let mut out = NoLocalEndpoints::default();
+    let mut external = BTreeSet::new();
+    for (frontend, state) in &desired.frontends {
+        if !state.backends.is_empty() || state.reject {
+            continue;
+        }
+        let family = frontend.family() as usize;
+        if state.kind == FrontendKind::ClusterIp {
+            out.internal[family] += 1;
+        } else if state.local_only && external.insert(&state.owner) {
+            out.external[family] += 1;
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -65,7 +65,10 @@ where
             })
             .await;
             match outcome {
-                Ok(Ok(report)) => log(&report),
+                Ok(Ok(report)) => {
+                    crate::metrics::global().gc_ran(&report);
+                    log(&report);
+                }
                 Ok(Err(e)) => warn!("flow GC: {e}"),
                 Err(e) => warn!("flow GC run failed: {e}"),
             }

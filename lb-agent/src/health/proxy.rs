@@ -157,12 +157,26 @@ fn respond(health: &Health, with_node: bool) -> impl IntoResponse + use<> {
     )
 }
 
+/// Counts the answer in `kubeproxy_proxy_healthz_total` or `_livez_total` by its code.
+fn counted(
+    family: &crate::metrics::CodeFamily,
+    response: impl IntoResponse,
+) -> axum::response::Response {
+    let response = response.into_response();
+    family
+        .get_or_create(&crate::metrics::CodeLabels {
+            code: response.status().as_u16().to_string(),
+        })
+        .inc();
+    response
+}
+
 async fn healthz(State(h): State<Health>) -> impl IntoResponse {
-    respond(&h, true)
+    counted(&crate::metrics::global().healthz_total, respond(&h, true))
 }
 
 async fn livez(State(h): State<Health>) -> impl IntoResponse {
-    respond(&h, false)
+    counted(&crate::metrics::global().livez_total, respond(&h, false))
 }
 
 /// The router, separate from the listener for tests.

@@ -707,7 +707,7 @@ fn copy_entries(
 }
 
 /// Number of entries of a map with keys of `key_size` bytes (at most `limit`).
-fn count_entries(map: BorrowedFd<'_>, key_size: usize, limit: u64) -> u64 {
+pub(crate) fn count_entries(map: BorrowedFd<'_>, key_size: usize, limit: u64) -> u64 {
     let (mut key, mut next) = (vec![0_u8; key_size], vec![0_u8; key_size]);
     let mut n = 0;
     while n < limit {

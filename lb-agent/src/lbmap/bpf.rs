@@ -97,6 +97,69 @@ impl BpfMaps {
         })
     }
 
+    /// Opens the maps an agent pinned under `pin_dir`, with or without a running agent: what
+    /// `lb-agent list`, `flows` and `explain` read.
+    pub fn from_pins(pin_dir: &std::path::Path) -> Result<Self, OpenError> {
+        let open = |name: &'static str| {
+            MapData::from_pin(pin_dir.join(name))
+                .and_then(aya::maps::Map::from_map_data)
+                .map_err(|source| OpenError::Map { name, source })
+        };
+        fn typed<T: TryFrom<aya::maps::Map, Error = AyaMapError>>(
+            name: &'static str,
+            map: Result<aya::maps::Map, OpenError>,
+        ) -> Result<T, OpenError> {
+            T::try_from(map?).map_err(|source| OpenError::Map { name, source })
+        }
+        macro_rules! pinned {
+            ($name:expr) => {
+                typed($name, open($name))?
+            };
+        }
+        Ok(Self {
+            services_v4: pinned!(map_names::SERVICES_V4),
+            services_v6: pinned!(map_names::SERVICES_V6),
+            backends_v4: pinned!(map_names::BACKENDS_V4),
+            backends_v6: pinned!(map_names::BACKENDS_V6),
+            flows_v4: pinned!(map_names::FLOWS_V4),
+            flows_v6: pinned!(map_names::FLOWS_V6),
+            new_flows_v4: pinned!(map_names::FLOWS_NEW_V4),
+            new_flows_v6: pinned!(map_names::FLOWS_NEW_V6),
+            snat_v4: pinned!(map_names::SNAT_V4),
+            snat_v6: pinned!(map_names::SNAT_V6),
+            source_ranges_v4: pinned!(map_names::SOURCE_RANGES_V4),
+            source_ranges_v6: pinned!(map_names::SOURCE_RANGES_V6),
+            node_addr_v4: pinned!(map_names::NODE_ADDR_V4),
+            node_addr_v6: pinned!(map_names::NODE_ADDR_V6),
+            snat_devices: pinned!(map_names::SNAT_DEVICES),
+            service_stats: pinned!(map_names::SERVICE_STATS),
+            xdp_devices: pinned!(map_names::XDP_DEVICES),
+            affinity_match: pinned!(map_names::AFFINITY_MATCH),
+            sock_revnat_v4: pinned!(map_names::SOCK_REVNAT_V4),
+            sock_revnat_v6: pinned!(map_names::SOCK_REVNAT_V6),
+        })
+    }
+
+    /// The node's default SNAT address of each family (slot 0), as the maps hold it (all
+    /// zeros: none); the devices' own addresses are left out, as `lb-agent plan` has none.
+    pub fn node_addrs(&self) -> crate::model::SnatAddrs {
+        let v4 = self
+            .node_addr_v4
+            .get(&0, 0)
+            .ok()
+            .map(std::net::Ipv4Addr::from);
+        let v6 = self
+            .node_addr_v6
+            .get(&0, 0)
+            .ok()
+            .map(std::net::Ipv6Addr::from);
+        crate::model::SnatAddrs {
+            v4: v4.filter(|a| !a.is_unspecified()),
+            v6: v6.filter(|a| !a.is_unspecified()),
+            devices: Default::default(),
+        }
+    }
+
     /// Every IPv4 flow entry (forward and reply) of both tables, confirmed first, for
     /// inspection and tests.
     pub fn flows_v4(&self) -> Vec<(Flow4Key, Flow4Value)> {

@@ -358,12 +358,10 @@ impl<M: MapOps> Writer<M> {
         &mut self.maps
     }
 
-    /// Every programmed frontend (both scopes) with its reverse-NAT ID, the index of its
-    /// traffic counters.
-    pub fn rev_nat_ids(&self) -> impl Iterator<Item = (Frontend, u16)> + '_ {
-        self.frontends
-            .iter()
-            .map(|(vip, p)| (vip.frontend(), p.rev_nat_id))
+    /// The reverse-NAT ID of every programmed service map entry, for naming them
+    /// ([`crate::inspect::names`]).
+    pub fn rev_nat_ids(&self) -> impl Iterator<Item = (&Vip, u16)> + '_ {
+        self.frontends.iter().map(|(vip, p)| (vip, p.rev_nat_id))
     }
 
     /// The maps, the writer gone (a restart hands them to the next writer).

@@ -9,10 +9,10 @@ use lb_ebpf::{
     Affinity4Key, Affinity6Key, AffinityMatchKey, AffinityValue, Backend4, Backend6,
     DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_NEW_FLOWS,
     DEFAULT_MAX_SERVICES, DEFAULT_MAX_SNAT, DEFAULT_MAX_SOCKETS, DEFAULT_MAX_SOURCE_RANGES,
-    Flow4Key, Flow4Value, Flow6Key, Flow6Value, MAX_SNAT_DEVICES, MAX_XDP_DEVICES,
-    SERVICE_STATS_ENTRIES, SNAT_ADDR_SLOTS, Service4Key, Service6Key, ServiceCounters,
-    ServiceValue, Snat4Key, Snat4Value, Snat6Key, Snat6Value, SnatDevice, Sock4Key, Sock4Value,
-    Sock6Key, Sock6Value, SockAffinityKey, SourceRange, stats,
+    Flow4Key, Flow4Value, Flow6Key, Flow6Value, FrontendName, MAX_NAMES, MAX_SNAT_DEVICES,
+    MAX_XDP_DEVICES, SERVICE_STATS_ENTRIES, SNAT_ADDR_SLOTS, Service4Key, Service6Key,
+    ServiceCounters, ServiceValue, Snat4Key, Snat4Value, Snat6Key, Snat6Value, SnatDevice,
+    Sock4Key, Sock4Value, Sock6Key, Sock6Value, SockAffinityKey, SourceRange, stats,
 };
 
 #[map]
@@ -82,6 +82,12 @@ pub static LB_SOCK_AFFINITY: LruHashMap<SockAffinityKey, AffinityValue> =
 #[map]
 pub static LB_AFFINITY_MATCH: HashMap<AffinityMatchKey, u8> =
     HashMap::pinned(DEFAULT_MAX_BACKENDS, 0);
+
+/// Written by the agent only, never read here (`map_names::NAMES`). Not preallocated: it
+/// costs the kernel memory of the entries present, not of `MAX_NAMES`.
+#[map]
+pub static LB_NAMES: HashMap<u32, FrontendName> =
+    HashMap::pinned(MAX_NAMES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]

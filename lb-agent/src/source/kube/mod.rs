@@ -119,16 +119,23 @@ where
         let mut failing = false;
         while let Some(event) = stream.next().await {
             match event {
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(
-                    watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_),
-                ) => {
+                Ok(watcher::Event::Init) => crate::metrics::global().watch_relisted(what),
+                Ok(watcher::Event::InitApply(obj)) => record_change(what, &obj),
+                Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) => {
+                    record_change(what, &obj);
+                    if std::mem::take(&mut failing) {
+                        info!("watching {what} again");
+                    }
+                    changes.notify_one();
+                }
+                Ok(watcher::Event::InitDone) => {
                     if std::mem::take(&mut failing) {
                         info!("watching {what} again");
                     }
                     changes.notify_one();
                 }
                 Err(e) => {
+                    crate::metrics::global().watch_restarted(what);
                     // One line per outage; the watcher retries with backoff meanwhile.
                     if !std::mem::replace(&mut failing, true) {
                         warn!(
@@ -140,6 +147,23 @@ where
         }
     });
     (store, task)
+}
+
+/// Counts a Service or EndpointSlice change in kube-proxy's change metrics, with the
+/// EndpointSlice's `last-change-trigger-time` for the network programming latency.
+fn record_change<K: Resource>(what: &str, obj: &K) {
+    let metrics = crate::metrics::global();
+    match what {
+        "services" => metrics.service_changed(),
+        "endpointslices" => metrics.endpoints_changed(
+            obj.meta()
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::metrics::TRIGGER_TIME_ANNOTATION))
+                .and_then(|t| crate::metrics::parse_trigger_time(t)),
+        ),
+        _ => {}
+    }
 }
 
 impl KubeSource {

@@ -207,7 +207,7 @@ impl Lb {
         let ids: Vec<u16> = self
             .writer
             .rev_nat_ids()
-            .filter(|(f, _)| f.addr == addr && f.protocol == protocol)
+            .filter(|(vip, _)| vip.frontend().addr == addr && vip.frontend().protocol == protocol)
             .map(|(_, id)| id)
             .collect();
         ensure!(!ids.is_empty(), "{addr}/{protocol:?} is not programmed");
