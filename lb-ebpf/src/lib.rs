@@ -425,7 +425,8 @@ pub struct FrontendName {
     pub service_len: u8,
     /// Bytes of `text` after those holding the port's name (0: a single unnamed port).
     pub port_len: u8,
-    pub _pad: u8,
+    /// Frontends: the IP family, 4 or 6 (0 in entries of builds before it); else 0.
+    pub family: u8,
     /// Health check node ports: the service's local ready endpoints; else 0.
     pub value: u32,
     /// UTF-8 `namespace/name` then the port name, zero-filled.

@@ -283,6 +283,7 @@ mod tests {
                     name: "web".into(),
                 },
                 port: "http".into(),
+                family: Some(crate::model::IpFamily::V4),
             },
         )]);
         let row = FlowRow::flow(Table::Confirmed, &key, &value, 5_000_000_000);

@@ -158,6 +158,7 @@ impl Listing {
                 kind,
                 service,
                 port,
+                ..
             }) = names.get(&u32::from(rev_nat_id))
             else {
                 out.unlisted.push(Unlisted {

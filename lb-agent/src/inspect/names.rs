@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use crate::{
     lbmap::Vip,
-    model::{FrontendKind, NamespacedName},
+    model::{FrontendKind, IpFamily, NamespacedName},
     plan::Desired,
 };
 
@@ -54,6 +54,8 @@ pub enum Name {
         service: NamespacedName,
         /// Empty for a single unnamed port.
         port: String,
+        /// `None` in entries of builds before it.
+        family: Option<IpFamily>,
     },
     /// A health check node port.
     HealthCheck {
@@ -73,16 +75,27 @@ fn kind_byte(kind: FrontendKind) -> u8 {
 
 /// Encodes a name entry.
 pub fn encode(name: &Name) -> Result<FrontendName, NameError> {
-    let (kind, service, port, value) = match name {
+    let (kind, service, port, value, family) = match name {
         Name::Frontend {
             kind,
             service,
             port,
-        } => (kind_byte(*kind), service, port.as_str(), 0),
+            family,
+        } => (
+            kind_byte(*kind),
+            service,
+            port.as_str(),
+            0,
+            match family {
+                Some(IpFamily::V4) => 4,
+                Some(IpFamily::V6) => 6,
+                None => 0,
+            },
+        ),
         Name::HealthCheck {
             service,
             local_ready,
-        } => (NAME_KIND_HEALTH_CHECK, service, "", *local_ready),
+        } => (NAME_KIND_HEALTH_CHECK, service, "", *local_ready, 0),
     };
     let service_text = service.to_string();
     let len = service_text.len() + port.len();
@@ -101,7 +114,7 @@ pub fn encode(name: &Name) -> Result<FrontendName, NameError> {
         kind,
         service_len: u8::try_from(service_text.len()).map_err(|_| too_long())?,
         port_len: u8::try_from(port.len()).map_err(|_| too_long())?,
-        _pad: 0,
+        family,
         value,
         text,
     })
@@ -131,10 +144,16 @@ pub fn decode(entry: &FrontendName) -> Option<Name> {
         }
         _ => return None,
     };
+    let family = match entry.family {
+        4 => Some(IpFamily::V4),
+        6 => Some(IpFamily::V6),
+        _ => None,
+    };
     Some(Name::Frontend {
         kind,
         service,
         port: port.to_owned(),
+        family,
     })
 }
 
@@ -265,6 +284,7 @@ impl NameWriter {
                 kind: state.kind,
                 service: state.owner.service.clone(),
                 port: state.owner.port.clone(),
+                family: Some(state.owner.family),
             };
             match encode(&name) {
                 Ok(entry) => {
@@ -339,11 +359,13 @@ mod tests {
                 kind: FrontendKind::LoadBalancer,
                 service: nn(&long, &long),
                 port: "p".repeat(15),
+                family: Some(IpFamily::V6),
             },
             Name::Frontend {
                 kind: FrontendKind::ClusterIp,
                 service: nn("default", "web"),
                 port: String::new(),
+                family: Some(IpFamily::V4),
             },
             Name::HealthCheck {
                 service: nn("kube-system", "dns"),
@@ -361,6 +383,7 @@ mod tests {
             kind: FrontendKind::NodePort,
             service: nn(&"n".repeat(150), "svc"),
             port: "http".into(),
+            family: None,
         })
         .unwrap_err()
         .to_string();

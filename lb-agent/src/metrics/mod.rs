@@ -19,6 +19,7 @@
 
 pub mod datapath;
 pub mod process;
+pub mod services;
 
 use std::{
     path::PathBuf,
@@ -336,8 +337,11 @@ impl Metrics {
 
     /// Adds the datapath's scrape-time metrics, read from the maps pinned under `pin_dir`.
     pub fn with_datapath(mut self, pin_dir: PathBuf) -> Self {
-        let collector = datapath::DatapathCollector::new(pin_dir, Arc::clone(&self.gc_entries));
+        let collector =
+            datapath::DatapathCollector::new(pin_dir.clone(), Arc::clone(&self.gc_entries));
         self.registry.register_collector(Box::new(collector));
+        self.registry
+            .register_collector(Box::new(services::ServiceCollector { pin_dir }));
         self
     }
 

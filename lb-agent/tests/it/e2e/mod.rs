@@ -15,6 +15,7 @@ mod devices;
 mod external;
 mod k8s;
 mod manifests;
+mod metrics;
 mod restart;
 mod sock;
 
