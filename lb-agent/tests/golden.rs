@@ -8,16 +8,16 @@
 //! `GOLDEN_UPDATE=1 cargo test --test golden` rewrites the expected files from the code; review
 //! the diff before committing it.
 
-use std::{
-    net::IpAddr,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use lb_agent::{
     lbmap::{Writer, memory::MemoryMaps},
     plan::{self, NodeFacts},
     source::manifest::ManifestSource,
 };
+
+#[path = "../testdata/plan/node_file.rs"]
+mod node_file;
 
 fn cases() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/plan");
@@ -31,22 +31,12 @@ fn cases() -> Vec<PathBuf> {
 }
 
 fn node_facts(case: &Path) -> NodeFacts {
-    let text = std::fs::read_to_string(case.join("node")).unwrap_or_default();
-    let mut facts = NodeFacts::default();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        match line.split_once(' ') {
-            Some(("name", name)) => facts.name = Some(name.trim().to_owned()),
-            Some(("addresses", list)) => {
-                facts.addresses = list
-                    .split(',')
-                    .map(|a| a.trim().parse::<IpAddr>().expect("an address"))
-                    .collect();
-                facts.addresses.sort();
-            }
-            _ => panic!("{}: bad node line {line:?}", case.display()),
-        }
+    let (name, addresses) = node_file::read(case);
+    NodeFacts {
+        name,
+        addresses,
+        ..NodeFacts::default()
     }
-    facts
 }
 
 /// Compares `got` with the file, or rewrites the file with GOLDEN_UPDATE set.

@@ -11,23 +11,16 @@ use crate::{
     source::manifest::ManifestSource,
 };
 
+#[path = "../../../testdata/plan/node_file.rs"]
+mod node_file;
+
 fn node_facts(case: &Path) -> NodeFacts {
-    let text = std::fs::read_to_string(case.join("node")).unwrap_or_default();
-    let mut facts = NodeFacts::default();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        match line.split_once(' ') {
-            Some(("name", name)) => facts.name = Some(name.trim().to_owned()),
-            Some(("addresses", list)) => {
-                facts.addresses = list
-                    .split(',')
-                    .map(|a| a.trim().parse::<IpAddr>().unwrap())
-                    .collect();
-                facts.addresses.sort();
-            }
-            _ => panic!("bad node line {line:?}"),
-        }
+    let (name, addresses) = node_file::read(case);
+    NodeFacts {
+        name,
+        addresses,
+        ..NodeFacts::default()
     }
-    facts
 }
 
 fn snat_of(maps: &MemoryMaps) -> SnatAddrs {
