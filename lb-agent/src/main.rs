@@ -17,10 +17,8 @@ use lb_agent::{
         DatapathMode, FlowTimeouts, LoadOptions, PortRange, ServiceCounterLevel, SocketLb,
         SocketLbScope, settings::parse_timeout,
     },
-    node::{
-        addrs::{parse_cidrs, usable},
-        devices::DevicePatterns,
-    },
+    model::NodePortAddresses,
+    node::{addrs::usable, devices::DevicePatterns},
     plan::{self, NodeFacts},
     source::{SourceOptions, kube::KubeOptions, manifest::ManifestSource},
 };
@@ -140,6 +138,10 @@ enum Command {
         /// external devices); none: no node port frontends are shown.
         #[arg(long, value_name = "LIST", default_value = "")]
         node_addresses: String,
+        /// As `run --nodeport-addresses`: node ports only on the node addresses in these
+        /// CIDRs, and with `primary` on the Node object's first InternalIP of each family.
+        #[arg(long, value_name = "LIST", default_value = "")]
+        nodeport_addresses: String,
     },
 }
 
@@ -178,8 +180,10 @@ struct RunArgs {
     /// that is neither loopback nor a pod device.
     #[arg(long, value_name = "LIST")]
     devices: Option<String>,
-    /// Comma-separated CIDRs: node ports answer only on node addresses inside them (both
-    /// families may be given). Default: every usable address of the devices.
+    /// Comma-separated CIDRs and keywords (kube-proxy's): node ports answer only on node
+    /// addresses inside the CIDRs (both families may be given), and with `primary` on the Node
+    /// object's first InternalIP of each family; `all` is 0.0.0.0/0 and ::/0. Default: every
+    /// usable address of the external devices.
     #[arg(long, value_name = "CIDRS", default_value = "")]
     nodeport_addresses: String,
     /// How the external devices serve node ports, external IPs and load balancer IPs: `xdp`
@@ -321,11 +325,19 @@ fn plan(
     manifests: PathBuf,
     node_name: Option<String>,
     node_addresses: &str,
+    nodeport_addresses: &str,
 ) -> anyhow::Result<bool> {
+    let nodeport = NodePortAddresses::parse(nodeport_addresses)
+        .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?;
+    let mut addresses = parse_addresses(node_addresses)?;
+    // As the agent's device scan: the ranges narrow the addresses; `primary` the plan decides.
+    let cidrs = nodeport.scan_cidrs();
+    addresses.retain(|a| cidrs.is_empty() || cidrs.iter().any(|c| c.contains(a)));
     let node = NodeFacts {
         name: node_name,
-        addresses: parse_addresses(node_addresses)?,
+        addresses,
         devices: Vec::new(),
+        nodeport,
     };
     let snapshot = ManifestSource::new(&manifests)
         .read(false)
@@ -428,7 +440,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         .map(DevicePatterns::parse)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--devices: {e}"))?;
-    let nodeport_addresses = parse_cidrs(&args.nodeport_addresses)
+    let nodeport_addresses = lb_agent::model::NodePortAddresses::parse(&args.nodeport_addresses)
         .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?;
     let source = match args.manifests {
         Some(dir) => SourceOptions::Manifests(dir),
@@ -487,7 +499,8 @@ fn main() -> ExitCode {
             manifests,
             node_name,
             node_addresses,
-        } => plan(manifests, node_name, &node_addresses),
+            nodeport_addresses,
+        } => plan(manifests, node_name, &node_addresses, &nodeport_addresses),
         Command::Stats { bpffs } => lb_agent::kernel::read_stats(&bpffs)
             .map(|stats| {
                 for (name, value) in stats {

@@ -11,7 +11,6 @@ pub mod sync;
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use ipnet::IpNet;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use tracing::{debug, info, warn};
 
@@ -24,6 +23,7 @@ use crate::{
     },
     kernel::{DatapathMode, LoadOptions, Programs},
     lbmap::{Writer, bpf::BpfMaps},
+    model::NodePortAddresses,
     node::{addrs::DeviceAddr, devices::DevicePatterns, sockets::UdpCloser, watch::Wakeups},
     plan::NodeFacts,
     source::{Changes, Source, SourceOptions, kube},
@@ -59,8 +59,8 @@ pub struct RunOptions {
     /// The node's devices for external traffic (node ports, external and load balancer IPs);
     /// `None`: every device with a usable address that is not a pod device.
     pub devices: Option<DevicePatterns>,
-    /// `--nodeport-addresses`: node ports answer only on node addresses in these CIDRs.
-    pub nodeport_addresses: Vec<IpNet>,
+    /// `--nodeport-addresses`: node ports answer only on these node addresses.
+    pub nodeport_addresses: NodePortAddresses,
     /// XDP, TC or a choice per device for external traffic.
     pub datapath_mode: DatapathMode,
     /// How often dead flows and the SNAT entries of dead flows leave the maps (`--gc-interval`).
@@ -107,6 +107,7 @@ fn spawn_kernel_logger(programs: &mut Programs) {
 
 /// The node facts a sync plans with, from the addresses the last device scan listed.
 fn node_facts(
+    opts: &RunOptions,
     node_name: &Option<String>,
     scanner: &DeviceScanner,
     addrs: Option<&[DeviceAddr]>,
@@ -115,16 +116,20 @@ fn node_facts(
         name: node_name.clone(),
         addresses: addrs.map_or_else(Vec::new, |a| scanner.nodeport_addresses(a)),
         devices: addrs.map_or_else(Vec::new, |a| scanner.snat_devices(a)),
+        nodeport: opts.nodeport_addresses.clone(),
     }
 }
 
 /// Where the health check node ports listen: as kube-proxy, on the node port addresses when
 /// `--nodeport-addresses` restricts them, else on every address (empty).
-fn health_check_addresses<'a>(opts: &RunOptions, facts: &'a NodeFacts) -> &'a [std::net::IpAddr] {
-    if opts.nodeport_addresses.is_empty() {
-        &[]
+fn health_check_addresses<'a, M: crate::lbmap::MapOps>(
+    opts: &RunOptions,
+    syncer: &'a Syncer<M>,
+) -> &'a [std::net::IpAddr] {
+    if opts.nodeport_addresses.is_restricted() {
+        syncer.nodeport_addresses()
     } else {
-        &facts.addresses
+        &[]
     }
 }
 
@@ -216,7 +221,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut scanner = DeviceScanner::new(
         opts.pod_devices.clone(),
         opts.devices.clone(),
-        opts.nodeport_addresses.clone(),
+        opts.nodeport_addresses.scan_cidrs().to_vec(),
         opts.datapath_mode,
     );
     // The writer takes over the earlier run's maps before the first scan, which may write the
@@ -262,7 +267,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut resync_tick = tokio::time::interval(source.resync_interval());
     resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut health_check_servers = HealthCheckServers::default();
-    let mut facts = node_facts(&node_name, &scanner, last_addrs.as_deref());
+    let mut facts = node_facts(&opts, &node_name, &scanner, last_addrs.as_deref());
     // The first sync is a full one; the periodic resyncs count from its end.
     let mut periodic = false;
     let mut first = true;
@@ -274,7 +279,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .update(
                 syncer.health_checks(),
                 &health,
-                health_check_addresses(&opts, &facts),
+                health_check_addresses(&opts, &syncer),
             )
             .await;
         if std::mem::take(&mut first) {
@@ -300,7 +305,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     }
                     debug!("the node's addresses changed");
                     last_addrs = addrs;
-                    facts = node_facts(&node_name, &scanner, last_addrs.as_deref());
+                    facts = node_facts(&opts, &node_name, &scanner, last_addrs.as_deref());
                     break false;
                 }
                 _ = tokio::signal::ctrl_c() => {

@@ -69,6 +69,8 @@ pub struct Syncer<M> {
     health: Health,
     /// Health check node port -> what it reports, from the last plan.
     health_checks: BTreeMap<u16, ServiceHealth>,
+    /// The addresses the last plan served node ports on.
+    nodeport_addresses: Vec<IpAddr>,
     /// A sync has swept the maps of what an earlier run left.
     swept_once: bool,
     /// The last sync programmed everything it meant to.
@@ -87,6 +89,7 @@ impl<M: MapOps> Syncer<M> {
             writer,
             health,
             health_checks: BTreeMap::new(),
+            nodeport_addresses: Vec::new(),
             swept_once: false,
             last_sync_ok: false,
             last_sweep: Instant::now(),
@@ -119,6 +122,11 @@ impl<M: MapOps> Syncer<M> {
     /// The health check node ports the last plan asked for.
     pub fn health_checks(&self) -> &BTreeMap<u16, ServiceHealth> {
         &self.health_checks
+    }
+
+    /// The addresses the last plan served node ports on.
+    pub fn nodeport_addresses(&self) -> &[IpAddr] {
+        &self.nodeport_addresses
     }
 
     /// Rebuilds the desired state and programs it. A periodic resync (`periodic`) skips the
@@ -257,6 +265,7 @@ impl<M: MapOps> Syncer<M> {
             );
         }
         self.health_checks = desired.health_checks;
+        self.nodeport_addresses = desired.nodeport_addresses;
         self.last_sync_ok = errors.is_empty();
         self.metrics
             .synced(started.elapsed(), sweep_due, errors.is_empty());

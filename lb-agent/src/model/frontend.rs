@@ -340,3 +340,163 @@ impl SnatAddrs {
         }
     }
 }
+
+/// `--nodeport-addresses` (kube-proxy's `nodePortAddresses`): which node addresses node ports
+/// answer on. Empty, or `all`: every usable address of the external devices.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodePortAddresses {
+    /// Addresses inside these ranges.
+    pub cidrs: Vec<IpNet>,
+    /// The keyword `primary`: the Node object's first InternalIP of each family too (kube-proxy's
+    /// "primary IPs"); of a family the Node has none of, the node port address SNAT would take.
+    pub primary: bool,
+}
+
+impl NodePortAddresses {
+    /// Parses a comma-separated list of CIDRs and the keywords `primary`, `all` (`0.0.0.0/0`
+    /// and `::/0`) and `localhost`, which is refused: node ports never answer on loopback
+    /// (kube-proxy serves them there only in iptables mode, for IPv4).
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut out = Self::default();
+        for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match s {
+                "primary" => out.primary = true,
+                "all" => out.cidrs.extend(
+                    ["0.0.0.0/0", "::/0"].map(|c| c.parse::<IpNet>().expect("a valid CIDR")),
+                ),
+                "localhost" => {
+                    return Err(
+                        "localhost: node ports are never served on loopback addresses".into(),
+                    );
+                }
+                _ => out
+                    .cidrs
+                    .push(s.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
+                        format!(
+                            "{s:?} is neither a CIDR such as 10.0.0.0/8 or fd00::/64 nor `primary` \
+                         or `all`"
+                        )
+                    })?),
+            }
+        }
+        out.cidrs.sort();
+        out.cidrs.dedup();
+        Ok(out)
+    }
+
+    /// Whether node ports answer on fewer than every address (and health check node ports
+    /// listen on those only, as kube-proxy's).
+    pub fn is_restricted(&self) -> bool {
+        let all = |v6: bool| {
+            self.cidrs
+                .iter()
+                .any(|c| c.prefix_len() == 0 && c.addr().is_ipv6() == v6)
+        };
+        !(all(false) && all(true)) && (self.primary || !self.cidrs.is_empty())
+    }
+
+    /// The ranges the device scan keeps node port addresses in: none (every address) with
+    /// `primary`, whose addresses only the plan knows (it sees the Node): it narrows them with
+    /// [`NodePortAddresses::select`].
+    pub fn scan_cidrs(&self) -> &[IpNet] {
+        if self.primary { &[] } else { &self.cidrs }
+    }
+
+    /// Node port addresses among `addrs` (the scan's, in its order) given the Node's
+    /// `internal_ips`: with `primary`, those inside the ranges and each family's primary one.
+    pub fn select(&self, addrs: &[IpAddr], internal_ips: &[IpAddr]) -> Vec<IpAddr> {
+        if !self.primary {
+            return addrs.to_vec();
+        }
+        let primary = |v6: bool| {
+            match internal_ips.iter().find(|a| a.is_ipv6() == v6) {
+                Some(ip) => Some(*ip),
+                // The first of the family in the scan's order is SNAT's choice.
+                None => addrs.iter().find(|a| a.is_ipv6() == v6).copied(),
+            }
+        };
+        let primaries = [primary(false), primary(true)];
+        addrs
+            .iter()
+            .filter(|a| primaries.contains(&Some(**a)) || self.cidrs.iter().any(|c| c.contains(*a)))
+            .copied()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn nodeport_addresses_parse_cidrs_and_kube_proxys_keywords() {
+        let parsed = NodePortAddresses::parse(" 10.0.0.1/8 , fd00::/64,primary").unwrap();
+        assert!(parsed.primary);
+        let truncated = NodePortAddresses::parse("10.1.2.3/8").unwrap();
+        assert_eq!(truncated.cidrs[0].to_string(), "10.0.0.0/8");
+        assert_eq!(
+            parsed.cidrs,
+            ["10.0.0.0/8".parse().unwrap(), "fd00::/64".parse().unwrap()]
+        );
+        assert!(parsed.is_restricted());
+        assert_eq!(
+            parsed.scan_cidrs(),
+            &[] as &[IpNet],
+            "primary: the plan narrows"
+        );
+
+        let all = NodePortAddresses::parse("all").unwrap();
+        assert!(!all.is_restricted(), "both families' /0");
+        assert!(
+            NodePortAddresses::parse("0.0.0.0/0")
+                .unwrap()
+                .is_restricted()
+        );
+        assert!(!NodePortAddresses::parse("").unwrap().is_restricted());
+        assert!(
+            NodePortAddresses::parse("10.0.0.0/8")
+                .unwrap()
+                .is_restricted()
+        );
+
+        for (bad, says) in [
+            ("localhost", "loopback"),
+            ("10.0.0.0/33", "neither a CIDR"),
+            ("10.0.0.0/8,banana", "\"banana\""),
+            ("primery", "`primary`"),
+        ] {
+            let err = NodePortAddresses::parse(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn primary_is_each_familys_first_internal_ip_else_the_scans_first() {
+        let scan = ips(&["192.168.1.5", "10.0.0.5", "2001:db8::5", "2001:db8::6"]);
+        let primary = NodePortAddresses::parse("primary").unwrap();
+        assert_eq!(
+            primary.select(&scan, &ips(&["10.0.0.5", "2001:db8::6", "10.0.0.9"])),
+            ips(&["10.0.0.5", "2001:db8::6"])
+        );
+        assert_eq!(
+            primary.select(&scan, &ips(&["10.0.0.5"])),
+            ips(&["10.0.0.5", "2001:db8::5"]),
+            "no IPv6 InternalIP: the scan's first IPv6 address"
+        );
+        // An InternalIP the node's devices do not hold serves nothing.
+        assert_eq!(
+            primary.select(&scan, &ips(&["172.16.0.1"])),
+            ips(&["2001:db8::5"])
+        );
+        let with_range = NodePortAddresses::parse("primary,192.168.0.0/16").unwrap();
+        assert_eq!(
+            with_range.select(&scan, &ips(&["10.0.0.5"])),
+            ips(&["192.168.1.5", "10.0.0.5", "2001:db8::5"])
+        );
+        assert_eq!(NodePortAddresses::default().select(&scan, &[]), scan);
+    }
+}

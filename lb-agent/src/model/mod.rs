@@ -7,8 +7,8 @@ pub mod frontend;
 pub(crate) mod testing;
 
 pub use frontend::{
-    Backend, DeviceAddrs, DeviceSnat, Frontend, FrontendKind, FrontendState, ServiceHealth,
-    ServicePortName, SnatAddrs, SnatReason, SnatReasons,
+    Backend, DeviceAddrs, DeviceSnat, Frontend, FrontendKind, FrontendState, NodePortAddresses,
+    ServiceHealth, ServicePortName, SnatAddrs, SnatReason, SnatReasons,
 };
 
 use std::{fmt, net::IpAddr};

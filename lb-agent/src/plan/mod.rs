@@ -17,8 +17,8 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use crate::{
     model::{
-        Backend, DeviceAddrs, Frontend, FrontendKind, FrontendState, NamespacedName, ServiceHealth,
-        ServicePortName, SnatAddrs, SnatReasons,
+        Backend, DeviceAddrs, Frontend, FrontendKind, FrontendState, NamespacedName,
+        NodePortAddresses, ServiceHealth, ServicePortName, SnatAddrs, SnatReasons,
     },
     source::Snapshot,
 };
@@ -38,6 +38,9 @@ pub struct NodeFacts {
     /// The external devices the programs run on, with their usable addresses: the SNAT
     /// address of flows leaving through each ([`SnatAddrs::choose`]).
     pub devices: Vec<DeviceAddrs>,
+    /// `--nodeport-addresses`: with `primary`, `addresses` holds every usable address and the
+    /// plan keeps the Node's primary ones (and those in the ranges) for node ports.
+    pub nodeport: NodePortAddresses,
 }
 
 /// Something in the input that cannot be served as asked; everything else is.
@@ -90,6 +93,8 @@ pub struct Desired {
     pub snat_reasons: SnatReasons,
     /// Problems of the plan itself; the snapshot's own problems are not repeated here.
     pub problems: Vec<Problem>,
+    /// The node addresses node ports answer on.
+    pub nodeport_addresses: Vec<IpAddr>,
 }
 
 impl fmt::Display for Desired {
@@ -126,12 +131,13 @@ pub fn plan(snapshot: &Snapshot, node: &NodeFacts) -> Desired {
         zone: snapshot.node.as_ref().and_then(|n| n.zone.clone()),
     };
     let sel = selection::select(&snapshot.services, &snapshot.slices, &context);
-    let (frontends, mut problems) = frontends(&sel.ports, &node.addresses);
-    problems.splice(0..0, sel.problems);
     let internal_ips = snapshot
         .node
         .as_ref()
         .map_or(&[][..], |n| n.internal_ips.as_slice());
+    let nodeport_addresses = node.nodeport.select(&node.addresses, internal_ips);
+    let (frontends, mut problems) = frontends(&sel.ports, &nodeport_addresses);
+    problems.splice(0..0, sel.problems);
     let (snat, snat_reasons) = SnatAddrs::choose(&node.addresses, internal_ips, &node.devices);
     Desired {
         frontends,
@@ -139,6 +145,7 @@ pub fn plan(snapshot: &Snapshot, node: &NodeFacts) -> Desired {
         snat,
         snat_reasons,
         problems,
+        nodeport_addresses,
     }
 }
 

@@ -28,7 +28,7 @@ fn on_node(addresses: &[&str]) -> NodeFacts {
     NodeFacts {
         name: Some("n1".into()),
         addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
-        devices: Vec::new(),
+        ..NodeFacts::default()
     }
 }
 
@@ -307,4 +307,46 @@ fn each_other_device_gets_its_own_snat_address_the_default_devices_none() {
         ]),
         "eth0 holds both defaults: no entry; eth1 has no IPv6 address, eth2 no IPv4 one"
     );
+}
+
+#[test]
+fn nodeport_addresses_primary_keeps_the_nodes_internal_ip_and_the_ranges() {
+    let (svc, slice) = lb_service();
+    let node_ports = |desired: &Desired| -> Vec<String> {
+        desired
+            .frontends
+            .iter()
+            .filter(|(_, s)| s.kind == FrontendKind::NodePort)
+            .map(|(f, _)| f.to_string())
+            .collect()
+    };
+    let mut snap = snapshot(vec![svc], vec![slice]);
+    snap.node.as_mut().unwrap().internal_ips = vec!["192.168.10.21".parse().unwrap()];
+    let mut node = on_node(&["192.168.10.21", "172.17.0.1", "10.0.0.5"]);
+    node.nodeport = NodePortAddresses::parse("primary").unwrap();
+    let desired = plan(&snap, &node);
+    assert_eq!(node_ports(&desired), ["192.168.10.21:30080/TCP"]);
+    assert_eq!(desired.nodeport_addresses, [ip("192.168.10.21")]);
+    // The SNAT choice still sees every address.
+    assert_eq!(desired.snat.get(IpFamily::V4), Some(ip("192.168.10.21")));
+
+    node.nodeport = NodePortAddresses::parse("10.0.0.0/8, primary").unwrap();
+    let desired = plan(&snap, &node);
+    assert_eq!(
+        node_ports(&desired),
+        ["10.0.0.5:30080/TCP", "192.168.10.21:30080/TCP"]
+    );
+
+    // No InternalIP known (manifests without a Node): the scan's first address, SNAT's.
+    snap.node.as_mut().unwrap().internal_ips.clear();
+    node.nodeport = NodePortAddresses::parse("primary").unwrap();
+    assert_eq!(node_ports(&plan(&snap, &node)), ["192.168.10.21:30080/TCP"]);
+
+    // Without the keyword the plan keeps what the scan gave it.
+    node.nodeport = NodePortAddresses::default();
+    assert_eq!(node_ports(&plan(&snap, &node)).len(), 3);
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
 }

@@ -78,7 +78,7 @@ fn node(addresses: &[&str]) -> NodeFacts {
     NodeFacts {
         name: Some("n1".into()),
         addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
-        devices: Vec::new(),
+        ..NodeFacts::default()
     }
 }
 
