@@ -10,6 +10,7 @@
 //! dead flows from the kernel's maps; [`agent`] wires it all together and runs the loop.
 
 pub mod agent;
+pub mod config;
 pub mod gc;
 pub mod health;
 pub mod inspect;

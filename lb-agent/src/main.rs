@@ -9,7 +9,9 @@ use std::{
 
 use anyhow::Context as _;
 
-use clap::{Parser, Subcommand};
+use clap::{
+    ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, parser::ValueSource,
+};
 use lb_agent::{
     agent::{self, RunOptions},
     gc,
@@ -162,6 +164,12 @@ fn parse_protocol(s: &str) -> Result<lb_agent::model::Protocol, String> {
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// kube-proxy's configuration file (a `KubeProxyConfiguration`, e.g. the `kube-proxy`
+    /// ConfigMap's `config.conf`): its fields that apply set the flags of the same meaning
+    /// (flags given here win), fields only kube-proxy's proxiers use are reported and ignored,
+    /// an unknown field is an error.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Standalone mode: a directory of Service and EndpointSlice manifests (`*.yaml`, `*.yml`,
     /// `*.json`), watched for changes, instead of the Kubernetes API.
     #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
@@ -194,7 +202,7 @@ struct RunArgs {
     datapath_mode: DatapathMode,
     /// This node's name, for endpoint locality and its Node object (the Kubernetes source
     /// defaults to the host name, as kube-proxy does).
-    #[arg(long, env = "NODE_NAME")]
+    #[arg(long, env = "NODE_NAME", alias = "hostname-override")]
     node_name: Option<String>,
     /// Directory on a BPF filesystem where maps are pinned; agents with different directories
     /// do not share state.
@@ -430,6 +438,82 @@ fn explain(
     Ok(true)
 }
 
+/// `--config`: what the file sets goes into the flags it did not come on the command line or
+/// in the environment for; what it sets in vain is reported, once.
+fn apply_config(mut args: RunArgs, matches: &ArgMatches) -> anyhow::Result<RunArgs> {
+    let Some(path) = args.config.clone() else {
+        return Ok(args);
+    };
+    let config = lb_agent::config::load(&path)?;
+    let given = |id: &str| {
+        matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    let mut applied: Vec<&str> = Vec::new();
+    let s = config.settings;
+    if let Some(v) = s.node_name
+        && !given("node_name")
+    {
+        args.node_name = Some(v);
+        applied.push("hostnameOverride");
+    }
+    // --manifests means no API server: the file's kubeconfig has nothing to do.
+    if let Some(v) = s.kubeconfig
+        && !given("kubeconfig")
+        && args.manifests.is_none()
+    {
+        args.kubeconfig = Some(v);
+        applied.push("clientConnection.kubeconfig");
+    }
+    if let Some(v) = s.healthz_bind_address
+        && !given("healthz_bind_address")
+    {
+        args.healthz_bind_address = v;
+        applied.push("healthzBindAddress");
+    }
+    if let Some(v) = s.metrics_bind_address
+        && !given("metrics_bind_address")
+    {
+        args.metrics_bind_address = v;
+        applied.push("metricsBindAddress");
+    }
+    if let Some(v) = s.nodeport_addresses
+        && !given("nodeport_addresses")
+    {
+        args.nodeport_addresses = v;
+        applied.push("nodePortAddresses");
+    }
+    if let Some(v) = s.tcp_established_timeout
+        && !given("tcp_established_timeout")
+    {
+        args.tcp_established_timeout = v;
+        applied.push("conntrack.tcpEstablishedTimeout");
+    }
+    if let Some(v) = s.udp_timeout
+        && !given("udp_timeout")
+    {
+        args.udp_timeout = v;
+        applied.push("conntrack.udpStreamTimeout");
+    }
+    if let Some(v) = s.udp_unreplied_timeout
+        && !given("udp_unreplied_timeout")
+    {
+        args.udp_unreplied_timeout = v;
+        applied.push("conntrack.udpTimeout");
+    }
+    tracing::info!(
+        path = %path.display(),
+        applied = %applied.join(","),
+        "read kube-proxy's configuration"
+    );
+    for ignored in &config.ignored {
+        tracing::warn!("--config {}: {ignored}", path.display());
+    }
+    Ok(args)
+}
+
 /// `lb-agent run`.
 fn run(args: RunArgs) -> anyhow::Result<bool> {
     let pod_devices = DevicePatterns::parse(&args.pod_devices)
@@ -493,7 +577,8 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
 
 fn main() -> ExitCode {
     init_logging();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Plan {
             manifests,
@@ -560,7 +645,10 @@ fn main() -> ExitCode {
             from,
             bpffs,
         } => explain(&bpffs, src, dst, from),
-        Command::Run(args) => run(args),
+        Command::Run(args) => {
+            let run_matches = matches.subcommand_matches("run").expect("parsed `run`");
+            apply_config(args, run_matches).and_then(run)
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -650,5 +738,100 @@ mod tests {
                 "{flag} {value}: {err}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    fn run_with(extra: &[&str]) -> anyhow::Result<RunArgs> {
+        let argv = ["lb-agent", "run"].iter().chain(extra);
+        let matches = Cli::command().try_get_matches_from(argv)?;
+        let Command::Run(args) = Cli::from_arg_matches(&matches)?.command else {
+            unreachable!("parsed `run`")
+        };
+        apply_config(args, matches.subcommand_matches("run").expect("run"))
+    }
+
+    fn testdata(name: &str) -> String {
+        format!("{}/testdata/config/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn the_file_sets_what_the_command_line_leaves_at_its_default() {
+        let tuned = testdata("tuned.yaml");
+        let args = run_with(&["--config", &tuned]).unwrap();
+        assert_eq!(args.node_name.as_deref(), Some("worker-7"));
+        assert_eq!(args.healthz_bind_address, "0.0.0.0:20256".parse().unwrap());
+        assert_eq!(args.metrics_bind_address, "[::]:10249".parse().unwrap());
+        assert_eq!(args.nodeport_addresses, "primary,192.168.100.0/24");
+        assert_eq!(args.tcp_established_timeout, Duration::from_secs(7200));
+        assert_eq!(args.udp_timeout, Duration::from_secs(300));
+        assert_eq!(args.udp_unreplied_timeout, Duration::from_secs(45));
+        assert_eq!(
+            args.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/var/lib/kube-proxy/kubeconfig.conf"))
+        );
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let tuned = testdata("tuned.yaml");
+        let args = run_with(&[
+            "--config",
+            &tuned,
+            "--hostname-override",
+            "flag-node",
+            "--metrics-bind-address",
+            "127.0.0.1:9999",
+            "--udp-timeout",
+            "1m",
+            // Given explicitly with the default's value: still the flag's.
+            "--healthz-bind-address",
+            "0.0.0.0:10256",
+        ])
+        .unwrap();
+        assert_eq!(args.node_name.as_deref(), Some("flag-node"));
+        assert_eq!(args.metrics_bind_address, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(args.udp_timeout, Duration::from_secs(60));
+        assert_eq!(args.healthz_bind_address, "0.0.0.0:10256".parse().unwrap());
+        // What no flag said still comes from the file.
+        assert_eq!(args.udp_unreplied_timeout, Duration::from_secs(45));
+
+        // Standalone mode: the file's kubeconfig is not used (the flags conflict).
+        let dir = lb_tests::manifests::ManifestDir::new().unwrap();
+        let args = run_with(&[
+            "--config",
+            &tuned,
+            "--manifests",
+            dir.path().to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(args.kubeconfig, None);
+    }
+
+    #[test]
+    fn a_bad_file_fails_naming_the_file_and_the_field() {
+        let dir = lb_tests::manifests::ManifestDir::new().unwrap();
+        dir.write(
+            "config.conf",
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+             conntrack:\n  tcpEstablishedTimeot: 1h\n",
+        )
+        .unwrap();
+        let path = dir.path().join("config.conf");
+        let err = run_with(&["--config", path.to_str().unwrap()])
+            .map(|_| ())
+            .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("config.conf") && err.contains("tcpEstablishedTimeot"),
+            "{err}"
+        );
+        let missing = run_with(&["--config", "/nonexistent/config.conf"])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(format!("{missing:#}").contains("/nonexistent/config.conf"));
     }
 }

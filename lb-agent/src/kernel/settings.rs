@@ -81,18 +81,23 @@ impl FlowTimeouts {
 pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim())
         .map_err(|e| format!("{s:?} is not a duration such as 24h, 90s or 1h30m: {e}"))?;
+    check_timeout(d).map_err(|e| format!("{s}: {e}"))
+}
+
+/// A flow lifetime within [`MIN_TIMEOUT`] and [`MAX_TIMEOUT`].
+pub fn check_timeout(d: Duration) -> Result<Duration, String> {
     if d.is_zero() {
         return Err("a flow lifetime of zero would expire every flow at once".to_owned());
     }
     if d < MIN_TIMEOUT {
         return Err(format!(
-            "{s} is shorter than {} (did you mean minutes, `m`?)",
+            "shorter than {} (did you mean minutes, `m`?)",
             humantime::format_duration(MIN_TIMEOUT)
         ));
     }
     if d > MAX_TIMEOUT {
         return Err(format!(
-            "{s} is longer than {} (7 days)",
+            "longer than {} (7 days)",
             humantime::format_duration(MAX_TIMEOUT)
         ));
     }
