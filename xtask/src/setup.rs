@@ -1,8 +1,13 @@
 //! Installs the build and test prerequisites when they are missing.
 
-use std::process::Command;
+use std::{
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 
 use crate::run;
 
@@ -121,9 +126,152 @@ fn kubernetes_validate() -> anyhow::Result<()> {
     run(&mut pip()).or_else(|_| run(pip().arg("--break-system-packages")))
 }
 
+/// Where invoke-rc.d and deb-systemd-invoke ask whether a package's maintainer script may start
+/// its service (policy-rc.d(8), `/usr/share/doc/init-system-helpers/README.policy-rc.d`).
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// policy-rc.d's answer "action forbidden by policy".
+const POLICY_FORBIDDEN: i32 = 101;
+
+/// A policy-rc.d that forbids every service start while it lives: written when there is none
+/// (and removed on drop), or one already there that forbids starts (left as it is).
+struct NoServiceStarts {
+    /// The file this guard wrote, to remove on drop.
+    created: Option<PathBuf>,
+}
+
+impl NoServiceStarts {
+    fn at(path: &Path) -> anyhow::Result<Self> {
+        if path.exists() {
+            let forbids = Command::new(path)
+                .args(["prometheus", "start"])
+                .output()
+                .is_ok_and(|o| o.status.code() == Some(POLICY_FORBIDDEN));
+            if !forbids {
+                bail!(
+                    "{} exists and does not forbid starting services (exit {POLICY_FORBIDDEN}); \
+                     installing prometheus would start its server",
+                    path.display()
+                );
+            }
+            return Ok(Self { created: None });
+        }
+        // create_new: never over a policy another process wrote meanwhile.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let guard = Self {
+            created: Some(path.to_owned()),
+        };
+        file.write_all(
+            format!(
+                "#!/bin/sh\n# Written by `cargo xtask setup` for one apt-get install; removed after it.\n\
+                 exit {POLICY_FORBIDDEN}\n"
+            )
+            .as_bytes(),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = &self.created
+            && let Err(e) = std::fs::remove_file(path)
+        {
+            eprintln!("removing {}: {e}", path.display());
+        }
+    }
+}
+
+fn prometheus_running() -> bool {
+    Command::new("pgrep")
+        .args(["-x", "prometheus"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// promtool checks and unit-tests the alert rules in `manifests/observability/` and lints a live
+/// scrape. Debian ships it in the `prometheus` package, whose postinst would start (and enable)
+/// a Prometheus server: it is installed with service starts forbidden, and must leave none.
+fn promtool() -> anyhow::Result<()> {
+    if has_command("promtool") {
+        return Ok(());
+    }
+    let running_before = prometheus_running();
+    {
+        let _no_starts = NoServiceStarts::at(Path::new(POLICY_RC_D))?;
+        run(Command::new("apt-get").arg("update"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "prometheus"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    // The postinst also enables the server at boot; only promtool is wanted here. Debian's
+    // update-rc.d disables the SysV links and, where systemctl is, the systemd unit too.
+    if has_command("update-rc.d") {
+        run(Command::new("update-rc.d").args(["prometheus", "disable"]))?;
+    }
+    if !running_before && prometheus_running() {
+        bail!("installing prometheus started a Prometheus server (pgrep -x prometheus)");
+    }
+    if !has_command("promtool") {
+        bail!("the prometheus package is installed but promtool is not on PATH");
+    }
+    Ok(())
+}
+
 pub fn all() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     packages()?;
-    kubernetes_validate()
+    kubernetes_validate()?;
+    promtool()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn script(path: &Path, body: &str) {
+        std::fs::write(path, body).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn forbids(path: &Path) -> bool {
+        let status = Command::new(path).args(["prometheus", "start"]).status();
+        status.unwrap().code() == Some(POLICY_FORBIDDEN)
+    }
+
+    // One test, not three: a file executed while another test thread's fork still holds a
+    // writable descriptor of it fails with ETXTBSY.
+    #[test]
+    fn a_policy_is_written_for_the_install_only_when_there_is_none() {
+        let dir = std::env::temp_dir().join(format!("xtask-policy-rc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+
+        let written = dir.join("none");
+        {
+            let _guard = NoServiceStarts::at(&written).unwrap();
+            assert!(forbids(&written));
+        }
+        assert!(!written.exists(), "the policy written is removed");
+
+        let forbidding = dir.join("forbidding");
+        script(&forbidding, "#!/bin/sh\nexit 101\n");
+        drop(NoServiceStarts::at(&forbidding).unwrap());
+        assert!(forbidding.exists(), "a policy already there stays");
+
+        let allowing = dir.join("allowing");
+        script(&allowing, "#!/bin/sh\nexit 0\n");
+        assert!(NoServiceStarts::at(&allowing).is_err());
+        assert!(allowing.exists());
+
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

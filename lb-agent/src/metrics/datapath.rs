@@ -32,6 +32,17 @@ struct EventLabels {
     event: String,
 }
 
+/// The metric families [`DatapathCollector`] writes, as a scrape names them (a counter with its
+/// `_total`): for checking what dashboards and alert rules refer to without pinned maps to read
+/// (`lb-agent/tests/observability.rs`). A test below keeps it equal to what a scrape writes.
+pub const METRIC_NAMES: [&str; 5] = [
+    "lb_datapath_events_total",
+    "lb_bpf_map_capacity",
+    "lb_bpf_map_entries",
+    "lb_bpf_map_pressure",
+    "lb_snat_ports_in_use",
+];
+
 /// Reads the pinned maps at each scrape.
 #[derive(Debug)]
 pub struct DatapathCollector {
@@ -198,5 +209,113 @@ impl Collector for DatapathCollector {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::collections::BTreeSet;
+
+    use aya_obj::generated::bpf_map_type::{BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_PERCPU_ARRAY};
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+
+    /// A BPF filesystem of the test's own (a mount of its own in a temporary directory, so no
+    /// other test or agent sees its pins), unmounted and removed on drop.
+    pub(in crate::metrics) struct PinDir(pub PathBuf);
+
+    impl PinDir {
+        pub(in crate::metrics) fn new() -> Self {
+            lb_tests::require_root();
+            let dir = std::env::temp_dir().join(lb_tests::unique_name("lbt-metrics"));
+            std::fs::create_dir_all(&dir).expect("creating a temporary directory");
+            rustix::mount::mount("bpf", &dir, "bpf", rustix::mount::MountFlags::empty(), None)
+                .unwrap_or_else(|e| panic!("mounting a BPF filesystem on {}: {e}", dir.display()));
+            Self(dir)
+        }
+
+        /// Creates a map and pins it here as `name`.
+        pub(in crate::metrics) fn pin(
+            &self,
+            name: &str,
+            map_type: u32,
+            key_size: u32,
+            value_size: u32,
+            max_entries: u32,
+        ) {
+            let def = aya_obj::Map::new_from_params(map_type, key_size, value_size, max_entries, 0);
+            MapData::create(def, name, None)
+                .unwrap_or_else(|e| panic!("creating map {name}: {e}"))
+                .pin(self.0.join(name))
+                .unwrap_or_else(|e| panic!("pinning map {name}: {e}"));
+        }
+    }
+
+    impl Drop for PinDir {
+        fn drop(&mut self) {
+            // Unmounting drops the pins, and with them the maps.
+            let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+
+    /// The families of a text exposition (its `# TYPE` lines) and those with a sample.
+    pub(in crate::metrics) fn families(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+        let typed = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect();
+        let sampled = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(str::to_owned)
+            .collect();
+        (typed, sampled)
+    }
+
+    pub(in crate::metrics) fn scrape(collector: impl Collector) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(collector));
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn metric_names_are_the_families_a_scrape_of_pinned_maps_writes() {
+        let dir = PinDir::new();
+        dir.pin(
+            map_names::STATS,
+            BPF_MAP_TYPE_PERCPU_ARRAY as u32,
+            4,
+            8,
+            lb_ebpf::stats::COUNT,
+        );
+        // Counted by the flow GC, not walked: the SNAT ports in use come from its count.
+        dir.pin(map_names::SNAT_V4, BPF_MAP_TYPE_HASH as u32, 16, 24, 64);
+        let gc = GcEntries {
+            live: [(map_names::SNAT_V4, 16)].into(),
+        };
+        let text = scrape(DatapathCollector::new(
+            dir.0.clone(),
+            Arc::new(Mutex::new(gc)),
+        ));
+
+        let (typed, sampled) = families(&text);
+        let names: BTreeSet<String> = METRIC_NAMES.iter().map(|n| (*n).to_owned()).collect();
+        assert_eq!(typed, names, "{text}");
+        assert_eq!(sampled, names, "every family has a sample: {text}");
+        assert!(
+            text.contains("lb_bpf_map_pressure{map=\"LB_SNAT_V4\"} 0.25"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lb_snat_ports_in_use{ip_family=\"IPv4\"} 16"),
+            "{text}"
+        );
     }
 }

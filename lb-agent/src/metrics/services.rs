@@ -69,6 +69,18 @@ pub fn per_service<E>(
     out
 }
 
+/// The metric families [`ServiceCollector`] writes, as a scrape names them, in the order of
+/// [`service_stats::NAMES`]: for checking what dashboards and alert rules refer to without
+/// pinned maps to read (`lb-agent/tests/observability.rs`). A test below keeps it equal to
+/// what a scrape writes.
+pub const METRIC_NAMES: [&str; service_stats::COUNT] = [
+    "lb_service_new_flows_total",
+    "lb_service_packets_total",
+    "lb_service_bytes_total",
+    "lb_service_refused_total",
+    "lb_service_dropped_total",
+];
+
 /// Reads the per-service traffic at each scrape.
 #[derive(Debug)]
 pub struct ServiceCollector {
@@ -137,6 +149,51 @@ mod tests {
             port: port.into(),
             family: Some(family),
         }
+    }
+
+    #[test]
+    fn metric_names_are_the_families_a_scrape_of_pinned_maps_writes() {
+        use aya_obj::generated::bpf_map_type::{BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_PERCPU_ARRAY};
+        use lb_ebpf::map_names;
+
+        use crate::{inspect::names::encode, metrics::datapath::tests as support};
+
+        let dir = support::PinDir::new();
+        let value_size = |size: usize| u32::try_from(size).unwrap();
+        dir.pin(
+            map_names::NAMES,
+            BPF_MAP_TYPE_HASH as u32,
+            4,
+            value_size(size_of::<lb_ebpf::FrontendName>()),
+            8,
+        );
+        dir.pin(
+            map_names::SERVICE_STATS,
+            BPF_MAP_TYPE_PERCPU_ARRAY as u32,
+            4,
+            value_size(size_of::<lb_ebpf::ServiceCounters>()),
+            8,
+        );
+        let web = frontend(FrontendKind::ClusterIp, "web", "http", IpFamily::V4);
+        BpfNames::from_pin(&dir.0)
+            .unwrap()
+            .put(1, &encode(&web).unwrap())
+            .unwrap();
+        let text = support::scrape(ServiceCollector {
+            pin_dir: dir.0.clone(),
+        });
+
+        let (typed, sampled) = support::families(&text);
+        let names: std::collections::BTreeSet<String> =
+            METRIC_NAMES.iter().map(|n| (*n).to_owned()).collect();
+        assert_eq!(typed, names, "{text}");
+        assert_eq!(sampled, names, "every family has a sample: {text}");
+        assert!(
+            text.contains(
+                "lb_service_new_flows_total{namespace=\"default\",service=\"web\",port=\"http\",ip_family=\"IPv4\"} 0"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -45,11 +45,18 @@ fn manifests_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
 }
 
-/// Every `*.yaml`, `*.yml` and `*.json` below `dir`, sorted.
+/// What `manifests/` holds besides Kubernetes objects: Prometheus rules and a Grafana
+/// dashboard, which `lb-agent/tests/observability.rs` checks.
+const NOT_KUBERNETES: &str = "observability";
+
+/// Every `*.yaml`, `*.yml` and `*.json` below `dir`, sorted, but [`NOT_KUBERNETES`].
 fn manifest_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {dir:?}: {e}")) {
         let path = entry.unwrap().path();
+        if path.is_dir() && path.file_name().is_some_and(|n| n == NOT_KUBERNETES) {
+            continue;
+        }
         if path.is_dir() {
             files.extend(manifest_files(&path));
         } else if matches!(
